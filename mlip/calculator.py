@@ -1,0 +1,75 @@
+"""ASE calculator for a trained mlip model file."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlip.data.graph import structure_to_graph
+from mlip.data.structure import Structure
+from mlip.export import load_model
+from mlip.models.potential import Potential
+
+
+class MLIPCalculator(Calculator):
+    """Energy, free energy, forces, stress and per-atom energies from an mlip model.
+
+    Args:
+        model: path of a model file written by `mlip.export.save_model`, or a `Potential`.
+        device: ``"cpu"``, ``"cuda"``, ...
+        dtype: ``"float64"`` or ``"float32"``.
+
+    Stress is given for cells periodic in all three directions. ``free_energy`` equals
+    ``energy`` (no electronic entropy in the model).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Potential,
+        device: str = "cpu",
+        dtype: str = "float64",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        if isinstance(model, Potential):
+            self.potential = model.to(device=self.device, dtype=self.dtype).eval()
+        else:
+            self.potential = load_model(model, device=self.device, dtype=self.dtype)
+        self.potential.requires_grad_(False)
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        want_stress = "stress" in properties
+        if want_stress and not atoms.pbc.all():
+            raise PropertyNotImplementedError(
+                f"stress needs a cell periodic in all three directions; these atoms have pbc={atoms.pbc.tolist()}"
+            )
+        structure = Structure(
+            atomic_numbers=atoms.numbers,
+            positions=atoms.positions,
+            cell=atoms.cell[:],
+            pbc=atoms.pbc,
+            source=f"Atoms {atoms.get_chemical_formula()} passed to MLIPCalculator",
+        )
+        graph = structure_to_graph(structure, self.potential.r_max).to(self.device)
+        out = self.potential(graph, compute_forces=True, compute_stress=bool(atoms.pbc.all()))
+        energy = float(out["energy"].item())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out["node_energy"].detach().cpu().numpy().astype(np.float64),
+            "forces": out["forces"].detach().cpu().numpy().astype(np.float64),
+        }
+        if "stress" in out:
+            stress = out["stress"][0].detach().cpu().numpy().astype(np.float64)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

@@ -1,0 +1,118 @@
+"""``mlip-train``: train a potential from the Hydra configs in ``configs/``.
+
+    mlip-train                                   # the embedded EMT default
+    mlip-train data=extxyz data.train_files=my.xyz model.correlation=2 trainer.max_epochs=100
+
+The run folder (Hydra's output dir) receives the resolved config, the metrics CSV,
+checkpoints (best and last), ``test_metrics.json`` and the exported model file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from mlip.data.structure import DataError
+from mlip.export import save_model
+from mlip.models.potential import Potential
+from mlip.models.registry import build_model
+from mlip.training.checkpoint_io import AtomicCheckpointIO
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+log = logging.getLogger("mlip.train")
+
+
+def build_potential(model_cfg: DictConfig, statistics) -> Potential:
+    """Instantiate the configured model with the training-set statistics it needs."""
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    target = kwargs.pop("_target_")
+    kwargs.update(num_elements=len(statistics.elements), avg_num_neighbors=statistics.avg_num_neighbors)
+    spec = {"target": target, "kwargs": kwargs}
+    return Potential(
+        build_model(spec), statistics.elements, statistics.e0s, statistics.scale, statistics.shift, model_spec=spec
+    )
+
+
+def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
+    """``None``, an explicit path, or ``"auto"``: ``last.ckpt`` in this run's folder if it exists."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = checkpoint_dir / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint")
+    return str(resume)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A table of test errors in meV units."""
+    units = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
+    lines = [f"{'quantity':<10}{'MAE':>12}{'RMSE':>12}  unit"]
+    for quantity, unit in units.items():
+        if f"test_{quantity}_mae" in metrics:
+            mae, rmse = 1000 * metrics[f"test_{quantity}_mae"], 1000 * metrics[f"test_{quantity}_rmse"]
+            lines.append(f"{quantity:<10}{mae:>12.3f}{rmse:>12.3f}  {unit}")
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; returns the test metrics (eV units)."""
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_default_dtype(getattr(torch, cfg.dtype))
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = instantiate(cfg.module, potential=build_potential(cfg.model, datamodule.statistics))
+    weights = module.loss.weights
+    datamodule.require_labels(energy=bool(weights["energy"]), forces=bool(weights["forces"]), stress=bool(weights["stress"]))
+    log.info("statistics: %s", json.dumps(datamodule.statistics.to_dict()))
+
+    checkpoint = instantiate(cfg.checkpoint)
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    trainer = instantiate(
+        cfg.trainer, callbacks=[checkpoint, LearningRateMonitor()], logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, Path(checkpoint.dirpath)))
+
+    best = "best" if checkpoint.best_model_path else None
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+    save_model(
+        module.evaluation_potential(),
+        cfg.model_file,
+        extra={"statistics": datamodule.statistics.to_dict(), "test_metrics": metrics},
+    )
+    (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"\nTest set ({len(datamodule.splits['test'])} structures, EMA weights of the best checkpoint):")
+    print(format_metrics(metrics))
+    print(f"model file: {cfg.model_file}\ncheckpoints: {checkpoint.dirpath}\n")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except DataError as exc:
+        raise SystemExit(f"mlip-train: data error: {exc}") from None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The self-describing model file: safetensors weights plus JSON metadata.
+
+The file holds the model spec (registered class and constructor arguments), the
+element list, E0s and statistics, and the EMA weights. Loading never unpickles:
+weights come from safetensors and the class from `mlip.models.registry`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mlip.models.potential import Potential
+from mlip.models.registry import build_model
+
+FORMAT = "mlip-model/1"
+
+
+def save_model(potential: Potential, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``potential`` to ``path`` (atomically). ``extra`` adds JSON-able metadata."""
+    if potential.model_spec is None:
+        raise ValueError("this Potential has no model_spec; build it through mlip.models.registry to export it")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "model_spec": json.dumps(potential.model_spec),
+        "elements": json.dumps([int(z) for z in potential.elements]),
+        "dtype": str(potential.e0s.dtype).removeprefix("torch."),
+        "extra": json.dumps(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of a model file."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an mlip model file (format {raw.get('format')!r}, expected {FORMAT!r})")
+    return {k: (json.loads(v) if k in ("model_spec", "elements", "extra") else v) for k, v in raw.items()}
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> Potential:
+    """Rebuild the `Potential` stored at ``path``; ``dtype`` defaults to the stored one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    metadata = read_metadata(path)
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    potential = potential_from_state(metadata["model_spec"], tensors)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or getattr(torch, metadata["dtype"])
+    return potential.to(device=device, dtype=dtype).eval()
+
+
+def potential_from_state(model_spec: dict[str, Any], state: dict[str, torch.Tensor]) -> Potential:
+    """Build a `Potential` from its spec and a state dict (keys as in ``Potential.state_dict()``).
+
+    The modules are built in the dtype of the stored weights, so loading loses no precision.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(state["e0s"].dtype)
+    try:
+        potential = Potential(
+            build_model(model_spec),
+            elements=state["elements"].tolist(),
+            e0s=state["e0s"].tolist(),
+            scale=float(state["scale"]),
+            shift=float(state["shift"]),
+            model_spec=model_spec,
+        )
+    finally:
+        torch.set_default_dtype(previous)
+    potential.load_state_dict(state, strict=True)
+    return potential
+
+
+def potential_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> Potential:
+    """The `Potential` of a Lightning checkpoint written by `PotentialModule` (EMA weights by default)."""
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in checkpoint["state_dict"]) else "potential."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return potential_from_state(checkpoint["mlip_model_spec"], state)

@@ -1,0 +1,88 @@
+"""MACE: higher-order equivariant message passing (Batatia et al., NeurIPS 2022).
+
+Per layer t: interaction (Eqs. 8-9) -> symmetric product of order ν with an
+element-dependent residual (Eqs. 10-11) -> readout (Eqs. 12-13). The per-node
+energy is the sum of the readouts of all layers, in units of the dataset's
+energy scale (`Potential` applies scale, shift and E0s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from mlip.nn.blocks import InteractionBlock, LinearReadout, NodeEmbedding, NonLinearReadout, ProductBlock
+from mlip.nn.radial import RadialEmbedding
+
+
+class MACE(nn.Module):
+    """MACE energy model.
+
+    Args:
+        num_elements: number of chemical elements (species indices 0..num_elements-1).
+        avg_num_neighbors: mean neighbours per atom in the training set (normalises Eq. 8's sum).
+        r_max: cutoff radius, Å.
+        num_bessel: size of the Bessel radial basis.
+        cutoff_power: p of the polynomial cutoff envelope.
+        max_ell: highest degree of the edge spherical harmonics and of the atomic basis A.
+        hidden_irreps: node features between layers, e.g. ``"32x0e+32x1o"`` (one multiplicity).
+        correlation: ν, the body order of the symmetric product minus one.
+        num_interactions: number of message-passing layers T.
+        radial_mlp: hidden sizes of the radial MLP.
+        readout_mlp: hidden size of the last layer's non-linear readout.
+    """
+
+    def __init__(
+        self,
+        num_elements: int,
+        avg_num_neighbors: float,
+        r_max: float = 5.0,
+        num_bessel: int = 8,
+        cutoff_power: int = 5,
+        max_ell: int = 3,
+        hidden_irreps: str = "32x0e+32x1o",
+        correlation: int = 3,
+        num_interactions: int = 2,
+        radial_mlp: Sequence[int] = (64, 64, 64),
+        readout_mlp: int = 16,
+    ):
+        super().__init__()
+        self.r_max = float(r_max)
+        hidden = o3.Irreps(hidden_irreps)
+        num_channels = hidden[0].mul
+        irreps_sh = o3.Irreps.spherical_harmonics(max_ell)
+        irreps_basis = o3.Irreps([(num_channels, ir) for _, ir in irreps_sh])  # A: k x (0e+1o+...)
+        scalars = o3.Irreps(f"{num_channels}x0e")
+
+        self.embedding = NodeEmbedding(num_elements, scalars)
+        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_power)
+        self.spherical_harmonics = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
+        self.interactions = nn.ModuleList()
+        self.products = nn.ModuleList()
+        self.readouts = nn.ModuleList()
+        irreps_node = scalars
+        for t in range(num_interactions):
+            last = t == num_interactions - 1
+            irreps_out = scalars if last else hidden  # only invariants are read after the last layer
+            self.interactions.append(
+                InteractionBlock(irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors)
+            )
+            self.products.append(ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements))
+            self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))
+            irreps_node = irreps_out
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-node energies [n_nodes] (dimensionless) from species [n_nodes] and edge vectors [n_edges, 3] Å."""
+        lengths = torch.linalg.vector_norm(edge_vectors, dim=-1, keepdim=True)
+        edge_radial = self.radial_embedding(lengths)
+        edge_sh = self.spherical_harmonics(edge_vectors)
+        node_feats = self.embedding(species)
+        node_energy = torch.zeros_like(node_feats[:, 0])
+        for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
+            basis = interaction(node_feats, edge_sh, edge_radial, edge_index)
+            node_feats = product(basis, node_feats, species)
+            node_energy = node_energy + readout(node_feats)
+        return node_energy

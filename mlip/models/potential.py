@@ -1,0 +1,122 @@
+"""The wrapper every model goes through: energies, forces and stress by autograd.
+
+    E = Σ_i (scale · ε_i + shift + E0[z_i]),   F = -∂E/∂r,   σ = (1/V) ∂E/∂ε
+
+where ε_i are the model's per-node outputs and ε is a symmetric strain applied to
+positions and cell (stress in ASE's sign convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from mlip.nn.scatter import scatter_sum
+
+
+class UnknownElementError(ValueError):
+    """A structure holds an element the model was not trained on."""
+
+
+class Potential(nn.Module):
+    """Wraps an energy model with species mapping, statistics and derivatives.
+
+    Args:
+        model: maps (species [n], edge_index [2, E], edge_vectors [E, 3]) -> node energies [n].
+        elements: atomic numbers the model knows; species index = position in this list.
+        e0s: per-element reference energies (eV), aligned with ``elements``.
+        scale: energy scale (eV) multiplying the model output.
+        shift: per-atom energy shift (eV).
+        model_spec: ``{"target": ..., "kwargs": ...}`` that rebuilds ``model`` (for export).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        elements: Sequence[int],
+        e0s: Sequence[float],
+        scale: float = 1.0,
+        shift: float = 0.0,
+        model_spec: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        assert len(elements) == len(e0s), f"{len(elements)} elements but {len(e0s)} E0s"
+        self.model = model
+        self.model_spec = model_spec
+        dtype = torch.get_default_dtype()
+        self.register_buffer("elements", torch.tensor(list(elements), dtype=torch.long))
+        table = torch.full((119,), -1, dtype=torch.long)
+        table[self.elements] = torch.arange(len(elements))
+        self.register_buffer("species_of_z", table)
+        self.register_buffer("e0s", torch.tensor(list(e0s), dtype=dtype))
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=dtype))
+        self.register_buffer("shift", torch.tensor(float(shift), dtype=dtype))
+
+    @property
+    def r_max(self) -> float:
+        return float(self.model.r_max)
+
+    def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Species indices [n] of atomic numbers [n]; raises `UnknownElementError` for others."""
+        species = self.species_of_z[atomic_numbers.clamp(0, 118)]
+        if bool((species < 0).any()):
+            unknown = sorted({int(z) for z in atomic_numbers[species < 0]})
+            known = ", ".join(chemical_symbols[int(z)] for z in self.elements)
+            names = ", ".join(f"{chemical_symbols[z] if 0 < z < 119 else '?'} (Z={z})" for z in unknown)
+            raise UnknownElementError(f"element {names} is not known to this model, trained on: {known}")
+        return species
+
+    def forward(
+        self,
+        graph: Any,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Predict for a (batched) `AtomicGraph`.
+
+        Returns ``energy`` [G] eV, ``node_energy`` [n] eV, and when asked ``forces`` [n, 3] eV/Å
+        and ``stress`` [G, 3, 3] eV/Å³ (zero for graphs without a cell volume).
+        ``create_graph=True`` keeps the graph of the derivatives for training on them.
+        """
+        dtype = self.e0s.dtype
+        num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
+        batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
+        positions = graph.positions.to(dtype)
+        cell = graph.cell.to(dtype).view(-1, 3, 3)
+        inputs = []
+        if compute_forces:
+            positions = positions.detach().requires_grad_(True)
+            inputs.append(positions)
+        if compute_stress:
+            strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
+            inputs.append(strain)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[batch])
+            cell = cell + torch.bmm(cell, symmetric)
+
+        sender, receiver = graph.edge_index
+        edge_vectors = (
+            positions[sender]
+            - positions[receiver]
+            + torch.einsum("ei,eij->ej", graph.shifts.to(dtype), cell[batch[receiver]])
+        )
+        species = self.species(graph.atomic_numbers)
+        node_energy = self.scale * self.model(species, graph.edge_index, edge_vectors) + self.shift + self.e0s[species]
+        energy = scatter_sum(node_energy, batch, num_graphs)
+        out = {"energy": energy, "node_energy": node_energy}
+        if inputs:
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
+            if compute_forces:
+                out["forces"] = -grads[0]
+            if compute_stress:
+                volume = torch.linalg.det(graph.cell.to(dtype).view(-1, 3, 3)).abs()
+                has_volume = volume > 1e-6
+                out["stress"] = torch.where(
+                    has_volume[:, None, None], grads[-1] / torch.where(has_volume, volume, 1.0)[:, None, None], 0.0
+                )
+        return out

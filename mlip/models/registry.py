@@ -1,0 +1,32 @@
+"""Model names -> classes, so that a config or a model file names a model without executing code.
+
+A model file stores ``{"target": "mlip.models.mace.MACE", "kwargs": {...}}``; loading
+looks the target up here instead of importing arbitrary paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mlip.models.mace import MACE
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlip.models.mace.MACE": MACE,
+}
+
+
+def model_class(target: str) -> type[nn.Module]:
+    if target not in MODELS:
+        raise KeyError(f"unknown model {target!r}; known models: {', '.join(MODELS)}")
+    return MODELS[target]
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Build a model from ``{"target": <registered class path>, "kwargs": {...}}``."""
+    return model_class(spec["target"])(**spec["kwargs"])
+
+
+def target_of(model_class_: type[nn.Module]) -> str:
+    return f"{model_class_.__module__}.{model_class_.__qualname__}"

@@ -1,0 +1,1 @@
+"""Layers shared by every model: radial bases, symmetric contraction, MACE-style blocks."""

@@ -1,0 +1,144 @@
+"""MACE building blocks (Batatia et al., NeurIPS 2022), one class per equation.
+
+Shapes use e3nn's layout: node features ``[n_nodes, irreps.dim]``, edge spherical
+harmonics ``[n_edges, sh_irreps.dim]``, radial embedding ``[n_edges, num_basis]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from mlip.nn.radial import NormalizedSiLU, RadialMLP
+from mlip.nn.scatter import scatter_sum
+from mlip.nn.symmetric_contraction import SymmetricContraction
+
+
+class NodeEmbedding(nn.Module):
+    """Eq. 7: ``h^(0)_{i,k00} = Σ_z W_{kz} δ_{z z_i}``: species [n] -> [n, irreps_out.dim] scalars."""
+
+    def __init__(self, num_elements: int, irreps_out: o3.Irreps):
+        super().__init__()
+        self.num_elements = num_elements
+        self.linear = o3.Linear(o3.Irreps(f"{num_elements}x0e"), o3.Irreps(irreps_out))
+
+    def forward(self, species: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(species, self.num_elements).to(self.linear.weight.dtype)
+        return self.linear(one_hot)
+
+
+def _channelwise_irreps(
+    irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps
+) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
+    """Output irreps and 'uvu' instructions of a channel-wise tensor product restricted to the target irreps."""
+    irreps_mid, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in irreps_target:
+                    instructions.append((i, j, len(irreps_mid), "uvu", True))
+                    irreps_mid.append((mul, ir_out))
+    irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
+    instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
+    return irreps_mid, instructions
+
+
+class InteractionBlock(nn.Module):
+    """Eqs. 8-9: the atomic basis ``A_i`` from neighbour features, radial weights and edge harmonics.
+
+        A_{i,klm} = W_A · (1/avg_num_neighbors) Σ_j R_k(r_ij) Y(r̂_ij) ⊗ (W_up h_j)
+
+    The tensor product is channel-wise ('uvu'): each channel of ``h_j`` couples with the
+    harmonics under its own radial weight per path.
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        num_radial: int,
+        radial_mlp: Sequence[int],
+        avg_num_neighbors: float,
+    ):
+        super().__init__()
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.avg_num_neighbors = float(avg_num_neighbors)
+        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        irreps_mid, instructions = _channelwise_irreps(self.irreps_in, o3.Irreps(irreps_sh), self.irreps_out)
+        self.tensor_product = o3.TensorProduct(
+            self.irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
+        )
+        self.radial = RadialMLP([num_radial, *radial_mlp, self.tensor_product.weight_numel])
+        self.linear = o3.Linear(irreps_mid, self.irreps_out)
+
+    def forward(
+        self,
+        node_feats: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        sender, receiver = edge_index
+        h = self.linear_up(node_feats)
+        radial_weights = self.radial(edge_radial)  # [n_edges, weight_numel]
+        messages = self.tensor_product(h[sender], edge_sh, radial_weights)  # Eq. 8
+        pooled = scatter_sum(messages, receiver, node_feats.shape[0]) / self.avg_num_neighbors
+        return self.linear(pooled)  # Eq. 9
+
+
+class ProductBlock(nn.Module):
+    """Eqs. 10-11: ``h^(t+1) = W m(B(A)) + W_{z_i} h^(t)``.
+
+    B is the element-dependent symmetric contraction of order ``correlation``; the
+    residual is a linear map of the previous features whose weights depend on the
+    element of the node.
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_node: o3.Irreps,
+        irreps_out: o3.Irreps,
+        correlation: int,
+        num_elements: int,
+    ):
+        super().__init__()
+        irreps_out = o3.Irreps(irreps_out)
+        num_channels = irreps_out[0].mul
+        contraction_out = o3.Irreps([(num_channels, ir) for _, ir in irreps_out])
+        self.num_elements = num_elements
+        self.contraction = SymmetricContraction(irreps_in, contraction_out, correlation, num_elements)
+        self.linear = o3.Linear(contraction_out, irreps_out)
+        self.skip = o3.FullyConnectedTensorProduct(irreps_node, o3.Irreps(f"{num_elements}x0e"), irreps_out)
+
+    def forward(self, basis: torch.Tensor, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(species, self.num_elements).to(node_feats.dtype)
+        return self.linear(self.contraction(basis, species)) + self.skip(node_feats, one_hot)
+
+
+class LinearReadout(nn.Module):
+    """Eq. 12, layers t < T: a linear map of the invariant features to one energy per node."""
+
+    def __init__(self, irreps_in: o3.Irreps):
+        super().__init__()
+        self.linear = o3.Linear(o3.Irreps(irreps_in), o3.Irreps("0e"))
+
+    def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
+        return self.linear(node_feats).squeeze(-1)
+
+
+class NonLinearReadout(nn.Module):
+    """Eq. 13, last layer: a one-hidden-layer MLP on the invariant features."""
+
+    def __init__(self, irreps_in: o3.Irreps, hidden: int = 16):
+        super().__init__()
+        self.linear_in = o3.Linear(o3.Irreps(irreps_in), o3.Irreps(f"{hidden}x0e"))
+        self.activation = NormalizedSiLU()
+        self.linear_out = o3.Linear(o3.Irreps(f"{hidden}x0e"), o3.Irreps("0e"))
+
+    def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
+        return self.linear_out(self.activation(self.linear_in(node_feats))).squeeze(-1)

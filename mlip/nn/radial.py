@@ -1,0 +1,94 @@
+"""Radial embeddings of interatomic distances.
+
+Bessel basis with a polynomial cutoff envelope (Klicpera et al. 2020, as used by
+MACE Eq. 8), and the radial MLP that turns it into tensor-product weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class BesselBasis(nn.Module):
+    """``b_n(r) = sqrt(2/r_max) sin(n π r / r_max) / r`` for n = 1..num_basis.
+
+    Input [n_edges, 1] Å -> output [n_edges, num_basis].
+    """
+
+    def __init__(self, r_max: float, num_basis: int = 8):
+        super().__init__()
+        self.r_max = float(r_max)
+        self.register_buffer("frequencies", math.pi / r_max * torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()))
+        self.register_buffer("prefactor", torch.tensor(math.sqrt(2.0 / r_max), dtype=torch.get_default_dtype()))
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return self.prefactor * torch.sin(self.frequencies * r) / r
+
+
+class PolynomialCutoff(nn.Module):
+    """Smooth envelope that goes to zero at r_max with p continuous derivatives.
+
+    ``f(u) = 1 - (p+1)(p+2)/2 u^p + p(p+2) u^(p+1) - p(p+1)/2 u^(p+2)`` for u = r/r_max < 1, else 0.
+    """
+
+    def __init__(self, r_max: float, p: int = 5):
+        super().__init__()
+        self.r_max = float(r_max)
+        self.p = int(p)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        p, u = self.p, r / self.r_max
+        envelope = (
+            1.0
+            - (p + 1.0) * (p + 2.0) / 2.0 * u**p
+            + p * (p + 2.0) * u ** (p + 1)
+            - p * (p + 1.0) / 2.0 * u ** (p + 2)
+        )
+        return envelope * (u < 1.0)
+
+
+class RadialEmbedding(nn.Module):
+    """Bessel basis times the cutoff envelope: [n_edges, 1] Å -> [n_edges, num_basis]."""
+
+    def __init__(self, r_max: float, num_basis: int = 8, cutoff_power: int = 5):
+        super().__init__()
+        self.basis = BesselBasis(r_max, num_basis)
+        self.cutoff = PolynomialCutoff(r_max, cutoff_power)
+        self.out_dim = num_basis
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return self.basis(r) * self.cutoff(r)
+
+
+class NormalizedSiLU(nn.Module):
+    """SiLU rescaled to unit second moment for unit-normal input (as e3nn normalises activations)."""
+
+    SCALE = 1.6790  # 1 / sqrt(E[silu(x)^2]), x ~ N(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.SCALE * nn.functional.silu(x)
+
+
+class RadialMLP(nn.Module):
+    """MLP without biases, so that a radial embedding of zero (r >= r_max) maps to zero weights.
+
+    Layers are variance-preserving at initialisation.
+    """
+
+    def __init__(self, sizes: Sequence[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            linear = nn.Linear(n_in, n_out, bias=False)
+            nn.init.normal_(linear.weight, std=1.0 / math.sqrt(n_in))
+            layers.append(linear)
+            if k < len(sizes) - 2:
+                layers.append(NormalizedSiLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,171 @@
+"""The higher-order product of MACE (Batatia et al. 2022, Eq. 10).
+
+For every node i and channel k, the ν-fold product of the atomic basis
+``A_{i,k,lm}`` is coupled to an output irrep ``L`` by generalised Clebsch-Gordan
+coefficients. Because the ν factors are the same vector, only the part of the
+coupling tensor symmetric under permutation of the factors matters; we build an
+orthonormal basis ``U^{(ν,L)}_{η, M, a_1..a_ν}`` of that symmetric, equivariant
+space once, and learn element-dependent weights ``w_{z_i, k, η}`` on it:
+
+    B_{i,kLM} = Σ_ν Σ_η w^{(ν)}_{z_i k L η} Σ_{a} U^{(ν,L)}_{η M a_1..a_ν} Π_ξ A_{i,k,a_ξ}
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from mlip.nn.irreps import channel_irreps, from_channels, to_channels
+
+
+def _block_embedding(irreps: o3.Irreps, block: int) -> torch.Tensor:
+    """[2l+1, irreps.dim] matrix that picks irrep number ``block`` out of a vector."""
+    start = irreps[:block].dim
+    dim = irreps[block].ir.dim
+    embed = torch.zeros(dim, irreps.dim, dtype=torch.float64)
+    embed[:, start : start + dim] = torch.eye(dim, dtype=torch.float64)
+    return embed
+
+
+@functools.lru_cache(maxsize=None)
+def _product_basis_cached(irreps_str: str, correlation: int, ir_out_str: str) -> torch.Tensor:
+    irreps = o3.Irreps(irreps_str)
+    ir_out = o3.Irrep(ir_out_str)
+    ls = [ir.l for _, ir in irreps]
+    paths = []
+    # Sorted block tuples suffice: symmetrising the couplings of one ordering spans
+    # the same space as symmetrising those of any permutation of it.
+    for combo in itertools.combinations_with_replacement(range(len(irreps)), correlation):
+        if math.prod(irreps[b].ir.p for b in combo) != ir_out.p:
+            continue
+        partial = [(ls[combo[0]], _block_embedding(irreps, combo[0]))]
+        for step, b in enumerate(combo[1:], start=1):
+            reach = sum(ls[c] for c in combo[step + 1 :])  # what the remaining factors can still add
+            coupled = []
+            for l_partial, tensor in partial:
+                for l_new in range(abs(l_partial - ls[b]), l_partial + ls[b] + 1):
+                    if abs(l_new - ir_out.l) > reach:
+                        continue
+                    cg = o3.wigner_3j(l_partial, ls[b], l_new, dtype=torch.float64)
+                    new = torch.einsum("ijk,i...,jy->k...y", cg, tensor, _block_embedding(irreps, b))
+                    coupled.append((l_new, new))
+            partial = coupled
+        paths += [tensor for l_final, tensor in partial if l_final == ir_out.l]
+    shape = (ir_out.dim,) + (irreps.dim,) * correlation
+    if not paths:
+        return torch.zeros((0,) + shape, dtype=torch.float64)
+    stacked = torch.stack(paths)
+    axes = list(range(2, 2 + correlation))
+    symmetric = sum(
+        stacked.permute(0, 1, *perm) for perm in itertools.permutations(axes)
+    ) / math.factorial(correlation)
+    _, singular, vh = torch.linalg.svd(symmetric.reshape(len(paths), -1), full_matrices=False)
+    rank = int((singular > 1e-9 * singular[0]).sum()) if singular[0] > 1e-12 else 0
+    return vh[:rank].reshape((rank,) + shape).contiguous()
+
+
+def product_basis(irreps: o3.Irreps, correlation: int, ir_out: o3.Irrep) -> torch.Tensor:
+    """Orthonormal basis of symmetric equivariant maps ``Sym^ν(irreps) -> ir_out`` (float64).
+
+    Args:
+        irreps: the irreps of one channel, each with multiplicity 1, e.g. ``0e+1o+2e``.
+        correlation: ν, the number of factors.
+        ir_out: the output irrep L.
+
+    Returns:
+        [n_basis, 2L+1, d, ..., d] with ν trailing axes of size d = irreps.dim.
+    """
+    return _product_basis_cached(str(o3.Irreps(irreps)), int(correlation), str(o3.Irrep(ir_out))).clone()
+
+
+def _sorted_multi_indices(dim: int, correlation: int) -> torch.Tensor:
+    """All a_1 <= ... <= a_ν in range(dim): [n_monomials, ν]."""
+    return torch.tensor(list(itertools.combinations_with_replacement(range(dim), correlation)), dtype=torch.long)
+
+
+def _monomial_recursion(dim: int, correlation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sorted multi-index of degree ν: the position of its first ν-1 entries among
+    the sorted multi-indices of degree ν-1, and its last entry."""
+    previous = {tuple(row): k for k, row in enumerate(_sorted_multi_indices(dim, correlation - 1).tolist())}
+    rows = _sorted_multi_indices(dim, correlation).tolist()
+    parent = torch.tensor([previous[tuple(row[:-1])] for row in rows], dtype=torch.long)
+    last = torch.tensor([row[-1] for row in rows], dtype=torch.long)
+    return parent, last
+
+
+def compress_symmetric(basis: torch.Tensor, correlation: int) -> torch.Tensor:
+    """Fold a basis symmetric in its ν trailing axes onto sorted multi-indices.
+
+    ``Σ_{a_1..a_ν} U[..., a] Π x_{a_ξ} = Σ_{a_1<=..<=a_ν} U[..., a] · (#orderings of a) · Π x_{a_ξ}``,
+    so [p, m, d, ..., d] becomes [p, m, n_monomials].
+    """
+    dim = basis.shape[-1]
+    indices = _sorted_multi_indices(dim, correlation)
+    orderings = torch.tensor(
+        [len(set(itertools.permutations(row.tolist()))) for row in indices], dtype=basis.dtype
+    )
+    return basis[(..., *indices.T)] * orderings
+
+
+class SymmetricContraction(nn.Module):
+    """Eq. 10 with element-dependent weights.
+
+    Input ``[n_nodes, irreps_in.dim]`` with ``irreps_in = k x (l_1 + l_2 + ...)``, species
+    ``[n_nodes]``; output ``[n_nodes, irreps_out.dim]`` with ``irreps_out = k x (L_1 + ...)``.
+
+    Because each basis tensor is symmetric, the ν-fold product of A is only needed on
+    sorted multi-indices (monomials ``A_{a_1} ... A_{a_ν}`` with a_1 <= ... <= a_ν):
+    B = Σ_ν Σ_η w_η (U'_η · monomials_ν(A)), with U' the basis folded by `compress_symmetric`.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.correlation = int(correlation)
+        num_channels, per_channel_in = channel_irreps(self.irreps_in)
+        num_channels_out, per_channel_out = channel_irreps(self.irreps_out)
+        assert num_channels == num_channels_out, f"channels differ: {self.irreps_in} vs {self.irreps_out}"
+        self.per_channel_out = per_channel_out
+        dtype = torch.get_default_dtype()
+        # Monomials of degree ν are built from those of degree ν-1: A_{a_1..a_ν} = A_{a_1..a_{ν-1}} A_{a_ν}.
+        for nu in range(2, self.correlation + 1):
+            parent, last = _monomial_recursion(per_channel_in.dim, nu)
+            self.register_buffer(f"parent_{nu}", parent, persistent=False)
+            self.register_buffer(f"last_{nu}", last, persistent=False)
+        self.weights = nn.ParameterDict()
+        self.paths: list[list[tuple[int, str]]] = []  # per output irrep: (ν, name) with a non-empty basis
+        for i_out, (_, ir_out) in enumerate(per_channel_out):
+            paths = []
+            for nu in range(1, self.correlation + 1):
+                basis = product_basis(per_channel_in, nu, ir_out)
+                if basis.shape[0] == 0:
+                    continue
+                name = f"{i_out}_{nu}"
+                self.register_buffer(f"basis_{name}", compress_symmetric(basis, nu).to(dtype))
+                weight = torch.randn(num_elements, num_channels, basis.shape[0], dtype=dtype) / basis.shape[0]
+                self.weights[name] = nn.Parameter(weight)
+                paths.append((nu, name))
+            self.paths.append(paths)
+
+    def forward(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        x = to_channels(node_feats, self.irreps_in)  # [n, k, d]
+        n, k, _ = x.shape
+        monomials = {1: x}  # degree ν: [n, k, T_ν]
+        for nu in range(2, self.correlation + 1):
+            parent, last = getattr(self, f"parent_{nu}"), getattr(self, f"last_{nu}")
+            monomials[nu] = monomials[nu - 1][:, :, parent] * x[:, :, last]
+        outputs = []
+        for paths, (_, ir_out) in zip(self.paths, self.per_channel_out):
+            out = x.new_zeros(n, k, ir_out.dim)
+            for nu, name in paths:
+                basis = getattr(self, f"basis_{name}")  # [p, 2L+1, T_ν]
+                features = torch.einsum("nkt,pmt->nkpm", monomials[nu], basis)
+                out = out + torch.einsum("nkpm,nkp->nkm", features, self.weights[name][species])
+            outputs.append(out)
+        return from_channels(torch.cat(outputs, dim=-1), self.irreps_out)

@@ -1,0 +1,1 @@
+"""Training: loss, metrics, EMA, the LightningModule and checkpoint I/O."""

@@ -1,0 +1,140 @@
+"""LightningModule that trains a `Potential` on energies, forces and stress."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from mlip.models.potential import Potential
+from mlip.training.ema import ExponentialMovingAverage
+from mlip.training.loss import EnergyForcesStressLoss
+from mlip.training.metrics import PotentialMetrics
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULERS = ("plateau", "cosine", "constant")
+
+
+class PotentialModule(L.LightningModule):
+    """Training, validation (on EMA weights) and test of a `Potential`.
+
+    Args:
+        potential: the model wrapped with statistics and autograd derivatives.
+        loss: weighted energy/force/stress loss.
+        optimizer: ``adam`` or ``adamw``; ``amsgrad`` switches on AMSGrad.
+        lr: peak learning rate.
+        weight_decay: decoupled for adamw, L2 for adam.
+        scheduler: ``plateau`` (on val_loss, per epoch), ``cosine`` (to ``min_lr`` over the
+            run, per step) or ``constant``; all start with ``warmup_steps`` of linear warm-up.
+        ema_decay: decay of the weight average used for validation, test and export (None: off).
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        loss: EnergyForcesStressLoss,
+        optimizer: str = "adam",
+        lr: float = 0.01,
+        amsgrad: bool = True,
+        weight_decay: float = 0.0,
+        scheduler: str = "plateau",
+        warmup_steps: int = 0,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 5,
+        min_lr: float = 1e-5,
+        ema_decay: float | None = 0.99,
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        self.save_hyperparameters(ignore=["potential", "loss"])
+        self.potential = potential
+        self.loss = loss
+        self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
+        self.val_metrics = PotentialMetrics()
+        self.test_metrics = PotentialMetrics()
+
+    # -- which weights answer ------------------------------------------------------------
+    def evaluation_potential(self) -> Potential:
+        """The EMA weights when EMA is on, else the live weights."""
+        return self.ema.module if self.ema is not None else self.potential
+
+    def _wants(self) -> dict[str, bool]:
+        return {"compute_forces": bool(self.loss.weights["forces"]), "compute_stress": bool(self.loss.weights["stress"])}
+
+    # -- steps ---------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self._warm_up_learning_rate()
+        pred = self.potential(batch, create_graph=True, **self._wants())
+        loss, terms = self.loss(pred, batch)
+        size = int(batch.num_graphs)
+        self.log("train_loss", loss, batch_size=size, prog_bar=True, on_step=True, on_epoch=True)
+        for name, value in terms.items():
+            self.log(f"train_loss_{name}", value, batch_size=size, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.potential)
+
+    def _evaluate(self, batch: Any, metrics: PotentialMetrics, stage: str) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("forces need autograd during evaluation: build the Trainer with inference_mode=False")
+        with torch.enable_grad():
+            pred = self.evaluation_potential()(batch, compute_forces=True, compute_stress=True)
+        pred = {k: v.detach() for k, v in pred.items()}
+        loss, _ = self.loss(pred, batch)
+        self.log(f"{stage}_loss", loss, batch_size=int(batch.num_graphs), prog_bar=stage == "val")
+        metrics.update(pred, batch)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: PotentialMetrics, stage: str) -> None:
+        for name, value in metrics.compute().items():
+            self.log(f"{stage}_{name}", value, prog_bar=name == "forces_rmse")
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    # -- optimisation --------------------------------------------------------------------
+    def _warm_up_learning_rate(self) -> None:
+        steps = self.hparams.warmup_steps
+        if steps and self.global_step < steps:
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = self.hparams.lr * (self.global_step + 1) / steps
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay, "amsgrad": hp.amsgrad}
+        optimizer = OPTIMIZERS[hp.optimizer](self.potential.parameters(), **kwargs)
+        if hp.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=hp.plateau_factor, patience=hp.plateau_patience, min_lr=hp.min_lr
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        if hp.scheduler == "cosine":
+            total = max(int(self.trainer.estimated_stepping_batches), hp.warmup_steps + 1)
+            floor = hp.min_lr / hp.lr
+
+            def factor(step: int) -> float:
+                progress = min(1.0, max(0.0, (step - hp.warmup_steps) / (total - hp.warmup_steps)))
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mlip_model_spec"] = self.potential.model_spec
