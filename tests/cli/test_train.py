@@ -1,0 +1,56 @@
+"""mlip-train end to end on a tiny EMT set: outputs, learning, exact resume, label errors."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from mlip.cli.train import train
+from mlip.data.structure import DataError
+from tests.conftest import compose_train_config
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_file):
+    cfg = compose_train_config(tmp_path, emt_file, "trainer.max_epochs=4")
+    metrics = train(cfg)
+    for name in ("config_resolved.yaml", "logs/metrics.csv", "checkpoints/last.ckpt", "model.safetensors", "test_metrics.json"):
+        assert (tmp_path / name).is_file(), f"missing {name}"
+    assert set(json.loads((tmp_path / "test_metrics.json").read_text())) >= {"test_energy_mae", "test_forces_rmse", "test_stress_rmse"}
+    assert all(v > 0 for v in metrics.values())
+    rows = [r for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if r.get("val_loss")]
+    val_losses = [float(r["val_loss"]) for r in rows]
+    assert len(val_losses) == 4
+    assert min(val_losses[1:]) < val_losses[0], f"validation loss did not fall: {val_losses}"
+
+
+def test_resume_continues_from_the_same_step_and_matches_an_uninterrupted_run(tmp_path, emt_file):
+    straight = tmp_path / "straight"
+    train(compose_train_config(straight, emt_file, "trainer.max_epochs=3"))
+
+    interrupted = tmp_path / "interrupted"
+    train(compose_train_config(interrupted, emt_file, "trainer.max_epochs=2"))
+    first = _state(interrupted / "checkpoints" / "last.ckpt")
+    train(compose_train_config(interrupted, emt_file, "trainer.max_epochs=3", "resume=auto"))
+    resumed = _state(interrupted / "checkpoints" / "last.ckpt")
+    reference = _state(straight / "checkpoints" / "last.ckpt")
+
+    steps_per_epoch = first["global_step"] // 2
+    assert resumed["global_step"] == reference["global_step"] == first["global_step"] + steps_per_epoch
+    assert resumed["optimizer_states"][0]["state"].keys() == first["optimizer_states"][0]["state"].keys()
+    for key, value in reference["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-7), f"{key} differs after resume"
+    val_rows = [r for r in csv.DictReader(open(interrupted / "logs" / "metrics.csv")) if r.get("val_loss")]
+    assert [int(r["epoch"]) for r in val_rows] == [0, 1, 2], "the metrics CSV lost the epochs before the resume"
+    for a, b in zip(resumed["optimizer_states"][0]["state"].values(), reference["optimizer_states"][0]["state"].values()):
+        assert torch.allclose(a["exp_avg"], b["exp_avg"], rtol=1e-5, atol=1e-8)
+
+
+def test_missing_stress_labels_for_a_stress_loss_are_reported(tmp_path, emt_file):
+    cfg = compose_train_config(tmp_path, emt_file, "data.stress_key=null", "data.virial_key=null")
+    with pytest.raises(DataError, match=r"emt.xyz#\d+: no stress label"):
+        train(cfg)

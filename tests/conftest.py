@@ -1,0 +1,131 @@
+"""Shared fixtures: float64 by default, tiny models, small alloy structures, dataset samples."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from mlip.models.potential import Potential
+from mlip.models.registry import build_model
+
+ELEMENTS = [28, 29, 79]  # Ni, Cu, Au
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def tiny_model_spec(correlation: int = 2, r_max: float = 4.0, **overrides) -> dict:
+    kwargs = dict(
+        num_elements=len(ELEMENTS),
+        avg_num_neighbors=12.0,
+        r_max=r_max,
+        num_bessel=6,
+        max_ell=2,
+        hidden_irreps="4x0e+4x1o",
+        correlation=correlation,
+        num_interactions=2,
+        radial_mlp=[8],
+        readout_mlp=4,
+    )
+    kwargs.update(overrides)
+    return {"target": "mlip.models.mace.MACE", "kwargs": kwargs}
+
+
+def make_tiny_potential(seed: int = 0, correlation: int = 2, **overrides) -> Potential:
+    """A small random MACE Potential in the current default dtype with non-trivial statistics."""
+    torch.manual_seed(seed)
+    spec = tiny_model_spec(correlation, **overrides)
+    return Potential(build_model(spec), ELEMENTS, [-1.2, -3.5, -0.7], scale=1.7, shift=0.3, model_spec=spec)
+
+
+@pytest.fixture
+def tiny_potential() -> Potential:
+    return make_tiny_potential()
+
+
+def random_alloy(rng: np.random.Generator, repeat=(1, 1, 1), rattle: float = 0.1) -> Atoms:
+    """A rattled, sheared fcc Cu/Ni/Au cell (periodic)."""
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(repeat)
+    atoms.numbers = rng.choice(ELEMENTS, size=len(atoms))
+    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.05 * rng.standard_normal((3, 3))), scale_atoms=True)
+    atoms.positions += rattle * rng.standard_normal(atoms.positions.shape)
+    return atoms
+
+
+def random_cluster(rng: np.random.Generator, n: int = 7) -> Atoms:
+    """A non-periodic cluster with no pair closer than about 2 Å."""
+    positions = [np.zeros(3)]
+    while len(positions) < n:
+        trial = rng.uniform(-3.0, 3.0, 3)
+        if min(np.linalg.norm(trial - p) for p in positions) > 2.0:
+            positions.append(trial)
+    return Atoms(numbers=rng.choice(ELEMENTS, size=n), positions=np.array(positions))
+
+
+@pytest.fixture
+def dataset_dir() -> Path:
+    """The real dataset samples named by MLIP_TEST_DATA (CI sets it); skip when absent."""
+    root = os.environ.get("MLIP_TEST_DATA")
+    if not root or not Path(root).is_dir():
+        pytest.skip("MLIP_TEST_DATA is not set to the shared dataset samples")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def emt_file(tmp_path_factory) -> str:
+    """A small EMT dataset (40 structures), made once per test session."""
+    from mlip.data.emt import ensure_emt_dataset
+
+    return ensure_emt_dataset(tmp_path_factory.mktemp("emt") / "emt.xyz", n_structures=40, seed=1)
+
+
+def compose_train_config(output_dir, emt_path, *overrides: str):
+    """The `mlip-train` config with a tiny model and dataset, as a test would run it."""
+    from hydra import compose, initialize_config_dir
+
+    from mlip.cli.train import CONFIG_DIR
+
+    tiny = [
+        f"output_dir={output_dir}",
+        f"data.train_files={emt_path}",
+        "data.batch_size=4",
+        "model.hidden_irreps=4x0e+4x1o",
+        "model.max_ell=1",
+        "model.correlation=2",
+        "model.r_max=4.0",
+        "model.radial_mlp=[8]",
+        "model.readout_mlp=4",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "module.warmup_steps=3",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=tiny + list(overrides))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, emt_file):
+    """A run folder of a tiny model trained for a few epochs on the small EMT set."""
+    from mlip.cli.train import train
+
+    previous = torch.get_default_dtype()
+    out = tmp_path_factory.mktemp("trained")
+    train(compose_train_config(out, emt_file, "trainer.max_epochs=6", "dtype=float64"))
+    torch.set_default_dtype(previous)
+    return out

@@ -1,0 +1,34 @@
+import math
+
+import torch
+
+from mlip.nn.radial import BesselBasis, PolynomialCutoff, RadialEmbedding, RadialMLP
+
+
+def test_bessel_basis_by_hand():
+    r = torch.tensor([[1.3]])
+    values = BesselBasis(r_max=5.0, num_basis=3)(r)
+    expected = [math.sqrt(2 / 5) * math.sin(n * math.pi * 1.3 / 5) / 1.3 for n in (1, 2, 3)]
+    assert torch.allclose(values, torch.tensor([expected]), atol=1e-14)
+
+
+def test_cutoff_and_its_derivatives_vanish_at_r_max():
+    cutoff = PolynomialCutoff(r_max=4.0, p=5)
+    r = torch.tensor([4.0 - 1e-9, 4.0, 4.5], requires_grad=True)
+    f = cutoff(r)
+    (df,) = torch.autograd.grad(f.sum(), r, create_graph=True)
+    (d2f,) = torch.autograd.grad(df.sum(), r)
+    assert torch.all(f.abs() < 1e-12) and torch.all(df.abs() < 1e-9) and torch.all(d2f.abs() < 1e-6)
+    assert cutoff(torch.tensor([0.0])).item() == 1.0
+
+
+def test_radial_weights_are_rotation_invariant_and_vanish_beyond_cutoff():
+    torch.manual_seed(0)
+    embedding, mlp = RadialEmbedding(r_max=4.0, num_basis=6), RadialMLP([6, 8, 5])
+    vectors = torch.randn(10, 3) * 2
+    rotation = torch.linalg.qr(torch.randn(3, 3))[0]
+    weights = mlp(embedding(vectors.norm(dim=1, keepdim=True)))
+    rotated = mlp(embedding((vectors @ rotation.T).norm(dim=1, keepdim=True)))
+    assert torch.allclose(weights, rotated, rtol=1e-12, atol=1e-14)
+    far = mlp(embedding(torch.tensor([[4.0], [5.0]])))
+    assert torch.all(far == 0)

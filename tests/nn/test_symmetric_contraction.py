@@ -1,0 +1,83 @@
+import itertools
+import math
+
+import pytest
+import torch
+from e3nn import o3
+
+from mlip.nn.irreps import channel_irreps, from_channels, to_channels
+from mlip.nn.symmetric_contraction import SymmetricContraction, product_basis
+
+
+def _character(l: int, angle: torch.Tensor) -> torch.Tensor:
+    return 1 + 2 * sum(torch.cos(m * angle) for m in range(1, l + 1)) if l else torch.ones_like(angle)
+
+
+def _multiplicity_by_characters(irreps: str, nu: int, ir_out: str) -> int:
+    """Multiplicity of ir_out in Sym^ν(irreps) from O(3) characters (Haar integral over angle)."""
+    irreps, ir_out = o3.Irreps(irreps), o3.Irrep(ir_out)
+    theta = (torch.arange(20000, dtype=torch.float64) + 0.5) * math.pi / 20000
+    density = (1 - torch.cos(theta)) / math.pi * (math.pi / 20000)
+
+    def chi(s: int, k: int) -> torch.Tensor:  # character of V at g^k with g = (inversion^s, θ)
+        return sum(((ir.p if s * k % 2 else 1)) * _character(ir.l, k * theta) for _, ir in irreps)
+
+    total = 0.0
+    for s in (0, 1):
+        if nu == 1:
+            sym = chi(s, 1)
+        elif nu == 2:
+            sym = (chi(s, 1) ** 2 + chi(s, 2)) / 2
+        else:
+            sym = (chi(s, 1) ** 3 + 3 * chi(s, 2) * chi(s, 1) + 2 * chi(s, 3)) / 6
+        out = (ir_out.p if s else 1) * _character(ir_out.l, theta)
+        total += 0.5 * float((density * sym * out).sum())
+    return round(total)
+
+
+@pytest.mark.parametrize(
+    "irreps,nu,ir_out",
+    [("0e+1o", 2, "0e"), ("0e+1o", 3, "0e"), ("0e+1o+2e", 2, "1o"), ("0e+1o+2e", 3, "0e"),
+     ("0e+1o+2e", 3, "1o"), ("0e+1o+2e+3o", 3, "0e"), ("0e+1o+2e+3o", 3, "2e"), ("0e+1o", 3, "1e")],
+)
+def test_basis_size_matches_character_theory(irreps, nu, ir_out):
+    basis = product_basis(o3.Irreps(irreps), nu, o3.Irrep(ir_out))
+    assert basis.shape[0] == _multiplicity_by_characters(irreps, nu, ir_out)
+
+
+def test_basis_is_orthonormal_symmetric_and_equivariant():
+    irreps, ir_out = o3.Irreps("0e+1o+2e"), o3.Irrep("1o")
+    basis = product_basis(irreps, 3, ir_out)
+    flat = basis.reshape(basis.shape[0], -1)
+    assert torch.allclose(flat @ flat.T, torch.eye(basis.shape[0]), atol=1e-12)
+    for perm in itertools.permutations([2, 3, 4]):
+        assert torch.allclose(basis.permute(0, 1, *perm), basis, atol=1e-12)
+    R = o3.rand_matrix()
+    D_in, D_out = irreps.D_from_matrix(R), ir_out.D_from_matrix(R)
+    rotated = torch.einsum("pmabc,ai,bj,ck->pmijk", basis, D_in, D_in, D_in)
+    assert torch.allclose(torch.einsum("nm,pmijk->pnijk", D_out, basis), rotated, atol=1e-12)
+
+
+@pytest.mark.parametrize("nu", [1, 2, 3])
+def test_compressed_contraction_equals_full_basis_sum(nu):
+    torch.manual_seed(nu)
+    irreps_in, irreps_out = o3.Irreps("2x0e+2x1o"), o3.Irreps("2x0e+2x1o")
+    block = SymmetricContraction(irreps_in, irreps_out, nu, num_elements=2)
+    x, species = torch.randn(5, irreps_in.dim), torch.tensor([0, 1, 1, 0, 1])
+    xc = to_channels(x, irreps_in)
+    _, per_channel_in = channel_irreps(irreps_in)
+    outs = []
+    for i_out, (_, ir_out) in enumerate(channel_irreps(irreps_out)[1]):
+        out = torch.zeros(5, 2, ir_out.dim)
+        for order in range(1, nu + 1):
+            basis = product_basis(per_channel_in, order, ir_out)
+            if basis.shape[0] == 0:
+                continue
+            w = block.weights[f"{i_out}_{order}"][species]  # [n, k, p]
+            full = torch.einsum("pm...,nkp->nkm...", basis, w)
+            for _ in range(order):
+                full = (full * xc.reshape(5, 2, 1, *([1] * (full.dim() - 4)), -1)).sum(-1)
+            out = out + full
+        outs.append(out)
+    expected = from_channels(torch.cat(outs, dim=-1), irreps_out)
+    assert torch.allclose(block(x, species), expected, atol=1e-12)

@@ -1,0 +1,96 @@
+"""Model file round trip and the ASE calculator."""
+
+import numpy as np
+import pytest
+import torch
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.optimize import BFGS
+from safetensors.torch import save_file
+
+from mlip.calculator import MLIPCalculator
+from mlip.data.structure import DataError
+from mlip.export import load_model, potential_from_checkpoint, read_metadata, save_model
+from mlip.models.potential import UnknownElementError
+from tests.conftest import random_alloy, random_cluster
+
+
+def _results(calc, atoms):
+    atoms = atoms.copy()
+    atoms.calc = calc
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "energies": atoms.get_potential_energies()}
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out
+
+
+def test_save_load_round_trip_matches_to_1e_6(tmp_path, tiny_potential, rng):
+    path = save_model(tiny_potential, tmp_path / "model.safetensors")
+    assert read_metadata(path)["elements"] == [28, 29, 79]
+    before, after = MLIPCalculator(tiny_potential), MLIPCalculator(path)
+    for atoms in (random_alloy(rng), random_cluster(rng)):
+        a, b = _results(before, atoms), _results(after, atoms)
+        for key in a:
+            assert np.allclose(a[key], b[key], rtol=1e-6, atol=1e-9), key
+    assert not list(tmp_path.glob(".*tmp")), "a temporary file was left behind"
+
+
+def test_float32_and_float64_agree_and_per_atom_energies_sum(tmp_path, tiny_potential, rng):
+    path = save_model(tiny_potential, tmp_path / "model.safetensors")
+    atoms = random_alloy(rng)
+    r64, r32 = _results(MLIPCalculator(path, dtype="float64"), atoms), _results(MLIPCalculator(path, dtype="float32"), atoms)
+    assert r32["energy"] == pytest.approx(r64["energy"], rel=1e-5)
+    assert np.allclose(r32["forces"], r64["forces"], atol=1e-4)
+    assert r64["energies"].sum() == pytest.approx(r64["energy"], rel=1e-12)
+    assert load_model(path, dtype="float32").e0s.dtype == torch.float32
+
+
+def test_molecules_have_no_stress_and_bad_atoms_are_refused(tiny_potential, rng):
+    calc = MLIPCalculator(tiny_potential)
+    molecule = random_cluster(rng)
+    molecule.calc = calc
+    assert np.isfinite(molecule.get_potential_energy())
+    assert molecule.get_potential_energy() == molecule.get_potential_energy(force_consistent=True)
+    with pytest.raises(PropertyNotImplementedError, match="periodic in all three"):
+        molecule.get_stress()
+    bad = random_alloy(rng)
+    bad.numbers[0] = 26
+    bad.calc = calc
+    with pytest.raises(UnknownElementError, match="Fe"):
+        bad.get_potential_energy()
+    nan = random_alloy(rng)
+    nan.positions[1, 0] = np.nan
+    nan.calc = calc
+    with pytest.raises(DataError, match="non-finite .* atom 1"):
+        nan.get_potential_energy()
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not an mlip model file"):
+        load_model(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "absent.safetensors")
+
+
+def test_trained_model_file_matches_its_checkpoint_and_bfgs_lowers_energy(trained_run, rng):
+    model_file = trained_run / "model.safetensors"
+    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    atoms = random_alloy(rng, rattle=0.15)
+    from_file = _results(MLIPCalculator(model_file), atoms)
+    from_ckpt = _results(MLIPCalculator(potential_from_checkpoint(best)), atoms)
+    assert from_file["energy"] == pytest.approx(from_ckpt["energy"], rel=1e-10)
+
+    atoms.calc = MLIPCalculator(model_file)
+    start = atoms.get_potential_energy()
+    BFGS(atoms, logfile=None).run(fmax=0.05, steps=30)
+    assert atoms.get_potential_energy() < start - 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_calculator_matches_cpu(tiny_potential, rng, tmp_path):
+    path = save_model(tiny_potential, tmp_path / "model.safetensors")
+    atoms = random_alloy(rng)
+    cpu, gpu = _results(MLIPCalculator(path), atoms), _results(MLIPCalculator(path, device="cuda"), atoms)
+    for key in cpu:
+        assert np.allclose(cpu[key], gpu[key], rtol=1e-8, atol=1e-10), key

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+
+from mlip.training.ema import ExponentialMovingAverage
+from mlip.training.loss import EnergyForcesStressLoss
+from mlip.training.metrics import PotentialMetrics
+
+
+def _batch():
+    g1 = Data(
+        energy=torch.tensor([1.0]), natoms=torch.tensor([2]), forces=torch.tensor([[1.0, 0, 0], [0, 0, 0]]),
+        stress=torch.zeros(1, 3, 3), has_energy=torch.tensor([True]), has_forces=torch.tensor([True]),
+        has_stress=torch.tensor([True]), num_nodes=2,
+    )
+    g2 = Data(
+        energy=torch.tensor([0.0]), natoms=torch.tensor([1]), forces=torch.zeros(1, 3),
+        stress=torch.zeros(1, 3, 3), has_energy=torch.tensor([True]), has_forces=torch.tensor([False]),
+        has_stress=torch.tensor([False]), num_nodes=1,
+    )
+    return Batch.from_data_list([g1, g2])
+
+
+def _pred():
+    stress = torch.zeros(2, 3, 3)
+    stress[0, 0, 0], stress[1, 1, 1] = 0.3, 100.0  # the second graph has no stress label
+    forces = torch.tensor([[1.5, 0, 0], [0, -1.0, 0], [50.0, 0, 0]])  # atom 2 has no force label
+    return {"energy": torch.tensor([2.0, -3.0]), "forces": forces, "stress": stress}
+
+
+def test_mse_loss_by_hand_ignores_unlabelled_entries():
+    loss = EnergyForcesStressLoss(energy_weight=2.0, forces_weight=3.0, stress_weight=5.0)
+    total, terms = loss(_pred(), _batch())
+    energy = ((1.0 / 2) ** 2 + (-3.0) ** 2) / 2  # per-atom errors 0.5 and -3
+    forces = (0.5**2 + 1.0**2) / 6  # 6 labelled components of graph 1
+    stress = 0.3**2 / 9
+    assert terms["energy"].item() == pytest.approx(2 * energy)
+    assert terms["forces"].item() == pytest.approx(3 * forces)
+    assert terms["stress"].item() == pytest.approx(5 * stress)
+    assert total.item() == pytest.approx(2 * energy + 3 * forces + 5 * stress)
+
+
+def test_huber_loss_is_quadratic_inside_delta_and_linear_outside():
+    loss = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=0.0, kind="huber", huber_delta=1.0)
+    _, terms = loss(_pred(), _batch())
+    expected = (0.5 * 0.5**2 + 1.0 * (3.0 - 0.5)) / 2
+    assert terms["energy"].item() == pytest.approx(expected)
+
+
+def test_metrics_accumulate_over_batches_by_hand():
+    metrics = PotentialMetrics()
+    metrics.update(_pred(), _batch())
+    metrics.update(_pred(), _batch())  # the same again: means unchanged
+    out = metrics.compute()
+    assert out["energy_mae"] == pytest.approx((0.5 + 3.0) / 2)
+    assert out["energy_rmse"] == pytest.approx(((0.25 + 9.0) / 2) ** 0.5)
+    assert out["forces_mae"] == pytest.approx(1.5 / 6)
+    assert out["forces_rmse"] == pytest.approx((1.25 / 6) ** 0.5)
+    assert out["stress_mae"] == pytest.approx(0.3 / 9)
+
+
+def test_ema_follows_the_documented_recursion():
+    model = nn.Linear(2, 1, bias=False)
+    ema = ExponentialMovingAverage(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # n=0: d = min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.module.weight, 0.1 * start + 0.9 * (start + 1.0))
+    ema.update(model)  # n=1: d = 2/11
+    expected = 2 / 11 * (0.1 * start + 0.9 * (start + 1.0)) + 9 / 11 * (start + 1.0)
+    assert torch.allclose(ema.module.weight, expected)
+    assert not any(p.requires_grad for p in ema.module.parameters())
