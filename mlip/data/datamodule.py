@@ -22,6 +22,12 @@ from mlip.data.statistics import DatasetStatistics, compute_statistics
 from mlip.data.structure import DataError, Structure
 
 
+def _as_list(files: str | Path | Sequence[str] | None) -> list[str]:
+    if files is None:
+        return []
+    return [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch): the same order after a resume at that epoch."""
 
@@ -93,8 +99,7 @@ class AtomicDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        as_list = lambda files: [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files or []]
-        self.train_files, self.val_files, self.test_files = as_list(train_files), as_list(val_files), as_list(test_files)
+        self.train_files, self.val_files, self.test_files = _as_list(train_files), _as_list(val_files), _as_list(test_files)
         self.r_max = float(r_max)
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, virial_key=virial_key)
