@@ -68,10 +68,6 @@ class Structure:
         return int(self.atomic_numbers.shape[0])
 
     @property
-    def volume(self) -> float:
-        return float(abs(np.linalg.det(self.cell)))
-
-    @property
     def is_periodic(self) -> bool:
         """True when periodic in all three directions (stress is defined)."""
         return bool(self.pbc.all())

@@ -27,6 +27,3 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a model from ``{"target": <registered class path>, "kwargs": {...}}``."""
     return model_class(spec["target"])(**spec["kwargs"])
 
-
-def target_of(model_class_: type[nn.Module]) -> str:
-    return f"{model_class_.__module__}.{model_class_.__qualname__}"
