@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from e3nn import o3
 
 from mlip.data.graph import structure_to_graph
