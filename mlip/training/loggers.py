@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
+from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -19,8 +20,8 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self):
         if self._experiment is not None:
             return self._experiment
-        path = os.path.join(self.log_dir, "metrics.csv")
-        previous = open(path, newline="").read() if os.path.isfile(path) else None
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        previous = path.read_text() if path.is_file() else None
         writer = super().experiment
         if previous:
             with open(writer.metrics_file_path, "w", newline="") as f:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlip.training.errors import label_errors
+
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype).expand_as(values)
@@ -38,17 +40,14 @@ class EnergyForcesStressLoss(nn.Module):
         return nn.functional.huber_loss(error, torch.zeros_like(error), reduction="none", delta=self.huber_delta)
 
     def forward(self, pred: dict[str, torch.Tensor], batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its weighted terms."""
-        terms = {}
-        if self.weights["energy"]:
-            natoms = batch.natoms.to(pred["energy"].dtype)
-            error = (pred["energy"] - batch.energy.to(pred["energy"].dtype)) / natoms
-            terms["energy"] = self.weights["energy"] * _masked_mean(self._rho(error), batch.has_energy)
-        if self.weights["forces"]:
-            error = pred["forces"] - batch.forces.to(pred["forces"].dtype)
-            terms["forces"] = self.weights["forces"] * _masked_mean(self._rho(error), batch.has_forces[batch.batch, None])
-        if self.weights["stress"]:
-            error = pred["stress"] - batch.stress.to(pred["stress"].dtype).view(-1, 3, 3)
-            terms["stress"] = self.weights["stress"] * _masked_mean(self._rho(error), batch.has_stress[:, None, None])
+        """Total loss and its weighted terms (only the terms with a non-zero weight)."""
+        errors = label_errors(pred, batch)
+        missing = [name for name, weight in self.weights.items() if weight and name not in errors]
+        assert not missing, f"the loss weights {missing} but the prediction has only {sorted(pred)}"
+        terms = {
+            name: self.weights[name] * _masked_mean(self._rho(error), mask)
+            for name, (error, mask) in errors.items()
+            if self.weights[name]
+        }
         total = sum(terms.values()) if terms else torch.zeros((), dtype=pred["energy"].dtype)
         return total, terms

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from mlip.training.errors import label_errors
+
 
 class ErrorMetric(Metric):
     """Accumulates |error| and error² over labelled entries; computes MAE and RMSE."""
@@ -44,16 +46,8 @@ class PotentialMetrics(torch.nn.Module):
         self.errors = torch.nn.ModuleDict({q: ErrorMetric() for q in self.QUANTITIES})
 
     def update(self, pred: dict[str, torch.Tensor], batch) -> None:
-        natoms = batch.natoms.to(pred["energy"].dtype)
-        self.errors["energy"].update((pred["energy"] - batch.energy.to(natoms.dtype)) / natoms, batch.has_energy)
-        if "forces" in pred:
-            self.errors["forces"].update(
-                pred["forces"] - batch.forces.to(pred["forces"].dtype), batch.has_forces[batch.batch, None]
-            )
-        if "stress" in pred:
-            self.errors["stress"].update(
-                pred["stress"] - batch.stress.to(pred["stress"].dtype).view(-1, 3, 3), batch.has_stress[:, None, None]
-            )
+        for name, (error, mask) in label_errors(pred, batch).items():
+            self.errors[name].update(error, mask)
 
     def compute(self) -> dict[str, float]:
         """``{"energy_mae": ..., "forces_rmse": ...}`` for the quantities that had labels."""
