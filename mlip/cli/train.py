@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         extra={"statistics": datamodule.statistics.to_dict(), "test_metrics": metrics},
     )
     (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"\nTest set ({len(datamodule.splits['test'])} structures, EMA weights of the best checkpoint):")
+    print(f"\nTest set ({datamodule.split_size('test')} structures, EMA weights of the best checkpoint):")
     print(format_metrics(metrics))
     print(f"model file: {cfg.model_file}\ncheckpoints: {checkpoint.dirpath}\n")
     return metrics

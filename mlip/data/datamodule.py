@@ -1,25 +1,36 @@
-"""LightningDataModule: read files, split, build graphs, compute statistics, batch.
+"""LightningDataModules: structures in memory (`AtomicDataModule`) or a packed store (`StoreDataModule`).
 
-Splits are either by file (``val_files`` / ``test_files``) or drawn from the
-training files by seed (``val_fraction`` / ``test_fraction``). Statistics always
-come from the training split only.
+Both share `GraphDataModule`: batches of a fixed number of structures or filled to
+an atom/edge budget, shuffled by (seed, epoch), dealt out across data-parallel
+ranks by the samplers themselves (the trainer runs with
+``use_distributed_sampler=False``), and neighbour lists built either before
+batching on the CPU (``neighbour_list="workers"``) or for the whole batch on its
+device after the transfer (``"device"``, vesin-torch). Statistics always come
+from the training split only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Subset
 from torch_geometric.loader import DataLoader
 
-from mlip.data.graph import AtomicGraph, structure_to_graph
-from mlip.data.readers.extxyz import read_extxyz
-from mlip.data.statistics import DatasetStatistics, compute_statistics
+from mlip.data.graph import add_batch_edges, structure_to_graph
+from mlip.data.readers import SkippedRecords, iter_structures
+from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler
+from mlip.data.statistics import DatasetStatistics, TrainingSetSummary, statistics_from_summary
+from mlip.data.store.dataset import StoreDataset
 from mlip.data.structure import DataError, Structure
+
+log = logging.getLogger("mlip.data")
+NEIGHBOUR_LISTS = ("workers", "device")
+ENERGY_REFERENCES = ("total", "adsorption")
 
 
 def _as_list(files: str | Path | Sequence[str] | None) -> list[str]:
@@ -28,54 +39,165 @@ def _as_list(files: str | Path | Sequence[str] | None) -> list[str]:
     return [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation drawn from (seed, epoch): the same order after a resume at that epoch."""
-
-    def __init__(self, num_samples: int, seed: int = 0):
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Random disjoint train/val/test indices of ``range(n)`` (a non-empty split has at least one)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(int(round(val_fraction * n)), int(val_fraction > 0)) if val_fraction > 0 else 0
+    n_test = max(int(round(test_fraction * n)), int(test_fraction > 0)) if test_fraction > 0 else 0
+    if n_val + n_test >= n:
+        raise DataError(f"cannot split {n} structures into val={val_fraction}, test={test_fraction} and a training set")
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
 def split_by_seed(
-    structures: Sequence[Structure], val_fraction: float, test_fraction: float, seed: int
-) -> tuple[list[Structure], list[Structure], list[Structure]]:
-    """Random train/val/test split of ``structures`` (each non-empty split has at least one structure)."""
-    n = len(structures)
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(val_fraction * n)) if val_fraction > 0 else 0
-    n_test = int(round(test_fraction * n)) if test_fraction > 0 else 0
-    n_val, n_test = max(n_val, int(val_fraction > 0)), max(n_test, int(test_fraction > 0))
-    if n_val + n_test >= n:
-        raise DataError(f"cannot split {n} structures into val={val_fraction}, test={test_fraction} and a training set")
-    val = [structures[k] for k in order[:n_val]]
-    test = [structures[k] for k in order[n_val : n_val + n_test]]
-    train = [structures[k] for k in order[n_val + n_test :]]
-    return train, val, test
+    structures: Sequence[Any], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """`split_indices` applied to a sequence."""
+    return tuple([structures[k] for k in part] for part in split_indices(len(structures), val_fraction, test_fraction, seed))
 
 
-class AtomicDataModule(L.LightningDataModule):
-    """Structures from extxyz files as batches of `AtomicGraph`.
+class GraphDataModule(L.LightningDataModule):
+    """Batching shared by the data modules; subclasses fill ``datasets``, ``sizes`` and ``statistics``.
 
     Args:
-        train_files: extxyz file(s) of the training data.
         r_max: neighbour-list cutoff, Å (the model's cutoff).
+        batch_size / val_batch_size: structures per batch (when no budget is set).
+        max_atoms / max_edges: fill training batches up to this many atoms / edges instead.
+        neighbour_list: ``"workers"`` (CPU, vesin, before batching) or ``"device"``
+            (vesin-torch on the batch's device).
+        num_workers: DataLoader worker processes.
+        seed: shuffling seed (per epoch).
+        e0s: ``"least_squares"``, ``"zero"``, a mapping element -> eV or an isolated-atom extxyz.
+        elements: atomic numbers for the model (default: those in the training set).
+        energy_reference: ``"total"`` energies, or ``"adsorption"`` energies already
+            referenced to a clean slab and gas-phase molecules (OC20), which are not sums
+            of per-element terms: these need ``e0s: zero``.
+        fixed_atom_forces: False leaves the (constraint) forces on fixed atoms out of loss and metrics.
+    """
+
+    def __init__(
+        self,
+        r_max: float,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        max_atoms: int | None = None,
+        max_edges: int | None = None,
+        neighbour_list: str = "workers",
+        num_workers: int = 0,
+        seed: int = 0,
+        e0s: str | Mapping | None = "least_squares",
+        elements: Sequence[int] | None = None,
+        energy_reference: str = "total",
+        fixed_atom_forces: bool = True,
+    ):
+        super().__init__()
+        if neighbour_list not in NEIGHBOUR_LISTS:
+            raise ValueError(f"neighbour_list must be one of {NEIGHBOUR_LISTS}, got {neighbour_list!r}")
+        if energy_reference not in ENERGY_REFERENCES:
+            raise ValueError(f"energy_reference must be one of {ENERGY_REFERENCES}, got {energy_reference!r}")
+        if energy_reference == "adsorption" and e0s not in ("zero", None):
+            raise DataError(
+                "adsorption energies are referenced already and are not sums of per-element energies; "
+                "set e0s: zero for this dataset"
+            )
+        if max_atoms is not None and max_edges is not None:
+            raise ValueError("give max_atoms or max_edges, not both")
+        self.r_max = float(r_max)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.max_atoms, self.max_edges = max_atoms, max_edges
+        self.neighbour_list = neighbour_list
+        self.num_workers = num_workers
+        self.seed = seed
+        self.e0s = e0s
+        self.elements = list(elements) if elements is not None else None
+        self.energy_reference = energy_reference
+        self.fixed_atom_forces = fixed_atom_forces
+        self.datasets: dict[str, Dataset] = {}
+        self.sizes: dict[str, dict[str, np.ndarray]] = {}
+        self.statistics: DatasetStatistics | None = None
+
+    @property
+    def graph_cutoff(self) -> float | None:
+        """The cutoff graphs are built with before batching (None: edges come on the device)."""
+        return self.r_max if self.neighbour_list == "workers" else None
+
+    # ---- what subclasses provide --------------------------------------------------------
+    def label_table(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
+        """([S] bool arrays has_energy/has_forces/has_stress, a function index -> source name)."""
+        raise NotImplementedError
+
+    # ---- shared --------------------------------------------------------------------------
+    def split_size(self, split: str) -> int:
+        return len(self.datasets[split])
+
+    def require_labels(self, energy: bool, forces: bool, stress: bool) -> None:
+        """Raise `DataError` naming the first training/validation record that lacks a requested label.
+
+        Stress is required only of structures periodic in all three directions.
+        """
+        for split in ("train", "val"):
+            if split not in self.datasets:
+                continue
+            table, source = self.label_table(split)
+            for name, wanted in (("energy", energy), ("forces", forces), ("stress", stress)):
+                if not wanted:
+                    continue
+                missing = ~table[f"has_{name}"]
+                if name == "stress":
+                    missing &= table["periodic"]
+                if missing.any():
+                    raise DataError(
+                        f"{source(int(np.argmax(missing)))}: no {name} label ({int(missing.sum())} such "
+                        f"in {split}), but the loss asks for it; set the label key in the data config "
+                        f"or give that loss term weight 0"
+                    )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        world, rank = self._world()
+        budget = self.max_atoms or self.max_edges
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if budget is not None and shuffle:
+            sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
+            sampler = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
+            return DataLoader(self.datasets[split], batch_sampler=sampler, **common)
+        batch_size = self.batch_size if shuffle else self.val_batch_size
+        sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
+        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.neighbour_list == "device":
+            batch = add_batch_edges(batch, self.r_max)
+        return batch
+
+    def _statistics(self, summary: TrainingSetSummary) -> DatasetStatistics:
+        return statistics_from_summary(summary, self.e0s if self.e0s is not None else "least_squares", self.elements)
+
+
+class AtomicDataModule(GraphDataModule):
+    """Structures read from files (any reader) and held in memory as graphs.
+
+    Args:
+        train_files: file(s) (or LMDB folders) of the training data.
         val_files / test_files: explicit validation / test files; when absent, drawn from
             the training files with ``val_fraction`` / ``test_fraction`` and ``split_seed``.
-        energy_key, forces_key, stress_key, virial_key: label names in the files.
-        e0s: ``"least_squares"``, a mapping element -> eV, or an isolated-atom extxyz path.
-        elements: atomic numbers for the model (default: those in the training set).
-        batch_size / val_batch_size: structures per batch.
-        num_workers: DataLoader workers.
-        seed: shuffling seed (per epoch).
+        format: reader name or ``"auto"`` (by file name); see `mlip.data.readers`.
+        reader: options for that reader (label keys, MPTrj energy choice, ...).
+        on_error: ``"raise"`` at the first bad record, or ``"skip"`` bad records and report their count.
+        Other arguments: see `GraphDataModule`.
     """
 
     def __init__(
@@ -87,34 +209,25 @@ class AtomicDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
-        energy_key: str | None = "energy",
-        forces_key: str | None = "forces",
-        stress_key: str | None = "stress",
-        virial_key: str | None = "virial",
-        e0s: str | Mapping = "least_squares",
-        elements: Sequence[int] | None = None,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
+        format: str = "auto",
+        reader: Mapping[str, Any] | None = None,
+        on_error: str = "raise",
+        **batching: Any,
     ):
-        super().__init__()
+        super().__init__(r_max, **batching)
         self.train_files, self.val_files, self.test_files = _as_list(train_files), _as_list(val_files), _as_list(test_files)
-        self.r_max = float(r_max)
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, virial_key=virial_key)
-        self.e0s = e0s
-        self.elements = list(elements) if elements is not None else None
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
+        self.format, self.reader, self.on_error = format, dict(reader or {}), on_error
         self.splits: dict[str, list[Structure]] = {}
-        self.graphs: dict[str, list[AtomicGraph]] = {}
-        self.statistics: DatasetStatistics | None = None
+        self.skipped = SkippedRecords()
 
     def _read(self, files: Sequence[str]) -> list[Structure]:
-        return [s for f in files for s in read_extxyz(f, **self.keys)]
+        structures = []
+        for f in files:
+            structures.extend(iter_structures(f, self.format, on_error=self.on_error, skipped=self.skipped, **self.reader))
+        if files and not structures:
+            raise DataError(f"{', '.join(files)}: no structures")
+        return structures
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -127,38 +240,104 @@ class AtomicDataModule(L.LightningDataModule):
                 train, val, _ = split_by_seed(train, self.val_fraction, 0.0, self.split_seed)
         else:
             train, val, test = split_by_seed(structures, self.val_fraction, self.test_fraction, self.split_seed)
+        if self.skipped.count:
+            log.warning("%s", self.skipped.summary())
         self.splits = {"train": train, "val": val, "test": test}
-        self.graphs = {name: [structure_to_graph(s, self.r_max) for s in split] for name, split in self.splits.items()}
-        self.statistics = compute_statistics(train, self.graphs["train"], self.e0s, self.elements)
+        for name, split in self.splits.items():
+            graphs = [structure_to_graph(s, self.r_max, self.fixed_atom_forces) for s in split]
+            self.sizes[name] = {
+                "atoms": np.array([g.num_nodes for g in graphs], dtype=np.int64),
+                "edges": np.array([g.edge_index.shape[1] for g in graphs], dtype=np.int64),
+            }
+            if name == "train":
+                self.statistics = self._statistics(TrainingSetSummary.from_structures(split, graphs))
+            if self.graph_cutoff is None:  # edges are rebuilt on the device; do not hold them
+                graphs = [structure_to_graph(s, None, self.fixed_atom_forces) for s in split]
+            self.datasets[name] = graphs
 
-    def require_labels(self, energy: bool, forces: bool, stress: bool) -> None:
-        """Raise `DataError` naming the first training/validation record that lacks a requested label.
+    def label_table(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
+        structures = self.splits[split]
+        table = {
+            "has_energy": np.array([s.energy is not None for s in structures], dtype=bool),
+            "has_forces": np.array([s.forces is not None for s in structures], dtype=bool),
+            "has_stress": np.array([s.stress is not None for s in structures], dtype=bool),
+            "periodic": np.array([s.is_periodic for s in structures], dtype=bool),
+        }
+        return table, lambda k: structures[k].source
 
-        Stress is required only of structures periodic in all three directions.
-        """
-        for split in ("train", "val"):
-            for s in self.splits[split]:
-                missing = [
-                    name
-                    for name, wanted, present in (
-                        ("energy", energy, s.energy is not None),
-                        ("forces", forces, s.forces is not None),
-                        ("stress", stress and s.is_periodic, s.stress is not None),
-                    )
-                    if wanted and not present
-                ]
-                if missing:
-                    raise DataError(
-                        f"{s.source}: no {', '.join(missing)} label, but the loss asks for it; "
-                        f"set the label key in the data config or give that loss term weight 0"
-                    )
 
-    def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffleSampler(len(self.graphs["train"]), self.seed)
-        return DataLoader(self.graphs["train"], batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+class StoreDataModule(GraphDataModule):
+    """Structures from packed stores written by ``mlip-preprocess``, read at random with workers.
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.graphs["val"], batch_size=self.val_batch_size, num_workers=self.num_workers)
+    Args:
+        train_store: the training store folder.
+        val_store / test_store: stores for validation / test; when absent, drawn from the
+            training store with ``val_fraction`` / ``test_fraction`` and ``split_seed``.
+        verify: check the shards' checksums when opening.
+        Other arguments: see `GraphDataModule`. With ``e0s: null`` the statistics written at
+        preprocess time are used as they are (when the whole store is the training set);
+        otherwise they are recomputed from the store's per-shard summaries.
+    """
 
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.graphs["test"], batch_size=self.val_batch_size, num_workers=self.num_workers)
+    def __init__(
+        self,
+        train_store: str | Path,
+        r_max: float,
+        val_store: str | Path | None = None,
+        test_store: str | Path | None = None,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        verify: bool = False,
+        **batching: Any,
+    ):
+        batching.setdefault("e0s", None)
+        super().__init__(r_max, **batching)
+        self.stores = {"train": train_store, "val": val_store, "test": test_store}
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.verify = verify
+
+    def _open(self, path: str | Path) -> StoreDataset:
+        store = StoreDataset(path, self.graph_cutoff, self.fixed_atom_forces, self.verify)
+        if abs(store.store_cutoff - self.r_max) > 1e-9:
+            raise DataError(
+                f"{path}: preprocessed with cutoff {store.store_cutoff} Å but the model's r_max is {self.r_max} Å; "
+                f"neighbour counts (statistics, edge budget) would be wrong: rerun mlip-preprocess with cutoff={self.r_max}"
+            )
+        return store
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        train = self._open(self.stores["train"])
+        train_rows = np.arange(len(train))
+        parts: dict[str, tuple[StoreDataset, np.ndarray]] = {}
+        if self.stores["val"] is None:
+            fractions = (self.val_fraction, self.test_fraction if self.stores["test"] is None else 0.0)
+            train_rows, val_rows, test_rows = split_indices(len(train), *fractions, self.split_seed)
+            parts["val"] = (train, np.sort(val_rows))
+            if self.stores["test"] is None:
+                parts["test"] = (train, np.sort(test_rows))
+        parts["train"] = (train, np.sort(train_rows))
+        for name in ("val", "test"):
+            if self.stores[name] is not None:
+                store = self._open(self.stores[name])
+                parts[name] = (store, np.arange(len(store)))
+        for name, (store, rows) in parts.items():
+            self.datasets[name] = store if len(rows) == len(store) else Subset(store, rows.tolist())
+            self.sizes[name] = {"atoms": store.n_atoms[rows], "edges": store.n_edges[rows]}
+        self._parts = parts
+        whole = len(parts["train"][1]) == len(train)
+        if whole and self.e0s is None and self.elements is None:
+            self.statistics = DatasetStatistics(
+                **{k: train.manifest["statistics"][k] for k in DatasetStatistics.__dataclass_fields__}
+            )
+        else:
+            self.statistics = self._statistics(train.summary(None if whole else parts["train"][1]))
+        log.info("store %s: %d train / %d val / %d test structures", self.stores["train"],
+                 *(len(parts[k][1]) if k in parts else 0 for k in ("train", "val", "test")))
+
+    def label_table(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
+        store, rows = self._parts[split]
+        table = {k: v[rows] for k, v in store.labels().items()}
+        return table, lambda k: store.source(int(rows[k]))

@@ -32,8 +32,11 @@ class Structure:
         energy: total energy in eV, or None when unlabelled.
         forces: [n_atoms, 3] eV/Å, or None.
         stress: [3, 3] eV/Å³ (ASE sign), or None.
+        tags: [n_atoms] int64 or None; OC20's 0 subsurface, 1 surface, 2 adsorbate.
+        fixed: [n_atoms] bool or None; atoms held fixed in the calculation (their forces
+            are constraint forces and can be left out of training).
         source: where the record came from, e.g. ``"train.xyz#12"``; used in errors.
-        info: free-form metadata (config_type, tags, ...).
+        info: free-form metadata (config_type, sid, fid, magmom, ...).
     """
 
     atomic_numbers: np.ndarray
@@ -43,6 +46,8 @@ class Structure:
     energy: float | None = None
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
+    tags: np.ndarray | None = None
+    fixed: np.ndarray | None = None
     source: str = "<memory>"
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +62,10 @@ class Structure:
             self.stress = stress_to_3x3(np.asarray(self.stress, dtype=np.float64), self.source)
         if self.energy is not None:
             self.energy = float(self.energy)
+        if self.tags is not None:
+            self.tags = np.asarray(self.tags, dtype=np.int64).reshape(-1)
+        if self.fixed is not None:
+            self.fixed = np.asarray(self.fixed, dtype=bool).reshape(-1)
         self.validate()
 
     def __repr__(self) -> str:
@@ -106,6 +115,10 @@ class Structure:
                 raise DataError(f"{where}: non-finite force on atom {atom}")
         if self.stress is not None and not np.isfinite(self.stress).all():
             raise DataError(f"{where}: non-finite stress")
+        for name in ("tags", "fixed"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n,):
+                raise DataError(f"{where}: {name} have shape {value.shape}, expected ({n},)")
 
 
 def stress_to_3x3(stress: np.ndarray, source: str = "<memory>") -> np.ndarray:

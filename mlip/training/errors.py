@@ -19,7 +19,7 @@ def label_errors(pred: dict[str, torch.Tensor], batch) -> dict[str, tuple[torch.
         natoms = batch.natoms.to(pred["energy"].dtype)
         errors["energy"] = ((pred["energy"] - batch.energy.to(natoms.dtype)) / natoms, batch.has_energy)
     if "forces" in pred:
-        errors["forces"] = (pred["forces"] - batch.forces.to(pred["forces"].dtype), batch.has_forces[batch.batch, None])
+        errors["forces"] = (pred["forces"] - batch.forces.to(pred["forces"].dtype), batch.forces_mask[:, None])
     if "stress" in pred:
         label = batch.stress.to(pred["stress"].dtype).view(-1, 3, 3)
         errors["stress"] = (pred["stress"] - label, batch.has_stress[:, None, None])

@@ -51,6 +51,6 @@ def test_resume_continues_from_the_same_step_and_matches_an_uninterrupted_run(tm
 
 
 def test_missing_stress_labels_for_a_stress_loss_are_reported(tmp_path, emt_file):
-    cfg = compose_train_config(tmp_path, emt_file, "data.stress_key=null", "data.virial_key=null")
+    cfg = compose_train_config(tmp_path, emt_file, "data.reader.stress_key=null", "data.reader.virial_key=null")
     with pytest.raises(DataError, match=r"emt.xyz#\d+: no stress label"):
         train(cfg)

@@ -5,7 +5,7 @@ from ase.neighborlist import neighbor_list
 from torch_geometric.data import Batch
 
 from mlip.data.graph import neighbour_list, structure_to_graph
-from mlip.data.readers.extxyz import structure_from_atoms
+from mlip.data.readers.atoms import structure_from_atoms
 from tests.conftest import random_alloy, random_cluster
 
 

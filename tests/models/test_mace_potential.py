@@ -5,7 +5,7 @@ import pytest
 from e3nn import o3
 
 from mlip.data.graph import structure_to_graph
-from mlip.data.readers.extxyz import structure_from_atoms
+from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.potential import UnknownElementError
 from tests.conftest import make_tiny_potential, random_alloy, random_cluster
 

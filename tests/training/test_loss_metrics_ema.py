@@ -11,12 +11,12 @@ from mlip.training.metrics import PotentialMetrics
 def _batch():
     g1 = Data(
         energy=torch.tensor([1.0]), natoms=torch.tensor([2]), forces=torch.tensor([[1.0, 0, 0], [0, 0, 0]]),
-        stress=torch.zeros(1, 3, 3), has_energy=torch.tensor([True]), has_forces=torch.tensor([True]),
+        stress=torch.zeros(1, 3, 3), has_energy=torch.tensor([True]), forces_mask=torch.tensor([True, True]),
         has_stress=torch.tensor([True]), num_nodes=2,
     )
     g2 = Data(
         energy=torch.tensor([0.0]), natoms=torch.tensor([1]), forces=torch.zeros(1, 3),
-        stress=torch.zeros(1, 3, 3), has_energy=torch.tensor([True]), has_forces=torch.tensor([False]),
+        stress=torch.zeros(1, 3, 3), has_energy=torch.tensor([True]), forces_mask=torch.tensor([False]),
         has_stress=torch.tensor([False]), num_nodes=1,
     )
     return Batch.from_data_list([g1, g2])

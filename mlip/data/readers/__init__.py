@@ -1,5 +1,81 @@
-"""Readers: one module per file format, each yielding `Structure` records."""
+"""Readers: one module per file format, each yielding `Structure` records.
 
-from mlip.data.readers.extxyz import iter_extxyz, read_extxyz, structure_from_atoms
+`iter_structures` picks the reader from the format name or the file name:
 
-__all__ = ["iter_extxyz", "read_extxyz", "structure_from_atoms"]
+| format      | files                              | reader                     |
+|-------------|------------------------------------|----------------------------|
+| extxyz      | ``*.xyz``, ``*.extxyz``            | `extxyz.iter_extxyz`       |
+| oc20_lmdb   | ``*.lmdb`` (file or folder)        | `oc20_lmdb.iter_oc20_lmdb` |
+| aselmdb     | ``*.aselmdb`` (file or folder)     | `aselmdb.iter_aselmdb`     |
+| mptrj       | ``*.json``                         | `mptrj.iter_mptrj`         |
+| ase_db      | ``*.db``                           | `ase_db.iter_ase_db`       |
+| ase         | anything else `ase.io` reads       | `ase_file.iter_ase_file`   |
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from mlip.data.readers.ase_db import iter_ase_db
+from mlip.data.readers.ase_file import iter_ase_file
+from mlip.data.readers.aselmdb import iter_aselmdb
+from mlip.data.readers.base import SkippedRecords
+from mlip.data.readers.extxyz import iter_extxyz, read_extxyz
+from mlip.data.readers.mptrj import iter_mptrj
+from mlip.data.readers.oc20_lmdb import iter_oc20_lmdb
+from mlip.data.structure import DataError, Structure
+
+READERS: dict[str, Callable[..., Iterator[Structure]]] = {
+    "extxyz": iter_extxyz,
+    "oc20_lmdb": iter_oc20_lmdb,
+    "aselmdb": iter_aselmdb,
+    "mptrj": iter_mptrj,
+    "ase_db": iter_ase_db,
+    "ase": iter_ase_file,
+}
+SUFFIXES = {".xyz": "extxyz", ".extxyz": "extxyz", ".lmdb": "oc20_lmdb", ".aselmdb": "aselmdb", ".json": "mptrj", ".db": "ase_db"}
+
+
+def detect_format(path: str | Path) -> str:
+    """The reader for ``path`` from its suffix; a folder is named by the files in it."""
+    path = Path(path)
+    if path.is_dir():
+        for suffix in (".aselmdb", ".lmdb"):
+            if any(path.glob(f"*{suffix}")):
+                return SUFFIXES[suffix]
+        raise DataError(f"{path}: folder holds no .lmdb or .aselmdb files")
+    return SUFFIXES.get(path.suffix.lower(), "ase")
+
+
+def iter_structures(
+    path: str | Path, format: str = "auto", on_error: str = "raise", skipped: SkippedRecords | None = None, **options
+) -> Iterator[Structure]:
+    """Yield the structures of ``path`` with the reader for ``format`` (``"auto"``: by file name).
+
+    ``options`` go to that reader (label keys, energy choice, ...); an option the reader
+    does not take is an error that lists the ones it does.
+    """
+    name = detect_format(path) if format == "auto" else format
+    if name not in READERS:
+        raise ValueError(f"unknown data format {name!r}; known: {', '.join(READERS)}")
+    reader = READERS[name]
+    accepted = set(inspect.signature(reader).parameters) - {"path", "on_error", "skipped"}
+    if name == "extxyz":
+        accepted = set(inspect.signature(iter_ase_file).parameters) - {"path", "format", "on_error", "skipped"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"{path}: the {name} reader takes no option(s) {unknown}; it takes {sorted(accepted)}")
+    return reader(path, on_error=on_error, skipped=skipped, **options)
+
+
+def read_structures(path: str | Path, format: str = "auto", **options) -> list[Structure]:
+    """Every structure of ``path`` as a list (see `iter_structures`); an empty file is an error."""
+    structures = list(iter_structures(path, format, **options))
+    if not structures:
+        raise DataError(f"{path}: holds no structures")
+    return structures
+
+
+__all__ = ["READERS", "SkippedRecords", "detect_format", "iter_structures", "read_extxyz", "read_structures"]
