@@ -8,7 +8,7 @@ from pathlib import Path
 import ase.io
 
 from mlip.data.readers.atoms import structure_from_atoms
-from mlip.data.readers.base import SkippedRecords, check_on_error, convert_record
+from mlip.data.readers.base import MalformedFileError, SkippedRecords, check_on_error, convert_record
 from mlip.data.structure import DataError, Structure
 
 
@@ -40,7 +40,9 @@ def iter_ase_file(
         except StopIteration:
             return
         except Exception as exc:  # ASE raises many types for malformed text
-            raise DataError(f"{path}#{index}: malformed {format or 'ASE'} record ({type(exc).__name__}: {exc})") from exc
+            raise MalformedFileError(
+                f"{path}#{index}: malformed {format or 'ASE'} record ({type(exc).__name__}: {exc})"
+            ) from exc
         source = f"{path}#{index}"
         structure = convert_record(
             source,

@@ -17,6 +17,10 @@ from mlip.data.structure import DataError, Structure
 ON_ERROR = ("raise", "skip")
 
 
+class MalformedFileError(DataError):
+    """A file whose text cannot be parsed at some record: nothing after it can be trusted."""
+
+
 @dataclass
 class SkippedRecords:
     """Records left out under ``on_error="skip"``: how many, and the first few reasons."""

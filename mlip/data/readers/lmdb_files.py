@@ -24,11 +24,21 @@ def lmdb_files(path: str | Path, pattern: str) -> list[Path]:
 
 
 def open_lmdb(file: Path) -> lmdb.Environment:
-    """A read-only environment on a single-file LMDB (``subdir=False``), safe to share between readers."""
+    """A read-only environment on a single-file LMDB (``subdir=False``).
+
+    A truncated file is refused here: LMDB maps the file into memory, and reading a
+    page past its end would kill the process (SIGBUS) instead of raising.
+    """
     try:
-        return lmdb.open(str(file), subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_readers=256)
+        env = lmdb.open(str(file), subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_readers=256)
     except lmdb.Error as exc:
         raise DataError(f"{file}: cannot open as an LMDB file ({type(exc).__name__}: {exc})") from exc
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = file.stat().st_size
+    if size < needed:
+        env.close()
+        raise DataError(f"{file}: LMDB file is truncated ({size} bytes, its header needs {needed}); download it again")
+    return env
 
 
 def sorted_record_keys(txn: lmdb.Transaction, file: Path, bookkeeping: Iterable[bytes] = ()) -> list[bytes]:

@@ -15,6 +15,7 @@ directly in ``__dict__`` (the 1.x versions the public files were written with).
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 from collections import OrderedDict
@@ -64,6 +65,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
     ("torch", "Size"): torch.Size,
     ("collections", "OrderedDict"): OrderedDict,
+    ("_codecs", "encode"): codecs.encode,  # how pickle protocol 2 stores bytes
+
     ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
