@@ -96,14 +96,16 @@ def emt_file(tmp_path_factory) -> str:
 
 
 def compose_train_config(output_dir, emt_path, *overrides: str):
-    """The `mlip-train` config with a tiny model and dataset, as a test would run it."""
+    """The `mlip-train` config with a tiny model and dataset, as a test would run it.
+
+    ``emt_path`` None leaves the data config to the overrides (``data=store ...``).
+    """
     from hydra import compose, initialize_config_dir
 
     from mlip.cli.train import CONFIG_DIR
 
     tiny = [
         f"output_dir={output_dir}",
-        f"data.train_files={emt_path}",
         "data.batch_size=4",
         "model.hidden_irreps=4x0e+4x1o",
         "model.max_ell=1",
@@ -116,7 +118,8 @@ def compose_train_config(output_dir, emt_path, *overrides: str):
         "module.warmup_steps=3",
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=tiny + list(overrides))
+        data = [f"data.train_files={emt_path}"] if emt_path is not None else []
+        return compose(config_name="train", overrides=tiny + data + list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,7 @@ def add_batch_edges(batch: Data, cutoff: float) -> Data:
     One neighbour-list call per structure; the only host read is the per-structure
     atom counts. The result matches `neighbour_list` up to the order of the edges.
     """
-    from vesin.torch import NeighborList
+    from vesin_torch import NeighborList
 
     calculator = NeighborList(cutoff=float(cutoff), full_list=True)
     positions = batch.positions.detach()

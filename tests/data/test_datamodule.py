@@ -2,7 +2,7 @@ import ase.io
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mlip.data.datamodule import AtomicDataModule, EpochShuffleSampler, split_by_seed
+from mlip.data.datamodule import AtomicDataModule, StoreDataModule, split_by_seed
 from mlip.data.structure import DataError
 from tests.conftest import random_alloy
 
@@ -31,15 +31,6 @@ def test_split_by_seed_is_deterministic_and_disjoint():
     assert split_by_seed(items, 0.2, 0.1, seed=4) != a
 
 
-def test_epoch_sampler_depends_only_on_seed_and_epoch():
-    s = EpochShuffleSampler(20, seed=1)
-    s.set_epoch(3)
-    first = list(s)
-    s.set_epoch(4)
-    assert list(s) != first
-    s.set_epoch(3)
-    assert list(s) == first and sorted(first) == list(range(20))
-
 
 def test_split_by_file_and_statistics_from_training_only(tmp_path, rng):
     dm = AtomicDataModule(
@@ -61,3 +52,66 @@ def test_missing_label_for_requested_loss_names_the_record(tmp_path, rng):
     dm.require_labels(energy=True, forces=True, stress=False)
     with pytest.raises(DataError, match=r"nostress.xyz#\d+: no stress label.*weight 0"):
         dm.require_labels(energy=True, forces=True, stress=True)
+
+
+def test_store_data_module_splits_by_seed_and_uses_its_statistics(tmp_path, emt_file):
+    from mlip.data.store import write_store
+
+    write_store(emt_file, tmp_path / "store", cutoff=4.0, shard_size=16)
+    dm = StoreDataModule(tmp_path / "store", r_max=4.0, val_fraction=0.2, test_fraction=0.1, max_atoms=60)
+    dm.setup()
+    assert [dm.split_size(k) for k in ("train", "val", "test")] == [28, 8, 4]
+    memory = AtomicDataModule(emt_file, r_max=4.0, val_fraction=0.2, test_fraction=0.1)
+    memory.setup()
+    assert dm.statistics.elements == memory.statistics.elements
+    assert dm.statistics.e0s == pytest.approx(memory.statistics.e0s, rel=1e-10)  # same training rows
+    batches = list(dm.train_dataloader())
+    assert sum(b.num_graphs for b in batches) == 28 and all(b.num_nodes <= 60 or b.num_graphs == 1 for b in batches)
+    dm.require_labels(energy=True, forces=True, stress=True)  # clusters need no stress, the rest have it
+    with pytest.raises(DataError, match="cutoff 4.0 Å but the model's r_max is 5.0"):
+        StoreDataModule(tmp_path / "store", r_max=5.0).setup()
+
+
+def test_store_data_module_names_a_record_without_a_requested_label(tmp_path, rng):
+    from mlip.data.store import write_store
+
+    path = _write(tmp_path / "nostress.xyz", rng, 10, stress=False)
+    write_store(path, tmp_path / "store", cutoff=3.0, shard_size=4)
+    dm = StoreDataModule(tmp_path / "store", r_max=3.0, val_store=None, val_fraction=0.2)
+    dm.setup()
+    dm.require_labels(energy=True, forces=True, stress=False)
+    with pytest.raises(DataError, match=r"nostress.xyz#\d+: no stress label \(\d+ such in train\)"):
+        dm.require_labels(energy=True, forces=True, stress=True)
+
+
+def test_device_neighbour_lists_give_the_same_edges(tmp_path, emt_file):
+    import torch
+
+    workers = AtomicDataModule(emt_file, r_max=4.0, batch_size=6)
+    device = AtomicDataModule(emt_file, r_max=4.0, batch_size=6, neighbour_list="device")
+    workers.setup(), device.setup()
+    a = next(iter(workers.train_dataloader()))
+    b = device.on_after_batch_transfer(next(iter(device.train_dataloader())), 0)
+    assert torch.equal(a.positions, b.positions)
+
+    def edge_set(batch):
+        return {(int(s), int(r), *map(int, shift)) for s, r, shift in zip(*batch.edge_index, batch.shifts)}
+
+    assert edge_set(a) == edge_set(b) and len(edge_set(a)) == a.edge_index.shape[1]
+
+
+def test_adsorption_energies_need_zero_e0s(emt_file):
+    with pytest.raises(DataError, match="adsorption energies.*e0s: zero"):
+        AtomicDataModule(emt_file, r_max=4.0, energy_reference="adsorption")
+
+
+def test_fixed_atom_forces_can_be_left_out(tmp_path):
+    from tests.data.formats import emt_slabs, write_oc20_lmdb
+
+    write_oc20_lmdb(tmp_path / "slabs.lmdb", emt_slabs(6))
+    dm = AtomicDataModule(tmp_path / "slabs.lmdb", r_max=4.0, e0s="zero", energy_reference="adsorption",
+                          fixed_atom_forces=False, val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.fixed.any() and (batch.forces_mask == ~batch.fixed).all()
+    assert dm.statistics.e0s == [0.0, 0.0]
