@@ -39,6 +39,8 @@ def test_dataset_configs_read_the_samples(dataset_dir, name, files, n_train, ele
     overrides = [f"data.train_files={path}", "data.num_workers=0"]
     if name.startswith("oc"):
         overrides.append(f"data.val_files={path}")
+    if name == "oc20_s2ef":  # the sample is an LMDB; the config's default is the distributed extxyz.xz
+        overrides += ["data.format=oc20_lmdb", "~data.reader"]
     if name == "oc22_s2ef":  # the same frames as an ASE-DB-in-LMDB, read by the aselmdb reader
         overrides += ["data.format=aselmdb", "~data.reader"]
     module = instantiate(_data_config(name, *overrides))

@@ -265,3 +265,26 @@ def test_oc22_and_mptrj_samples_hold_the_same_oxides(dataset_dir):
         assert np.allclose(a.forces, b.forces) and np.allclose(a.positions, b.positions)
     with open(dataset_dir / "mptrj_style" / "oxides_mptrj_layout.json") as handle:
         assert sum(len(frames) for frames in json.load(handle).values()) == 295
+
+
+def test_oc20_distribution_extxyz_xz_with_reference_energies(tmp_path):
+    import lzma
+
+    frames = emt_slabs(3)
+    folder = tmp_path / "s2ef_train_200K"
+    folder.mkdir()
+    ase.io.write(folder / "0.extxyz.xz", frames, format="extxyz")
+    references = [-1.5, -1.5, 2.25]
+    with lzma.open(folder / "0.txt.xz", "wt") as handle:
+        handle.writelines(f"random42,frame{k},{r}\n" for k, r in enumerate(references))
+    assert detect_format(folder) == "oc20_extxyz"
+    structures = read_structures(folder)
+    for s, atoms, reference in zip(structures, frames, references):
+        assert s.energy == pytest.approx(atoms.get_potential_energy() - reference)
+        assert s.info["sid"] == "random42" and np.array_equal(s.fixed, atoms.get_tags() == 0)
+    raw = read_structures(folder, referenced=False)
+    assert raw[2].energy == pytest.approx(frames[2].get_potential_energy())
+    with lzma.open(folder / "0.txt.xz", "wt") as handle:
+        handle.write("random42,frame0,-1.5\n")
+    with pytest.raises(DataError, match=r"0.extxyz.xz#1: 0.txt.xz has only 1 lines"):
+        read_structures(folder)

@@ -6,6 +6,7 @@
 |-------------|------------------------------------|----------------------------|
 | extxyz      | ``*.xyz``, ``*.extxyz``            | `extxyz.iter_extxyz`       |
 | oc20_lmdb   | ``*.lmdb`` (file or folder)        | `oc20_lmdb.iter_oc20_lmdb` |
+| oc20_extxyz | ``*.extxyz.xz`` (file or folder)   | `oc20_extxyz.iter_oc20_extxyz` |
 | aselmdb     | ``*.aselmdb`` (file or folder)     | `aselmdb.iter_aselmdb`     |
 | mptrj       | ``*.json``                         | `mptrj.iter_mptrj`         |
 | ase_db      | ``*.db``                           | `ase_db.iter_ase_db`       |
@@ -24,12 +25,14 @@ from mlip.data.readers.aselmdb import iter_aselmdb
 from mlip.data.readers.base import SkippedRecords
 from mlip.data.readers.extxyz import iter_extxyz, read_extxyz
 from mlip.data.readers.mptrj import iter_mptrj
+from mlip.data.readers.oc20_extxyz import iter_oc20_extxyz
 from mlip.data.readers.oc20_lmdb import iter_oc20_lmdb
 from mlip.data.structure import DataError, Structure
 
 READERS: dict[str, Callable[..., Iterator[Structure]]] = {
     "extxyz": iter_extxyz,
     "oc20_lmdb": iter_oc20_lmdb,
+    "oc20_extxyz": iter_oc20_extxyz,
     "aselmdb": iter_aselmdb,
     "mptrj": iter_mptrj,
     "ase_db": iter_ase_db,
@@ -42,10 +45,12 @@ def detect_format(path: str | Path) -> str:
     """The reader for ``path`` from its suffix; a folder is named by the files in it."""
     path = Path(path)
     if path.is_dir():
-        for suffix in (".aselmdb", ".lmdb"):
-            if any(path.glob(f"*{suffix}")):
-                return SUFFIXES[suffix]
-        raise DataError(f"{path}: folder holds no .lmdb or .aselmdb files")
+        for pattern, name in (("*.aselmdb", "aselmdb"), ("*.lmdb", "oc20_lmdb"), ("*.extxyz.xz", "oc20_extxyz")):
+            if any(path.rglob(pattern)):
+                return name
+        raise DataError(f"{path}: folder holds no .lmdb, .aselmdb or .extxyz.xz files")
+    if path.name.endswith(".extxyz.xz"):
+        return "oc20_extxyz"
     return SUFFIXES.get(path.suffix.lower(), "ase")
 
 

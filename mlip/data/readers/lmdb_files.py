@@ -11,12 +11,12 @@ from mlip.data.structure import DataError
 
 
 def lmdb_files(path: str | Path, pattern: str) -> list[Path]:
-    """``path`` itself if it is a file, else the files matching ``pattern`` in that folder, sorted."""
+    """``path`` itself if it is a file, else the files matching ``pattern`` in that folder tree, sorted."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(path.glob(pattern))
+        files = sorted(path.rglob(pattern))
         if not files:
             raise DataError(f"{path}: folder holds no {pattern} files")
         return files
