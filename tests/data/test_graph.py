@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 from ase.build import fcc111
@@ -39,3 +40,19 @@ def test_batching_offsets_edges_and_keeps_per_graph_labels(rng):
     n0 = graphs[0].edge_index.shape[1]
     assert torch.equal(batch.edge_index[:, n0 : n0 + 5], graphs[1].edge_index[:, :5] + offset)
     assert not batch.has_energy.any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_neighbour_lists_on_cuda_match_the_cpu_ones(rng):
+    from mlip.data.graph import add_batch_edges
+
+    structures = [structure_from_atoms(random_alloy(rng, repeat=(2, 2, 2)), f"s{k}") for k in range(3)]
+    cpu = Batch.from_data_list([structure_to_graph(s, 4.0) for s in structures])
+    gpu = add_batch_edges(Batch.from_data_list([structure_to_graph(s, None) for s in structures]).to("cuda"), 4.0)
+    assert gpu.edge_index.is_cuda
+
+    def edges(batch):
+        return sorted(zip(*batch.edge_index.cpu().tolist(), *batch.shifts.cpu().round().long().T.tolist()))
+
+    assert edges(gpu) == edges(cpu)

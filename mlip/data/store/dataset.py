@@ -1,8 +1,11 @@
 """Random access to a packed store: a map-style Dataset of `AtomicGraph`.
 
-HDF5 handles are opened lazily in each process that reads (DataLoader workers,
-DDP ranks) and never shared across a fork. The per-structure sizes (atoms, edges)
-are loaded once, for the budget sampler.
+The shards' numeric arrays are contiguous and uncompressed, so they are read as
+NumPy memory maps at the byte offsets HDF5 reports: taking one structure is a
+slice of the page cache, not a round of HDF5 calls (that made reading the store
+slower than re-parsing the source files). Maps and HDF5 handles are opened lazily
+in each process that reads (DataLoader workers, DDP ranks) and never shared across
+a fork. The per-structure sizes (atoms, edges) are loaded once, for the budget sampler.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch.utils.data import Dataset
 
 from mlip.data.graph import AtomicGraph, make_graph
 from mlip.data.statistics import TrainingSetSummary
-from mlip.data.store.format import read_manifest, sha256_file
+from mlip.data.store.format import PER_ATOM, PER_STRUCTURE, read_manifest, sha256_file
 from mlip.data.store.writer import shard_summary
 from mlip.data.structure import DataError
 
@@ -54,6 +57,7 @@ class StoreDataset(Dataset):
         self.n_atoms = np.concatenate(atoms)
         self.n_edges = np.concatenate(edges)
         self._handles: dict[int, h5py.File] = {}
+        self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._pid = os.getpid()
 
     @property
@@ -66,15 +70,30 @@ class StoreDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_handles"] = {}
+        state["_handles"], state["_arrays"] = {}, {}
         return state
 
     def _shard(self, k: int) -> h5py.File:
         if os.getpid() != self._pid:  # a forked worker: never reuse the parent's handles
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._arrays, self._pid = {}, {}, os.getpid()
         if k not in self._handles:
             self._handles[k] = h5py.File(self.files[k], "r")
         return self._handles[k]
+
+    def _mapped(self, k: int) -> dict[str, np.ndarray]:
+        """The numeric arrays of shard ``k``, memory-mapped where HDF5 stores them contiguously."""
+        h5 = self._shard(k)
+        if k not in self._arrays:
+            arrays = {}
+            for name in (*PER_ATOM, *(n for n in PER_STRUCTURE if n != "source")):
+                dataset = h5[name]
+                offset = dataset.id.get_offset()
+                if offset is None or dataset.chunks is not None or dataset.compression is not None:
+                    arrays[name] = dataset[()]
+                else:
+                    arrays[name] = np.memmap(self.files[k], mode="r", dtype=dataset.dtype, shape=dataset.shape, offset=offset)
+            self._arrays[k] = arrays
+        return self._arrays[k]
 
     def locate(self, index: int) -> tuple[int, int]:
         """(shard, row) of a global structure index."""
@@ -85,20 +104,20 @@ class StoreDataset(Dataset):
 
     def __getitem__(self, index: int) -> AtomicGraph:
         k, row = self.locate(int(index))
-        h5 = self._shard(k)
+        arrays = self._mapped(k)
         a, b = self._offsets[k][row], self._offsets[k][row + 1]
-        energy = float(h5["energy"][row])
-        stress = h5["stress"][row]
+        energy = float(arrays["energy"][row])
+        stress = np.array(arrays["stress"][row])
         return make_graph(
-            positions=h5["positions"][a:b],
-            atomic_numbers=h5["atomic_numbers"][a:b],
-            cell=h5["cell"][row],
-            pbc=h5["pbc"][row],
+            positions=np.array(arrays["positions"][a:b]),
+            atomic_numbers=np.array(arrays["atomic_numbers"][a:b]),
+            cell=np.array(arrays["cell"][row]),
+            pbc=np.array(arrays["pbc"][row]),
             energy=None if np.isnan(energy) else energy,
-            forces=h5["forces"][a:b] if h5["has_forces"][row] else None,
+            forces=np.array(arrays["forces"][a:b]) if arrays["has_forces"][row] else None,
             stress=None if np.isnan(stress).any() else stress,
-            tags=h5["tags"][a:b],
-            fixed=h5["fixed"][a:b],
+            tags=np.array(arrays["tags"][a:b]),
+            fixed=np.array(arrays["fixed"][a:b]),
             cutoff=self.cutoff,
             fixed_atom_forces=self.fixed_atom_forces,
         )
