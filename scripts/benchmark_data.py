@@ -7,7 +7,7 @@
 For every sample format the same structures go (a) from the file through the reader,
 graph building (vesin neighbour list, r = 5 Å) and collation (`StreamingDataset`), and
 (b) from a store written by `write_store` at random through `StoreDataset`, each with
-0 and N DataLoader workers; the table gives structures/s and the store/reader ratio.
+0 and N DataLoader workers (start-up included, over a few thousand structures); the table gives structures/s and the store/reader ratio.
 With ``--train-step`` it also times an optimiser step (energy + forces loss, Adam) of
 a MACE model on store batches, and the store loader's batches/s beside it: the store
 keeps the model fed when it delivers more batches per second than the model consumes.
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch_geometric.loader import DataLoader
+from mlip.data.loader import GraphLoader
 
 from mlip.data.samplers import EpochShuffleSampler
 from mlip.data.store import StoreDataset, write_store
@@ -54,14 +54,14 @@ def rate(loader_factory, passes: int) -> float:
 
 def reader_rate(path: Path, format: str, workers: int, passes: int) -> float:
     dataset = StreamingDataset([path] * passes, CUTOFF, format)
-    return rate(lambda: DataLoader(dataset, batch_size=BATCH, num_workers=workers), 1)
+    return rate(lambda: GraphLoader(dataset, batch_size=BATCH, num_workers=workers), 1)
 
 
 def store_rate(store: Path, workers: int, passes: int) -> float:
     dataset = StoreDataset(store, CUTOFF)
     sampler = EpochShuffleSampler(len(dataset), seed=0)
     return rate(
-        lambda: DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=workers, persistent_workers=workers > 0),
+        lambda: GraphLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=workers, persistent_workers=workers > 0),
         passes,
     )
 
@@ -85,7 +85,7 @@ def train_step_ms(store: Path, device: str, steps: int) -> tuple[float, int]:
     potential = Potential(build_model(spec), stats.elements, stats.e0s, stats.scale, stats.shift, model_spec=spec).to(device)
     optimiser = torch.optim.Adam(potential.parameters(), lr=1e-3)
     loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=0.0)
-    batches = [b.to(device) for _, b in zip(range(8), DataLoader(dataset, batch_size=BATCH, shuffle=True))]
+    batches = [b.to(device) for _, b in zip(range(8), GraphLoader(dataset, batch_size=BATCH, shuffle=True))]
 
     def step(batch):
         optimiser.zero_grad(set_to_none=True)
@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--structures", type=int, default=5000, help="structures per measurement (passes repeat the sample)")
     parser.add_argument("--train-step", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
@@ -126,18 +126,20 @@ def main() -> None:
                 continue
             stores[label] = Path(tmp) / format
             write_store(path, stores[label], cutoff=CUTOFF, shard_size=64, format=format)
+            passes = max(1, -(-args.structures // len(StoreDataset(stores[label], None))))
             for workers in (0, args.workers):
-                reader = reader_rate(path, format, workers, args.passes)
-                store = store_rate(stores[label], workers, args.passes)
+                reader = reader_rate(path, format, workers, passes)
+                store = store_rate(stores[label], workers, passes)
                 results[f"{label}, {workers} workers"] = {"reader": reader, "store": store}
                 rows.append(f"| {label} | {workers} | {reader:9.0f} | {store:9.0f} | {store / reader:5.1f} |")
-        print(f"\nstructures/s into batches of {BATCH} (r = {CUTOFF} Å), {args.passes} passes")
+        print(f"\nstructures/s into batches of {BATCH} (r = {CUTOFF} Å), about {args.structures} structures each")
         print("| data | workers | reader | store | store/reader |\n|---|---|---|---|---|")
         print("\n".join(rows))
         if args.train_step:
             label = "oc20_lmdb (OC20)"
             ms, atoms = train_step_ms(stores[label], args.device, args.steps)
-            feed = store_rate(stores[label], args.workers, args.passes) / BATCH
+            passes = max(1, -(-args.structures // len(StoreDataset(stores[label], None))))
+            feed = store_rate(stores[label], args.workers, passes) / BATCH
             results["train_step"] = {"ms_per_step": ms, "atoms_per_batch": atoms, "store_batches_per_s": feed}
             print(f"\nMACE 128x0e+128x1o, l<=3, nu=3, float32 on {args.device}: {ms:.1f} ms per E+F training step "
                   f"({BATCH} OC20 slabs, {atoms} atoms) = {1000 / ms:.1f} steps/s; the store delivers "

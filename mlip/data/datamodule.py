@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from torch.utils.data import Dataset, Subset
-from torch_geometric.loader import DataLoader
+from mlip.data.loader import GraphLoader
 
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers import SkippedRecords, iter_structures
@@ -157,25 +157,25 @@ class GraphDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> GraphLoader:
         world, rank = self._world()
         budget = self.max_atoms or self.max_edges
         common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if budget is not None and shuffle:
             sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
             sampler = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
-            return DataLoader(self.datasets[split], batch_sampler=sampler, **common)
+            return GraphLoader(self.datasets[split], batch_sampler=sampler, **common)
         batch_size = self.batch_size if shuffle else self.val_batch_size
         sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
-        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, **common)
+        return GraphLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, **common)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> GraphLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> GraphLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> GraphLoader:
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from torch_geometric.loader import DataLoader as GraphLoader
+from mlip.data.loader import GraphLoader
 
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers import read_structures
@@ -150,3 +150,21 @@ def test_loader_with_workers_matches_single_process(tmp_path, emt_file):
     for a, b in zip(single, multi):
         assert torch.equal(a.positions, b.positions) and torch.equal(a.edge_index, b.edge_index)
         assert torch.equal(a.energy, b.energy)
+
+
+def test_packed_worker_batches_unpack_to_the_same_batch(tmp_path, emt_file):
+    from torch_geometric.data import Batch
+
+    from mlip.data.loader import PackedBatch
+
+    write_store(emt_file, tmp_path / "store", cutoff=4.0, shard_size=8)
+    graphs = [StoreDataset(tmp_path / "store", cutoff=4.0)[k] for k in (3, 17, 30)]
+    batch = Batch.from_data_list(graphs)
+    import pickle
+
+    unpacked = pickle.loads(pickle.dumps(PackedBatch.pack(batch))).unpack()
+    assert unpacked.num_graphs == 3 and type(unpacked).__name__ == type(batch).__name__
+    for key in batch.keys():
+        same = torch.equal if isinstance(batch[key], torch.Tensor) else (lambda a, b: a == b)
+        assert same(unpacked[key], batch[key]), key
+    assert [g.num_nodes for g in unpacked.to_data_list()] == [g.num_nodes for g in graphs]

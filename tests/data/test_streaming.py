@@ -1,5 +1,5 @@
 import torch
-from torch_geometric.loader import DataLoader
+from mlip.data.loader import GraphLoader as DataLoader
 
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers import read_structures
