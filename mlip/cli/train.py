@@ -54,19 +54,19 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     return str(resume)
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A table of test errors in meV units."""
+def format_metrics(metrics: dict[str, float], split: str = "test") -> str:
+    """A table of the ``split``'s errors in meV units."""
     units = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
     lines = [f"{'quantity':<10}{'MAE':>12}{'RMSE':>12}  unit"]
     for quantity, unit in units.items():
-        if f"test_{quantity}_mae" in metrics:
-            mae, rmse = 1000 * metrics[f"test_{quantity}_mae"], 1000 * metrics[f"test_{quantity}_rmse"]
+        if f"{split}_{quantity}_mae" in metrics:
+            mae, rmse = 1000 * metrics[f"{split}_{quantity}_mae"], 1000 * metrics[f"{split}_{quantity}_rmse"]
             lines.append(f"{quantity:<10}{mae:>12.3f}{rmse:>12.3f}  {unit}")
     return "\n".join(lines)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job described by ``cfg``; returns the test metrics (eV units)."""
+    """Run one training job described by ``cfg``; returns the test metrics (validation without a test split; eV units)."""
     L.seed_everything(cfg.seed, workers=True)
     torch.set_default_dtype(getattr(torch, cfg.dtype))
     output_dir = Path(cfg.output_dir)
@@ -88,7 +88,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, Path(checkpoint.dirpath)))
 
     best = "best" if checkpoint.best_model_path else None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    # the best checkpoint's weights are loaded for the final evaluation (and the export);
+    # without a test split (OC configs: train and val files only), its validation errors are reported
+    split = "test" if datamodule.split_size("test") else "val"
+    evaluate = trainer.test if split == "test" else trainer.validate
+    results = evaluate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()} if results else {}
     save_model(
         module.evaluation_potential(),
@@ -96,8 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         extra={"statistics": datamodule.statistics.to_dict(), "test_metrics": metrics},
     )
     (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"\nTest set ({datamodule.split_size('test')} structures, EMA weights of the best checkpoint):")
-    print(format_metrics(metrics))
+    print(f"\n{split} set ({datamodule.split_size(split)} structures, EMA weights of the best checkpoint):")
+    print(format_metrics(metrics, split))
     print(f"model file: {cfg.model_file}\ncheckpoints: {checkpoint.dirpath}\n")
     return metrics
 

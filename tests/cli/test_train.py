@@ -54,3 +54,9 @@ def test_missing_stress_labels_for_a_stress_loss_are_reported(tmp_path, emt_file
     cfg = compose_train_config(tmp_path, emt_file, "data.reader.stress_key=null", "data.reader.virial_key=null")
     with pytest.raises(DataError, match=r"emt.xyz#\d+: no stress label"):
         train(cfg)
+
+
+def test_training_without_a_test_split_reports_validation_errors(tmp_path, emt_file):
+    cfg = compose_train_config(tmp_path / "run", emt_file, "data.test_fraction=0.0", "trainer.max_epochs=1")
+    metrics = train(cfg)
+    assert "val_forces_mae" in metrics and not any(k.startswith("test_") for k in metrics)

@@ -115,3 +115,12 @@ def test_fixed_atom_forces_can_be_left_out(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch.fixed.any() and (batch.forces_mask == ~batch.fixed).all()
     assert dm.statistics.e0s == [0.0, 0.0]
+
+
+def test_edge_budget_batches(emt_file):
+    dm = AtomicDataModule(emt_file, r_max=4.0, max_edges=1500)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert sum(b.num_graphs for b in batches) == dm.split_size("train")
+    assert all(b.edge_index.shape[1] <= 1500 or b.num_graphs == 1 for b in batches)
+    assert len({b.num_graphs for b in batches}) > 1  # sizes vary: the budget, not a count, cuts batches

@@ -12,7 +12,6 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import lmdb
 from ase.db.row import AtomsRow
 from ase.io.jsonio import decode
 
