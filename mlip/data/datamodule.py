@@ -296,6 +296,7 @@ class StoreDataModule(GraphDataModule):
         self.stores = {"train": train_store, "val": val_store, "test": test_store}
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.verify = verify
+        self._parts: dict[str, tuple[StoreDataset, np.ndarray]] = {}
 
     def _open(self, path: str | Path) -> StoreDataset:
         store = StoreDataset(path, self.graph_cutoff, self.fixed_atom_forces, self.verify)

@@ -10,7 +10,6 @@ a fork. The per-structure sizes (atoms, edges) are loaded once, for the budget s
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,8 +164,3 @@ def verify_store(path: str | Path) -> None:
         if sha256_file(file) != shard["sha256"]:
             raise DataError(f"{file}: checksum differs from the manifest; the shard is damaged")
 
-
-def describe_store(path: str | Path) -> str:
-    """A one-paragraph description of a store for logs."""
-    m = read_manifest(path)
-    return json.dumps({k: m[k] for k in ("n_structures", "n_atoms", "elements", "energy_reference")})
