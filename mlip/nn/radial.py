@@ -1,7 +1,9 @@
 """Radial embeddings of interatomic distances.
 
 Bessel basis with a polynomial cutoff envelope (Klicpera et al. 2020, as used by
-MACE Eq. 8), and the radial MLP that turns it into tensor-product weights.
+MACE Eq. 8), and the radial MLP that turns it into tensor-product weights; or, as in
+Facet (Miklaucic et al. 2025), the weights as learned cubic splines of the distance
+(`SplineRadial`, one fused kernel on the GPU).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from mlip.nn.kernels.spline import knot_spacing, spline_contract
 
 
 class BesselBasis(nn.Module):
@@ -92,3 +96,30 @@ class RadialMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class SplineRadial(nn.Module):
+    """Radial weights as learned cubic B-splines of the distance, times the cutoff envelope.
+
+    ``R(r)[c] = f_cut(r) Σ_k B_k(r) W[k, c]`` with ``num_basis`` B-splines on a uniform
+    knot grid over [0, r_max]; twice continuously differentiable in r, so forces are
+    continuous and force training can differentiate them again.
+
+    Args:
+        r_max: cutoff, Å.
+        num_basis: spline coefficients per output channel (at least 4).
+        out_features: number of radial weights per edge.
+        cutoff_power: p of the polynomial envelope.
+        backend: ``"auto"`` (Triton on CUDA), ``"torch"`` or ``"triton"``.
+    """
+
+    def __init__(self, r_max: float, num_basis: int, out_features: int, cutoff_power: int = 5, backend: str = "auto"):
+        super().__init__()
+        knot_spacing(num_basis, r_max)  # checks num_basis
+        self.r_max, self.backend = float(r_max), backend
+        self.weights = nn.Parameter(torch.randn(num_basis, out_features))
+        self.cutoff = PolynomialCutoff(r_max, cutoff_power)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """[E] distances (Å) -> [E, out_features]."""
+        return spline_contract(r, self.weights, self.r_max, self.backend) * self.cutoff(r)[:, None]
