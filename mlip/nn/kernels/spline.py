@@ -16,10 +16,15 @@ of its derivatives:
     S_d(r, G)[k] = h^-d Σ_{e,m: i_e+m=k} β_m^(d)(u_e) G[e]          (scatter, [K, C]; S_d = E_dᵀ)
 
 with ``∂E_d/∂W = S_d``, ``∂E_d/∂r = E_{d+1}``, ``∂S_d/∂G = E_d`` and
-``∂S_d/∂r = ⟨G, E_{d+1}(·)⟩``; the autograd functions below express every backward
-through the same two primitives, so derivatives of any order exist (zero from d = 4).
-Each primitive has a Triton kernel (CUDA) and a pure-torch twin (everywhere); the
-kernel builds the [block, K] basis tile in registers and contracts it in one pass.
+``∂S_d/∂r = ⟨G, E_{d+1}(·)⟩``. A third, fused primitive serves the r-derivatives,
+
+    P_d(r, W, G)[e] = Σ_c G[e, c] E_d(r, W)[e, c]                  ([E], E_d never written)
+
+and the autograd functions below express every backward through these three, so
+derivatives of any order exist (zero from d = 4). Each primitive has a Triton kernel
+(CUDA) and a pure-torch twin (everywhere): evaluate and project gather the four
+weight rows an edge needs; scatter builds the [block, K] basis tile in registers and
+contracts it with one atomic add per program and tile.
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ def evaluate_torch(r: torch.Tensor, weights: torch.Tensor, h: float, order: int)
     return torch.einsum("em,emc->ec", beta, weights[rows])
 
 
+def project_torch(r: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor, h: float, order: int) -> torch.Tensor:
+    """P_order(r, W, G) = Σ_c G ⊙ E_order(r, W): [E]."""
+    return (grad * evaluate_torch(r, weights, h, order)).sum(-1)
+
+
 def scatter_torch(r: torch.Tensor, grad: torch.Tensor, h: float, order: int, num_basis: int) -> torch.Tensor:
     """S_order(r, G): [E] Å, [E, C] -> [K, C], the transpose of `evaluate_torch` in W."""
     i, u = _locate(r, h, num_basis)
@@ -89,8 +99,14 @@ def scatter_torch(r: torch.Tensor, grad: torch.Tensor, h: float, order: int, num
 if triton is not None:
 
     @triton.jit
-    def _basis_tile(r, inv_h, scale, num_intervals, offs_k, ORDER: tl.constexpr):
-        """[BLOCK_E, K_PAD] dense basis values (four non-zeros per row) of the given derivative order."""
+    def _blend(r, params_ptr, num_intervals, ORDER: tl.constexpr):
+        """Interval index i and the four blending values β_m^(ORDER)(u) · h^-ORDER of each r.
+
+        ``params_ptr`` holds (1/h, h^-ORDER) in the data's dtype: Python floats would
+        reach the kernel as float32 and cost float64 its precision.
+        """
+        inv_h = tl.load(params_ptr)
+        scale = tl.load(params_ptr + 1)
         t = r * inv_h
         i = tl.minimum(tl.maximum(tl.floor(t), 0.0), num_intervals - 1.0)
         u = t - i
@@ -114,46 +130,70 @@ if triton is not None:
             b1 = u * 0 + 3
             b2 = u * 0 - 3
             b3 = u * 0 + 1
-        rel = offs_k[None, :] - i.to(tl.int32)[:, None]
-        tile = tl.where(rel == 0, b0[:, None], 0.0)
-        tile = tl.where(rel == 1, b1[:, None], tile)
-        tile = tl.where(rel == 2, b2[:, None], tile)
-        tile = tl.where(rel == 3, b3[:, None], tile)
-        return tile * scale
+        return i.to(tl.int32), b0 * scale, b1 * scale, b2 * scale, b3 * scale
+
+    @triton.jit
+    def _combine(w_ptr, i, b0, b1, b2, b3, offs_c, mask, n_channels):
+        """[BLOCK_E, BLOCK_C] Σ_m β_m W[i + m, c], gathering four rows of the (cache-resident) weights."""
+        row = w_ptr + i[:, None] * n_channels + offs_c[None, :]
+        out = b0[:, None] * tl.load(row, mask=mask, other=0.0)
+        out += b1[:, None] * tl.load(row + n_channels, mask=mask, other=0.0)
+        out += b2[:, None] * tl.load(row + 2 * n_channels, mask=mask, other=0.0)
+        out += b3[:, None] * tl.load(row + 3 * n_channels, mask=mask, other=0.0)
+        return out
 
     @triton.jit
     def _evaluate_kernel(
-        r_ptr, w_ptr, out_ptr, n_edges, n_channels, n_basis, inv_h, scale,
-        ORDER: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, K_PAD: tl.constexpr, USE_DOT: tl.constexpr,
+        r_ptr, w_ptr, params_ptr, out_ptr, n_edges, n_channels, n_basis,
+        ORDER: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
         offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        offs_k = tl.arange(0, K_PAD)
-        mask_e, mask_c = offs_e < n_edges, offs_c < n_channels
+        mask = (offs_e < n_edges)[:, None] & (offs_c < n_channels)[None, :]
+        r = tl.load(r_ptr + offs_e, mask=offs_e < n_edges, other=0.0)
+        i, b0, b1, b2, b3 = _blend(r, params_ptr, n_basis - 3.0, ORDER)
+        out = _combine(w_ptr, i, b0, b1, b2, b3, offs_c, mask, n_channels)
+        tl.store(out_ptr + offs_e[:, None] * n_channels + offs_c[None, :], out, mask=mask)
+
+    @triton.jit
+    def _project_kernel(
+        r_ptr, w_ptr, g_ptr, params_ptr, out_ptr, n_edges, n_channels, n_basis,
+        ORDER: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """out[e] = Σ_c G[e, c] E_ORDER(r, W)[e, c], without writing E_ORDER."""
+        offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < n_edges
         r = tl.load(r_ptr + offs_e, mask=mask_e, other=0.0)
-        tile = _basis_tile(r, inv_h, scale, n_basis - 3.0, offs_k, ORDER)
-        w = tl.load(w_ptr + offs_k[:, None] * n_channels + offs_c[None, :],
-                    mask=(offs_k[:, None] < n_basis) & mask_c[None, :], other=0.0)
-        if USE_DOT:
-            out = tl.dot(tile.to(w.dtype), w, input_precision="ieee")
-        else:
-            out = tl.sum(tile.to(w.dtype)[:, :, None] * w[None, :, :], axis=1)
-        tl.store(out_ptr + offs_e[:, None] * n_channels + offs_c[None, :], out, mask=mask_e[:, None] & mask_c[None, :])
+        i, b0, b1, b2, b3 = _blend(r, params_ptr, n_basis - 3.0, ORDER)
+        acc = tl.zeros((BLOCK_E,), dtype=r.dtype)
+        for c0 in range(0, n_channels, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask = mask_e[:, None] & (offs_c < n_channels)[None, :]
+            values = _combine(w_ptr, i, b0, b1, b2, b3, offs_c, mask, n_channels)
+            g = tl.load(g_ptr + offs_e[:, None] * n_channels + offs_c[None, :], mask=mask, other=0.0)
+            acc += tl.sum(values * g, axis=1)
+        tl.store(out_ptr + offs_e, acc, mask=mask_e)
 
     @triton.jit
     def _scatter_kernel(
-        r_ptr, g_ptr, out_ptr, n_edges, n_channels, n_basis, inv_h, scale, blocks_per_program,
+        r_ptr, g_ptr, params_ptr, out_ptr, n_edges, n_channels, n_basis, blocks_per_program,
         ORDER: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, K_PAD: tl.constexpr, USE_DOT: tl.constexpr,
     ):
+        """out[k, c] += Σ_e A[e, k] G[e, c] over a run of edge blocks, one atomic add per program."""
         offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         offs_k = tl.arange(0, K_PAD)
         mask_c = offs_c < n_channels
         acc = tl.zeros((K_PAD, BLOCK_C), dtype=g_ptr.dtype.element_ty)
-        for j in range(0, blocks_per_program):  # edge blocks pid, pid + P, pid + 2P, ...: one atomic add per program
+        for j in range(0, blocks_per_program):  # edge blocks pid, pid + P, pid + 2P, ...
             offs_e = (tl.program_id(0) + j * tl.num_programs(0)) * BLOCK_E + tl.arange(0, BLOCK_E)
             mask_e = offs_e < n_edges
             r = tl.load(r_ptr + offs_e, mask=mask_e, other=0.0)
-            tile = _basis_tile(r, inv_h, scale, n_basis - 3.0, offs_k, ORDER)
+            i, b0, b1, b2, b3 = _blend(r, params_ptr, n_basis - 3.0, ORDER)
+            rel = offs_k[None, :] - i[:, None]  # the dense [BLOCK_E, K_PAD] basis tile
+            tile = tl.where(rel == 0, b0[:, None], 0.0)
+            tile = tl.where(rel == 1, b1[:, None], tile)
+            tile = tl.where(rel == 2, b2[:, None], tile)
+            tile = tl.where(rel == 3, b3[:, None], tile)
             tile = tl.where(mask_e[:, None], tile, 0.0).to(acc.dtype)
             g = tl.load(g_ptr + offs_e[:, None] * n_channels + offs_c[None, :],
                         mask=mask_e[:, None] & mask_c[None, :], other=0.0)
@@ -165,10 +205,8 @@ if triton is not None:
                       mask=(offs_k[:, None] < n_basis) & mask_c[None, :])
 
 
-def _launch_config(n_basis: int, dtype: torch.dtype) -> dict:
-    k_pad = max(16, triton.next_power_of_2(n_basis))
-    use_dot = dtype == torch.float32
-    return dict(BLOCK_E=64 if use_dot else 16, BLOCK_C=32 if use_dot else 16, K_PAD=k_pad, USE_DOT=use_dot)
+def _params(h: float, order: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([1.0 / h, h**-order], dtype=like.dtype, device=like.device)
 
 
 def evaluate_triton(r: torch.Tensor, weights: torch.Tensor, h: float, order: int) -> torch.Tensor:
@@ -177,10 +215,24 @@ def evaluate_triton(r: torch.Tensor, weights: torch.Tensor, h: float, order: int
     out = torch.empty(r.shape[0], n_channels, dtype=weights.dtype, device=weights.device)
     if r.shape[0] == 0:
         return out
-    config = _launch_config(n_basis, weights.dtype)
-    grid = (triton.cdiv(r.shape[0], config["BLOCK_E"]), triton.cdiv(n_channels, config["BLOCK_C"]))
-    _evaluate_kernel[grid](r.contiguous(), weights.contiguous(), out, r.shape[0], n_channels, n_basis,
-                           1.0 / h, h**-order, ORDER=order, **config)
+    block_e, block_c = 32, min(128, triton.next_power_of_2(n_channels))
+    grid = (triton.cdiv(r.shape[0], block_e), triton.cdiv(n_channels, block_c))
+    _evaluate_kernel[grid](r.contiguous(), weights.contiguous(), _params(h, order, weights), out, r.shape[0],
+                           n_channels, n_basis, ORDER=order, BLOCK_E=block_e, BLOCK_C=block_c)
+    return out
+
+
+def project_triton(r: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor, h: float, order: int) -> torch.Tensor:
+    """P_order = Σ_c G ⊙ E_order(r, W) on CUDA, [E] (same contract as `project_torch`)."""
+    n_basis, n_channels = weights.shape
+    out = torch.empty(r.shape[0], dtype=weights.dtype, device=weights.device)
+    if r.shape[0] == 0:
+        return out
+    block_e, block_c = 32, min(128, triton.next_power_of_2(n_channels))
+    _project_kernel[(triton.cdiv(r.shape[0], block_e),)](
+        r.contiguous(), weights.contiguous(), grad.contiguous(), _params(h, order, weights), out, r.shape[0],
+        n_channels, n_basis, ORDER=order, BLOCK_E=block_e, BLOCK_C=block_c,
+    )
     return out
 
 
@@ -190,12 +242,14 @@ def scatter_triton(r: torch.Tensor, grad: torch.Tensor, h: float, order: int, nu
     out = torch.zeros(num_basis, n_channels, dtype=grad.dtype, device=grad.device)
     if r.shape[0] == 0:
         return out
-    config = _launch_config(num_basis, grad.dtype)
-    n_blocks = triton.cdiv(r.shape[0], config["BLOCK_E"])
+    use_dot = grad.dtype == torch.float32
+    block_e, block_c = (64, 32) if use_dot else (16, 16)
+    n_blocks = triton.cdiv(r.shape[0], block_e)
     programs = min(n_blocks, 4 * torch.cuda.get_device_properties(grad.device).multi_processor_count)
-    grid = (programs, triton.cdiv(n_channels, config["BLOCK_C"]))
-    _scatter_kernel[grid](r.contiguous(), grad.contiguous(), out, r.shape[0], n_channels, num_basis,
-                          1.0 / h, h**-order, triton.cdiv(n_blocks, programs), ORDER=order, **config)
+    grid = (programs, triton.cdiv(n_channels, block_c))
+    _scatter_kernel[grid](r.contiguous(), grad.contiguous(), _params(h, order, grad), out, r.shape[0], n_channels,
+                          num_basis, triton.cdiv(n_blocks, programs), ORDER=order, BLOCK_E=block_e, BLOCK_C=block_c,
+                          K_PAD=max(16, triton.next_power_of_2(num_basis)), USE_DOT=use_dot)
     return out
 
 
@@ -216,6 +270,12 @@ def _evaluate(r, weights, h, order, backend):
     return (evaluate_triton if _use_triton(weights, backend) else evaluate_torch)(r, weights, h, order)
 
 
+def _project(r, weights, grad, h, order, backend):
+    if order > 3:
+        return torch.zeros(r.shape[0], dtype=weights.dtype, device=weights.device)
+    return (project_triton if _use_triton(weights, backend) else project_torch)(r, weights, grad, h, order)
+
+
 def _scatter(r, grad, h, order, num_basis, backend):
     if order > 3:
         return torch.zeros(num_basis, grad.shape[1], dtype=grad.dtype, device=grad.device)
@@ -223,7 +283,7 @@ def _scatter(r, grad, h, order, num_basis, backend):
 
 
 class _Evaluate(torch.autograd.Function):
-    """E_d(r, W), differentiable to any order through `_Evaluate` and `_Scatter`."""
+    """E_d(r, W) [E, C]: ∂/∂r → P_{d+1}(r, W, grad), ∂/∂W → S_d(r, grad)."""
 
     @staticmethod
     def forward(ctx, r, weights, h, order, backend):
@@ -236,14 +296,36 @@ class _Evaluate(torch.autograd.Function):
         r, weights = ctx.saved_tensors
         grad_r = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_r = (grad * _Evaluate.apply(r, weights, ctx.h, ctx.order + 1, ctx.backend)).sum(-1)
+            grad_r = _Project.apply(r, weights, grad, ctx.h, ctx.order + 1, ctx.backend)
         if ctx.needs_input_grad[1]:
             grad_w = _Scatter.apply(r, grad, ctx.h, ctx.order, weights.shape[0], ctx.backend)
         return grad_r, grad_w, None, None, None
 
 
+class _Project(torch.autograd.Function):
+    """P_d(r, W, G) = Σ_c G ⊙ E_d(r, W) [E]: one pass, E_d never written."""
+
+    @staticmethod
+    def forward(ctx, r, weights, grad, h, order, backend):
+        ctx.save_for_backward(r, weights, grad)
+        ctx.h, ctx.order, ctx.backend = h, order, backend
+        return _project(r, weights, grad, h, order, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        r, weights, grad = ctx.saved_tensors
+        grad_r = grad_w = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_r = grad_out * _Project.apply(r, weights, grad, ctx.h, ctx.order + 1, ctx.backend)
+        if ctx.needs_input_grad[1]:
+            grad_w = _Scatter.apply(r, grad_out[:, None] * grad, ctx.h, ctx.order, weights.shape[0], ctx.backend)
+        if ctx.needs_input_grad[2]:
+            grad_g = grad_out[:, None] * _Evaluate.apply(r, weights, ctx.h, ctx.order, ctx.backend)
+        return grad_r, grad_w, grad_g, None, None, None
+
+
 class _Scatter(torch.autograd.Function):
-    """S_d(r, G) = E_d(r, ·)ᵀ G, differentiable to any order."""
+    """S_d(r, G) = E_d(r, ·)ᵀ G [K, C]: ∂/∂r → P_{d+1}(r, grad_out, G), ∂/∂G → E_d(r, grad_out)."""
 
     @staticmethod
     def forward(ctx, r, grad, h, order, num_basis, backend):
@@ -256,7 +338,7 @@ class _Scatter(torch.autograd.Function):
         r, grad = ctx.saved_tensors
         grad_r = grad_g = None
         if ctx.needs_input_grad[0]:
-            grad_r = (grad * _Evaluate.apply(r, grad_out, ctx.h, ctx.order + 1, ctx.backend)).sum(-1)
+            grad_r = _Project.apply(r, grad_out, grad, ctx.h, ctx.order + 1, ctx.backend)
         if ctx.needs_input_grad[1]:
             grad_g = _Evaluate.apply(r, grad_out, ctx.h, ctx.order, ctx.backend)
         return grad_r, grad_g, None, None, None, None
