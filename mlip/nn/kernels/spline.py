@@ -24,7 +24,8 @@ and the autograd functions below express every backward through these three, so
 derivatives of any order exist (zero from d = 4). Each primitive has a Triton kernel
 (CUDA) and a pure-torch twin (everywhere): evaluate and project gather the four
 weight rows an edge needs; scatter builds the [block, K] basis tile in registers and
-contracts it with one atomic add per program and tile.
+contracts it with one atomic add per program and tile. Tile sizes of the first two
+are tuned per (channels, knots) on first use (Triton's autotuner).
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ if triton is not None:
         out += b3[:, None] * tl.load(row + 3 * n_channels, mask=mask, other=0.0)
         return out
 
+    _TILES = [
+        triton.Config({"BLOCK_E": e, "BLOCK_C": c}, num_warps=w)
+        for e, c, w in ((32, 32, 4), (64, 32, 4), (32, 64, 4), (64, 64, 4), (128, 32, 4), (32, 128, 4), (64, 128, 8))
+    ]
+
+    @triton.autotune(configs=_TILES, key=["n_channels", "n_basis"])
     @triton.jit
     def _evaluate_kernel(
         r_ptr, w_ptr, params_ptr, out_ptr, n_edges, n_channels, n_basis,
@@ -155,6 +162,7 @@ if triton is not None:
         out = _combine(w_ptr, i, b0, b1, b2, b3, offs_c, mask, n_channels)
         tl.store(out_ptr + offs_e[:, None] * n_channels + offs_c[None, :], out, mask=mask)
 
+    @triton.autotune(configs=_TILES, key=["n_channels", "n_basis"])
     @triton.jit
     def _project_kernel(
         r_ptr, w_ptr, g_ptr, params_ptr, out_ptr, n_edges, n_channels, n_basis,
@@ -215,10 +223,11 @@ def evaluate_triton(r: torch.Tensor, weights: torch.Tensor, h: float, order: int
     out = torch.empty(r.shape[0], n_channels, dtype=weights.dtype, device=weights.device)
     if r.shape[0] == 0:
         return out
-    block_e, block_c = 32, min(128, triton.next_power_of_2(n_channels))
-    grid = (triton.cdiv(r.shape[0], block_e), triton.cdiv(n_channels, block_c))
+    def grid(meta):
+        return triton.cdiv(r.shape[0], meta["BLOCK_E"]), triton.cdiv(n_channels, meta["BLOCK_C"])
+
     _evaluate_kernel[grid](r.contiguous(), weights.contiguous(), _params(h, order, weights), out, r.shape[0],
-                           n_channels, n_basis, ORDER=order, BLOCK_E=block_e, BLOCK_C=block_c)
+                           n_channels, n_basis, ORDER=order)
     return out
 
 
@@ -228,11 +237,11 @@ def project_triton(r: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor, h
     out = torch.empty(r.shape[0], dtype=weights.dtype, device=weights.device)
     if r.shape[0] == 0:
         return out
-    block_e, block_c = 32, min(128, triton.next_power_of_2(n_channels))
-    _project_kernel[(triton.cdiv(r.shape[0], block_e),)](
-        r.contiguous(), weights.contiguous(), grad.contiguous(), _params(h, order, weights), out, r.shape[0],
-        n_channels, n_basis, ORDER=order, BLOCK_E=block_e, BLOCK_C=block_c,
-    )
+    def grid(meta):
+        return (triton.cdiv(r.shape[0], meta["BLOCK_E"]),)
+
+    _project_kernel[grid](r.contiguous(), weights.contiguous(), grad.contiguous(), _params(h, order, weights), out,
+                          r.shape[0], n_channels, n_basis, ORDER=order)
     return out
 
 
