@@ -72,7 +72,6 @@ def primitives(n_edges: int, channels: int, num_basis: int, repeats: int) -> Non
 
     big = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
     bandwidth = 2 * big.numel() * 4 / (_ms(lambda: big.clone(), repeats) / 1000)  # read + write, bytes/s
-    del big
     print(f"\ncopy bandwidth {bandwidth / 1e12:.2f} TB/s; E = {n_edges}, C = {channels}, K = {num_basis}")
     print("| dtype | primitive | ms | floor ms | floor / ms |\n|---|---|---|---|---|")
     for dtype in (torch.float32, torch.float64):
