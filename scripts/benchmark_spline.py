@@ -5,7 +5,7 @@
 
 For E edges (1728 Si atoms x ~45 neighbours, and a larger batch) and C radial
 weights per edge, times three uses, each in one process and in turn:
-``forward`` (weights only), ``forces`` (forward + d/dr, inference) and ``training``
+``forward`` (weights only), ``forces`` (forward + d/dr, inference, weights frozen) and ``training``
 (forward, forces with create_graph, a loss on energy and forces, gradients to the
 weights: the double backward of force training). Prints ms per call and ratios.
 """
@@ -35,6 +35,8 @@ class BesselMLP(torch.nn.Module):
 
 
 def timed(layer, r0: torch.Tensor, mode: str, repeats: int) -> float:
+    layer.requires_grad_(mode == "training")  # inference freezes the weights, as MLIPCalculator does
+
     def call():
         r = r0.clone().requires_grad_(mode != "forward")
         radial = layer(r)

@@ -251,7 +251,7 @@ def scatter_triton(r: torch.Tensor, grad: torch.Tensor, h: float, order: int, nu
     out = torch.zeros(num_basis, n_channels, dtype=grad.dtype, device=grad.device)
     if r.shape[0] == 0:
         return out
-    use_dot = grad.dtype == torch.float32
+    use_dot = grad.dtype in (torch.float32, torch.float64)  # tensor-core dot (IEEE precision); sums otherwise
     block_e, block_c = (64, 32) if use_dot else (16, 16)
     n_blocks = triton.cdiv(r.shape[0], block_e)
     programs = min(n_blocks, 4 * torch.cuda.get_device_properties(grad.device).multi_processor_count)
