@@ -33,6 +33,8 @@ class MACE(nn.Module):
         num_interactions: number of message-passing layers T.
         radial_mlp: hidden sizes of the radial MLP.
         readout_mlp: hidden size of the last layer's non-linear readout.
+        tp_backend: tensor-product backend of the interactions: "auto", "e3nn" or "cueq"
+            (see `mlip.nn.tensor_product`; the weights are the same for all).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class MACE(nn.Module):
         num_interactions: int = 2,
         radial_mlp: Sequence[int] = (64, 64, 64),
         readout_mlp: int = 16,
+        tp_backend: str = "auto",
     ):
         super().__init__()
         self.r_max = float(r_max)
@@ -68,7 +71,9 @@ class MACE(nn.Module):
             last = t == num_interactions - 1
             irreps_out = scalars if last else hidden  # only invariants are read after the last layer
             self.interactions.append(
-                InteractionBlock(irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors)
+                InteractionBlock(
+                    irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend
+                )
             )
             self.products.append(ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements))
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))

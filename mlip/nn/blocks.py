@@ -13,8 +13,8 @@ from e3nn import o3
 from torch import nn
 
 from mlip.nn.radial import NormalizedSiLU, RadialMLP
-from mlip.nn.scatter import scatter_sum
 from mlip.nn.symmetric_contraction import SymmetricContraction
+from mlip.nn.tensor_product import ChannelwiseConvolution
 
 
 class NodeEmbedding(nn.Module):
@@ -28,22 +28,6 @@ class NodeEmbedding(nn.Module):
     def forward(self, species: torch.Tensor) -> torch.Tensor:
         one_hot = nn.functional.one_hot(species, self.num_elements).to(self.linear.weight.dtype)
         return self.linear(one_hot)
-
-
-def _channelwise_irreps(
-    irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps
-) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
-    """Output irreps and 'uvu' instructions of a channel-wise tensor product restricted to the target irreps."""
-    irreps_mid, instructions = [], []
-    for i, (mul, ir_in) in enumerate(irreps_in):
-        for j, (_, ir_sh) in enumerate(irreps_sh):
-            for ir_out in ir_in * ir_sh:
-                if ir_out in irreps_target:
-                    instructions.append((i, j, len(irreps_mid), "uvu", True))
-                    irreps_mid.append((mul, ir_out))
-    irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
-    instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
-    return irreps_mid, instructions
 
 
 class InteractionBlock(nn.Module):
@@ -63,17 +47,15 @@ class InteractionBlock(nn.Module):
         num_radial: int,
         radial_mlp: Sequence[int],
         avg_num_neighbors: float,
+        tp_backend: str = "auto",
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.avg_num_neighbors = float(avg_num_neighbors)
         self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
-        irreps_mid, instructions = _channelwise_irreps(self.irreps_in, o3.Irreps(irreps_sh), self.irreps_out)
-        self.tensor_product = o3.TensorProduct(
-            self.irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
-        )
-        self.radial = RadialMLP([num_radial, *radial_mlp, self.tensor_product.weight_numel])
-        self.linear = o3.Linear(irreps_mid, self.irreps_out)
+        self.convolution = ChannelwiseConvolution(self.irreps_in, irreps_sh, self.irreps_out, tp_backend)
+        self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])
+        self.linear = o3.Linear(self.convolution.irreps_out, self.irreps_out)
 
     def forward(
         self,
@@ -85,9 +67,8 @@ class InteractionBlock(nn.Module):
         sender, receiver = edge_index
         h = self.linear_up(node_feats)
         radial_weights = self.radial(edge_radial)  # [n_edges, weight_numel]
-        messages = self.tensor_product(h[sender], edge_sh, radial_weights)  # Eq. 8
-        pooled = scatter_sum(messages, receiver, node_feats.shape[0]) / self.avg_num_neighbors
-        return self.linear(pooled)  # Eq. 9
+        pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, node_feats.shape[0])  # Eq. 8, summed
+        return self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
 
 
 class ProductBlock(nn.Module):

@@ -1,0 +1,14 @@
+"""Tensor products behind one interface, several backends (``tp_backend``).
+
+- ``e3nn``: e3nn's reference implementation (any device);
+- ``cueq``: cuequivariance-torch, fused with the gather from senders and the sum at
+  receivers; CUDA kernels on the GPU, its pure-torch fallback elsewhere;
+- ``auto``: cueq on CUDA when cuequivariance is installed, else e3nn.
+
+Backends hold no parameters and share one weight layout (e3nn's instruction order),
+so a model trained with one runs with the other.
+"""
+
+from mlip.nn.tensor_product.convolution import TP_BACKENDS, ChannelwiseConvolution
+
+__all__ = ["TP_BACKENDS", "ChannelwiseConvolution"]
