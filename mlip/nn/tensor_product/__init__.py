@@ -2,7 +2,8 @@
 
 - ``e3nn``: e3nn's reference implementation (any device);
 - ``cueq``: cuequivariance-torch, fused with the gather from senders and the sum at
-  receivers; CUDA kernels on the GPU, its pure-torch fallback elsewhere;
+  receivers, on CUDA (CPU tensors take the e3nn path: cuequivariance's CPU fallback
+  fails once its CUDA ops are installed);
 - ``auto``: cueq on CUDA when cuequivariance is installed, else e3nn.
 
 Backends hold no parameters and share one weight layout (e3nn's instruction order),

@@ -70,7 +70,9 @@ class ChannelwiseConvolution(nn.Module):
         self.__dict__["_cueq"] = None  # built on first use, kept out of the state dict
 
     def _use_cueq(self, x: torch.Tensor) -> bool:
-        return self.backend == "cueq" or (self.backend == "auto" and cuet is not None and x.is_cuda)
+        # On the CPU both backends take the e3nn path: cuequivariance's CPU fallback stops
+        # working once its CUDA ops are installed (a CUDA-only transpose op).
+        return self.backend != "e3nn" and cuet is not None and x.is_cuda
 
     def _cueq_module(self, x: torch.Tensor):
         module = self.__dict__["_cueq"]
@@ -101,8 +103,12 @@ class ChannelwiseConvolution(nn.Module):
     ) -> torch.Tensor:
         """[n, irreps_in.dim], [E, irreps_sh.dim], [E, weight_numel] -> [num_nodes, irreps_out.dim]."""
         if self._use_cueq(node_feats):
-            module = self._cueq_module(node_feats)
-            weights = weights.index_select(1, self._cueq_columns)
-            return module(node_feats, edge_sh, weights, indices_1=sender, indices_out=receiver, size_out=num_nodes)
+            return self.forward_cueq(node_feats, edge_sh, weights, sender, receiver, num_nodes)
         messages = self.tensor_product(node_feats[sender], edge_sh, weights)
         return scatter_sum(messages, receiver, num_nodes)
+
+    def forward_cueq(self, node_feats, edge_sh, weights, sender, receiver, num_nodes) -> torch.Tensor:
+        """The cuequivariance path (fused gather, tensor product and sum at receivers), on any device."""
+        module = self._cueq_module(node_feats)
+        weights = weights.index_select(1, self._cueq_columns)
+        return module(node_feats, edge_sh, weights, indices_1=sender, indices_out=receiver, size_out=num_nodes)
