@@ -14,12 +14,12 @@ float64, one table, all in this process (compare rows of one run only).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase.build import bulk
+from timing import cuda_ms
 from torch_geometric.data import Batch
 
 from mlip.data.graph import structure_to_graph
@@ -47,24 +47,13 @@ def silicon(repeat: int, seed: int = 0):
     return structure_to_graph(structure_from_atoms(atoms, f"Si{len(atoms)}"), 6.0)
 
 
-def timed(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / repeats
-
-
 def inference_row(graph, backend: str, dtype: torch.dtype, repeats: int) -> str:
     torch.set_default_dtype(dtype)
     model = potential([14], 6.0, "128x0e+128x1o", backend, graph.edge_index.shape[1] / graph.num_nodes)
     model = model.cuda().requires_grad_(False)
     batch = Batch.from_data_list([graph]).to("cuda")
     torch.cuda.reset_peak_memory_stats()
-    ms = timed(lambda: model(batch, compute_stress=True), repeats)
+    ms = cuda_ms(lambda: model(batch, compute_stress=True), repeats)
     peak = torch.cuda.max_memory_allocated() / 1e9
     return f"| Si {graph.num_nodes} E+F+S | {backend} | {str(dtype)[6:]} | {ms:.2f} | {graph.num_nodes / ms * 1000:,.0f} | {peak:.2f} |"
 
@@ -85,7 +74,7 @@ def training_row(graphs, backend: str, dtype: torch.dtype, repeats: int) -> str:
         optimiser.step()
 
     torch.cuda.reset_peak_memory_stats()
-    ms = timed(step, repeats)
+    ms = cuda_ms(step, repeats)
     peak = torch.cuda.max_memory_allocated() / 1e9
     atoms = batch.num_nodes
     return f"| train step, 32 3BPA ({atoms} atoms) | {backend} | {str(dtype)[6:]} | {ms:.2f} | {atoms / ms * 1000:,.0f} | {peak:.2f} |"

@@ -13,9 +13,9 @@ weights: the double backward of force training). Prints ms per call and ratios.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import cuda_ms
 
 from mlip.nn.radial import RadialEmbedding, RadialMLP, SplineRadial
 
@@ -47,25 +47,7 @@ def timed(layer, r0: torch.Tensor, mode: str, repeats: int) -> float:
         if mode == "training":
             (energy + forces.square().sum()).backward()
 
-    for _ in range(3):
-        call()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / repeats
-
-
-def _ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / repeats
+    return cuda_ms(call, repeats)
 
 
 def primitives(n_edges: int, channels: int, num_basis: int, repeats: int) -> None:
@@ -73,7 +55,7 @@ def primitives(n_edges: int, channels: int, num_basis: int, repeats: int) -> Non
     from mlip.nn.kernels import spline as kernels
 
     big = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
-    bandwidth = 2 * big.numel() * 4 / (_ms(lambda: big.clone(), repeats) / 1000)  # read + write, bytes/s
+    bandwidth = 2 * big.numel() * 4 / (cuda_ms(lambda: big.clone(), repeats) / 1000)  # read + write, bytes/s
     print(f"\ncopy bandwidth {bandwidth / 1e12:.2f} TB/s; E = {n_edges}, C = {channels}, K = {num_basis}")
     print("| dtype | primitive | ms | floor ms | floor / ms |\n|---|---|---|---|---|")
     for dtype in (torch.float32, torch.float64):
@@ -87,7 +69,7 @@ def primitives(n_edges: int, channels: int, num_basis: int, repeats: int) -> Non
             "scatter S_0": (lambda: kernels.scatter_triton(r, g, h, 0, num_basis), n_edges * (channels + 1)),
         }
         for name, (fn, elements) in cases.items():
-            ms, floor = _ms(fn, repeats), 1000 * elements * item / bandwidth
+            ms, floor = cuda_ms(fn, repeats), 1000 * elements * item / bandwidth
             print(f"| {str(dtype)[6:]} | {name} | {ms:.3f} | {floor:.3f} | {floor / ms:.0%} |")
 
 
