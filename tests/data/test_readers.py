@@ -225,6 +225,8 @@ def test_extxyz_unknown_element_symbol_is_named(tmp_path, rng):
 def test_reader_options_are_checked():
     with pytest.raises(ValueError, match="mptrj reader takes no option.*energy_key"):
         iter_structures("x.json", energy_key="energy")
+    with pytest.raises(ValueError, match=r"extxyz reader takes no option\(s\) \['energy_kye'\]"):
+        iter_structures("x.xyz", energy_kye="REF_energy")
 
 
 # ---- the shared real samples -----------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mlip.data.readers.ase_db import iter_ase_db
 from mlip.data.readers.ase_file import iter_ase_file
+from mlip.data.readers.atoms import LABEL_KEYS
 from mlip.data.readers.aselmdb import iter_aselmdb
 from mlip.data.readers.base import SkippedRecords
 from mlip.data.readers.extxyz import iter_extxyz, read_extxyz
@@ -54,6 +55,17 @@ def detect_format(path: str | Path) -> str:
     return SUFFIXES.get(path.suffix.lower(), "ase")
 
 
+def reader_options(reader: Callable[..., Iterator[Structure]]) -> set[str]:
+    """The options a reader takes; a ``**keys`` catch-all stands for the label keys of `structure_from_atoms`."""
+    accepted = set()
+    for name, parameter in inspect.signature(reader).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            accepted |= set(LABEL_KEYS)
+        elif name not in ("path", "on_error", "skipped"):
+            accepted.add(name)
+    return accepted
+
+
 def iter_structures(
     path: str | Path, format: str = "auto", on_error: str = "raise", skipped: SkippedRecords | None = None, **options
 ) -> Iterator[Structure]:
@@ -66,9 +78,7 @@ def iter_structures(
     if name not in READERS:
         raise ValueError(f"unknown data format {name!r}; known: {', '.join(READERS)}")
     reader = READERS[name]
-    accepted = set(inspect.signature(reader).parameters) - {"path", "on_error", "skipped"}
-    if name == "extxyz":
-        accepted = set(inspect.signature(iter_ase_file).parameters) - {"path", "format", "on_error", "skipped"}
+    accepted = reader_options(iter_ase_file if name == "extxyz" else reader) - ({"format"} if name == "extxyz" else set())
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ValueError(f"{path}: the {name} reader takes no option(s) {unknown}; it takes {sorted(accepted)}")

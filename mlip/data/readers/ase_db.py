@@ -28,19 +28,18 @@ def structure_from_row(row: AtomsRow, source: str, **keys: str | None) -> Struct
 def iter_ase_db(
     path: str | Path,
     selection: str | None = None,
-    energy_key: str | None = "energy",
-    forces_key: str | None = "forces",
-    stress_key: str | None = "stress",
-    virial_key: str | None = "virial",
     on_error: str = "raise",
     skipped: SkippedRecords | None = None,
+    **keys: str | None,
 ) -> Iterator[Structure]:
-    """Yield the rows of an ASE database (optionally an ASE ``selection`` string) in id order."""
+    """Yield the rows of an ASE database (optionally an ASE ``selection`` string) in id order.
+
+    ``keys`` name the labels (`structure_from_atoms`: energy_key, forces_key, ...).
+    """
     check_on_error(on_error)
     path = Path(path)
     if not path.is_file():  # ase.db.connect would create an empty database
         raise DataError(f"{path}: no such ASE database")
-    keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, virial_key=virial_key)
     try:
         rows = ase.db.connect(str(path)).select(selection, sort="id")
         for row in rows:

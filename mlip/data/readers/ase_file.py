@@ -15,16 +15,14 @@ from mlip.data.structure import DataError, Structure
 def iter_ase_file(
     path: str | Path,
     format: str | None = None,
-    energy_key: str | None = "energy",
-    forces_key: str | None = "forces",
-    stress_key: str | None = "stress",
-    virial_key: str | None = "virial",
     on_error: str = "raise",
     skipped: SkippedRecords | None = None,
+    **keys: str | None,
 ) -> Iterator[Structure]:
     """Yield the frames of ``path`` as `Structure` records named ``path#index``.
 
-    ``format`` is an `ase.io` format name (None: ASE guesses from the name). A frame
+    ``format`` is an `ase.io` format name (None: ASE guesses from the name); ``keys``
+    name the labels (`structure_from_atoms`: energy_key, forces_key, ...). A frame
     that ASE cannot parse ends the file with a `DataError` (the text after it cannot be
     trusted); a parsed frame with bad content is raised or skipped by ``on_error``.
     """
@@ -46,7 +44,7 @@ def iter_ase_file(
         source = f"{path}#{index}"
         structure = convert_record(
             source,
-            lambda: structure_from_atoms(atoms, source, energy_key, forces_key, stress_key, virial_key),
+            lambda: structure_from_atoms(atoms, source, **keys),
             on_error,
             skipped,
         )

@@ -32,16 +32,15 @@ def _decode_row(raw: bytes, source: str) -> AtomsRow:
 
 def iter_aselmdb(
     path: str | Path,
-    energy_key: str | None = "energy",
-    forces_key: str | None = "forces",
-    stress_key: str | None = "stress",
-    virial_key: str | None = "virial",
     on_error: str = "raise",
     skipped: SkippedRecords | None = None,
+    **keys: str | None,
 ) -> Iterator[Structure]:
-    """Yield the rows of one ``.aselmdb`` file or of every one in a folder, in id order."""
+    """Yield the rows of one ``.aselmdb`` file or of every one in a folder, in id order.
+
+    ``keys`` name the labels (`structure_from_atoms`: energy_key, forces_key, ...).
+    """
     check_on_error(on_error)
-    keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, virial_key=virial_key)
     for file in lmdb_files(path, "*.aselmdb"):
         env = open_lmdb(file)
         try:

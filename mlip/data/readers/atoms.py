@@ -15,6 +15,9 @@ from ase.constraints import FixAtoms
 from mlip.data.structure import DataError, Structure, virial_to_stress
 
 
+LABEL_KEYS = ("energy_key", "forces_key", "stress_key", "virial_key")
+
+
 def _lookup(atoms: ase.Atoms, key: str | None, per_atom: bool) -> np.ndarray | float | None:
     if key is None:
         return None
