@@ -75,7 +75,7 @@ class MACE(nn.Module):
                     irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend
                 )
             )
-            self.products.append(ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements))
+            self.products.append(ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements, tp_backend))
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))
             irreps_node = irreps_out
 

@@ -86,13 +86,14 @@ class ProductBlock(nn.Module):
         irreps_out: o3.Irreps,
         correlation: int,
         num_elements: int,
+        tp_backend: str = "auto",
     ):
         super().__init__()
         irreps_out = o3.Irreps(irreps_out)
         num_channels = irreps_out[0].mul
         contraction_out = o3.Irreps([(num_channels, ir) for _, ir in irreps_out])
         self.num_elements = num_elements
-        self.contraction = SymmetricContraction(irreps_in, contraction_out, correlation, num_elements)
+        self.contraction = SymmetricContraction(irreps_in, contraction_out, correlation, num_elements, tp_backend)
         self.linear = o3.Linear(contraction_out, irreps_out)
         self.skip = o3.FullyConnectedTensorProduct(irreps_node, o3.Irreps(f"{num_elements}x0e"), irreps_out)
 

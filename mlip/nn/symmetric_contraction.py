@@ -123,8 +123,14 @@ class SymmetricContraction(nn.Module):
     B = Σ_ν Σ_η w_η (U'_η · monomials_ν(A)), with U' the basis folded by `compress_symmetric`.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int):
+    def __init__(
+        self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int, backend: str = "e3nn"
+    ):
         super().__init__()
+        # "cueq": cuequivariance on CUDA (mlip.nn.tensor_product.symmetric_contraction). "auto" keeps
+        # this reference path until the cuequivariance contraction has been checked on the device.
+        self.backend = backend
+        self.__dict__["_cueq"] = None  # built on first CUDA use, kept out of the state dict
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
         self.correlation = int(correlation)
@@ -154,6 +160,8 @@ class SymmetricContraction(nn.Module):
             self.paths.append(paths)
 
     def forward(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        if self.backend == "cueq" and node_feats.is_cuda and cueq_available():
+            return self.forward_cueq(node_feats, species)
         x = to_channels(node_feats, self.irreps_in)  # [n, k, d]
         n, k, _ = x.shape
         monomials = {1: x}  # degree ν: [n, k, T_ν]
@@ -169,3 +177,19 @@ class SymmetricContraction(nn.Module):
                 out = out + torch.einsum("nkpm,nkp->nkm", features, self.weights[name][species])
             outputs.append(out)
         return from_channels(torch.cat(outputs, dim=-1), self.irreps_out)
+
+    def forward_cueq(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """The same contraction evaluated by cuequivariance on our weights (any device it supports)."""
+        from mlip.nn.tensor_product.symmetric_contraction import CueqContraction
+
+        cached = self.__dict__["_cueq"]
+        if cached is None or cached.device != node_feats.device or cached.dtype != node_feats.dtype:
+            cached = CueqContraction(self, node_feats.device, node_feats.dtype)
+            self.__dict__["_cueq"] = cached
+        return cached(self, node_feats, species)
+
+
+def cueq_available() -> bool:
+    from mlip.nn.tensor_product.symmetric_contraction import cuet
+
+    return cuet is not None

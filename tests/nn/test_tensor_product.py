@@ -56,3 +56,23 @@ def test_models_of_either_backend_share_weights(rng):
     out_b = cueq_model(graph, compute_stress=True)
     for key in ("energy", "forces", "stress"):
         assert torch.allclose(out_a[key], out_b[key], atol=1e-10), key
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out, correlation", [
+    ("4x0e+4x1o+4x2e", "4x0e+4x1o", 3),
+    ("3x0e+3x1o", "3x0e", 2),
+])  # l <= 3 inputs take cuequivariance minutes to build its basis: tests/gpu covers them
+def test_cueq_symmetric_contraction_on_our_weights_equals_ours(irreps_in, irreps_out, correlation):
+    """cuequivariance's basis differs from ours; the change of basis makes them agree, gradients included."""
+    from mlip.nn.symmetric_contraction import SymmetricContraction
+
+    torch.manual_seed(0)
+    contraction = SymmetricContraction(o3.Irreps(irreps_in), o3.Irreps(irreps_out), correlation, 3, backend="cueq")
+    x = torch.randn(11, o3.Irreps(irreps_in).dim, requires_grad=True)
+    species = torch.randint(0, 3, (11,))
+    ours, theirs = contraction(x, species), contraction.forward_cueq(x, species)
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    parameters = [x, *contraction.weights.values()]
+    for u, v in zip(torch.autograd.grad(ours.square().sum(), parameters),
+                    torch.autograd.grad(theirs.square().sum(), parameters)):
+        assert torch.allclose(u, v, atol=1e-11)

@@ -8,6 +8,11 @@
 
 Backends hold no parameters and share one weight layout (e3nn's instruction order),
 so a model trained with one runs with the other.
+
+The symmetric contraction (`mlip.nn.symmetric_contraction`) has a cuequivariance
+evaluation too (`symmetric_contraction.CueqContraction`: our weights mapped through a
+change of basis computed at first use); it is taken with ``tp_backend="cueq"`` only,
+until it has been measured on the device.
 """
 
 from mlip.nn.tensor_product.convolution import TP_BACKENDS, ChannelwiseConvolution
