@@ -4,7 +4,8 @@
 - ``cueq``: cuequivariance-torch, fused with the gather from senders and the sum at
   receivers, on CUDA (CPU tensors take the e3nn path: cuequivariance's CPU fallback
   fails once its CUDA ops are installed);
-- ``auto``: cueq on CUDA when cuequivariance is installed, else e3nn.
+- ``auto``: cueq on CUDA when cuequivariance and its CUDA ops
+  (``cuequivariance-ops-torch-cu12``/``-cu13``) are installed, else e3nn.
 
 Backends hold no parameters and share one weight layout (e3nn's instruction order),
 so a model trained with one runs with the other.

@@ -8,6 +8,8 @@ irrep is kept, with its own per-edge weight.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from e3nn import o3
 from torch import nn
@@ -21,6 +23,8 @@ except ImportError:  # the e3nn backend serves
     cue = cuet = None
 
 TP_BACKENDS = ("auto", "e3nn", "cueq")
+# cuequivariance's CUDA kernels come in a separate package; without it "auto" stays with e3nn
+CUEQ_CUDA_OPS = importlib.util.find_spec("cuequivariance_ops_torch") is not None
 
 
 def channelwise_instructions(
@@ -72,7 +76,9 @@ class ChannelwiseConvolution(nn.Module):
     def _use_cueq(self, x: torch.Tensor) -> bool:
         # On the CPU both backends take the e3nn path: cuequivariance's CPU fallback stops
         # working once its CUDA ops are installed (a CUDA-only transpose op).
-        return self.backend != "e3nn" and cuet is not None and x.is_cuda
+        if self.backend == "e3nn" or cuet is None or not x.is_cuda:
+            return False
+        return self.backend == "cueq" or CUEQ_CUDA_OPS
 
     def _cueq_module(self, x: torch.Tensor):
         module = self.__dict__["_cueq"]
