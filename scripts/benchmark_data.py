@@ -68,13 +68,12 @@ def store_rate(store: Path, workers: int, passes: int) -> float:
 
 def train_step_ms(store: Path, device: str, steps: int) -> tuple[float, int]:
     """Mean ms per optimiser step of a MACE on store batches already on the device; atoms per batch."""
-    from mlip.data.statistics import DatasetStatistics
     from mlip.models.potential import Potential
     from mlip.models.registry import build_model
     from mlip.training.loss import EnergyForcesStressLoss
 
     dataset = StoreDataset(store, CUTOFF)
-    stats = DatasetStatistics(**{k: dataset.manifest["statistics"][k] for k in DatasetStatistics.__dataclass_fields__})
+    stats = dataset.statistics()
     spec = {
         "target": "mlip.models.mace.MACE",
         "kwargs": dict(num_elements=len(stats.elements), avg_num_neighbors=stats.avg_num_neighbors, r_max=CUTOFF,

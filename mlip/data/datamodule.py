@@ -252,7 +252,8 @@ class AtomicDataModule(GraphDataModule):
             if name == "train":
                 self.statistics = self._statistics(TrainingSetSummary.from_structures(split, graphs))
             if self.graph_cutoff is None:  # edges are rebuilt on the device; do not hold them
-                graphs = [structure_to_graph(s, None, self.fixed_atom_forces) for s in split]
+                for graph in graphs:
+                    graph.edge_index, graph.shifts = graph.edge_index[:, :0], graph.shifts[:0]
             self.datasets[name] = graphs
 
     def label_table(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
@@ -330,9 +331,7 @@ class StoreDataModule(GraphDataModule):
         self._parts = parts
         whole = len(parts["train"][1]) == len(train)
         if whole and self.e0s is None and self.elements is None:
-            self.statistics = DatasetStatistics(
-                **{k: train.manifest["statistics"][k] for k in DatasetStatistics.__dataclass_fields__}
-            )
+            self.statistics = train.statistics()
         else:
             self.statistics = self._statistics(train.summary(None if whole else parts["train"][1]))
         log.info("store %s: %d train / %d val / %d test structures", self.stores["train"],

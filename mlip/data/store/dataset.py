@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mlip.data.graph import AtomicGraph, make_graph
-from mlip.data.statistics import TrainingSetSummary
+from mlip.data.statistics import DatasetStatistics, TrainingSetSummary
 from mlip.data.store.format import PER_ATOM, PER_STRUCTURE, read_manifest, sha256_file
 from mlip.data.store.writer import shard_summary
 from mlip.data.structure import DataError
@@ -63,6 +63,11 @@ class StoreDataset(Dataset):
     def store_cutoff(self) -> float:
         """The radius (Å) at which ``n_edges`` were counted."""
         return float(self.manifest["settings"]["cutoff"])
+
+    def statistics(self) -> DatasetStatistics:
+        """The training-set statistics written at preprocess time (of the whole store)."""
+        stored = self.manifest["statistics"]
+        return DatasetStatistics(**{k: stored[k] for k in DatasetStatistics.__dataclass_fields__})
 
     def __len__(self) -> int:
         return int(self.starts[-1])

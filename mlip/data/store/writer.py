@@ -43,7 +43,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _shard_arrays(structures: list[Structure], cutoff: float) -> dict[str, np.ndarray]:
     n_atoms = [s.n_atoms for s in structures]
-    total = int(np.sum(n_atoms))
     nan33 = np.full((3, 3), np.nan)
     return {
         "positions": np.concatenate([s.positions for s in structures]),
@@ -62,7 +61,6 @@ def _shard_arrays(structures: list[Structure], cutoff: float) -> dict[str, np.nd
         ),
         "force_sq_sum": np.array([0.0 if s.forces is None else float(np.sum(s.forces**2)) for s in structures]),
         "source": np.array([s.source for s in structures], dtype=object),
-        "_total_atoms": np.array(total),
     }
 
 
@@ -87,8 +85,6 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
     partial = path.with_name(path.name + ".partial")
     with h5py.File(partial, "w", track_order=True, libver=("earliest", "v110")) as h5:
         for name, value in arrays.items():
-            if name.startswith("_"):
-                continue
             if value.dtype == object:
                 h5.create_dataset(name, data=value.astype(str).tolist(), dtype=h5py.string_dtype(), track_times=False)
             else:
@@ -193,7 +189,7 @@ def write_store(
                 "fingerprint": settings_hash,
                 "first_index": k * shard_size,
                 "n_structures": len(batch),
-                "n_atoms": int(arrays["_total_atoms"]),
+                "n_atoms": int(arrays["atom_offsets"][-1]),
                 "summary": json.dumps(shard.to_dict()),
             }
             write_shard(path, arrays, attrs)
