@@ -5,15 +5,24 @@
 
 Inference: a MACE of MACE-MP "medium" size (128x0e+128x1o, ℓ ≤ 3, correlation 3,
 2 layers, r_max 6 Å) on rattled diamond Si of 216 and 1728 atoms (~45 neighbours per
-atom): ms per energy+forces+stress call, atom-steps per second, peak GPU memory.
-Training: ms per Adam step (energy + forces loss) on 32 3BPA molecules with a
-128x0e+128x1o+128x2e model, r_max 5 Å. Every tensor-product backend and float32 /
-float64, one table, all in this process (compare rows of one run only).
+atom): ms per energy+forces+stress call, eager and replayed from a CUDA graph
+(`GraphedPotential`), atom-steps per second, peak GPU memory. Training: ms per Adam
+step (energy + forces loss) on 32 3BPA molecules with a 128x0e+128x1o+128x2e model,
+r_max 5 Å. Every tensor-product backend and float32 / float64, one table.
+
+``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
+scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
+The floor of an inference call is the bytes it cannot avoid moving (below) over the
+copy bandwidth measured here.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +34,7 @@ from torch_geometric.data import Batch
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers import read_structures
 from mlip.data.readers.atoms import structure_from_atoms
+from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.training.loss import EnergyForcesStressLoss
@@ -47,15 +57,41 @@ def silicon(repeat: int, seed: int = 0):
     return structure_to_graph(structure_from_atoms(atoms, f"Si{len(atoms)}"), 6.0)
 
 
-def inference_row(graph, backend: str, dtype: torch.dtype, repeats: int) -> str:
+def inference_rows(graph, backend: str, dtype: torch.dtype, repeats: int) -> list[str]:
+    """Eager and CUDA-graph rows for one system."""
     torch.set_default_dtype(dtype)
     model = potential([14], 6.0, "128x0e+128x1o", backend, graph.edge_index.shape[1] / graph.num_nodes)
     model = model.cuda().requires_grad_(False)
     batch = Batch.from_data_list([graph]).to("cuda")
-    torch.cuda.reset_peak_memory_stats()
-    ms = cuda_ms(lambda: model(batch, compute_stress=True), repeats)
-    peak = torch.cuda.max_memory_allocated() / 1e9
-    return f"| Si {graph.num_nodes} E+F+S | {backend} | {str(dtype)[6:]} | {ms:.2f} | {graph.num_nodes / ms * 1000:,.0f} | {peak:.2f} |"
+    rows = []
+    for name, call in (("", lambda: model(batch, compute_stress=True)), (" + CUDA graph", GraphedPotential(model))):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        ms = cuda_ms(lambda: call(batch), repeats) if name else cuda_ms(call, repeats)
+        peak = torch.cuda.max_memory_allocated() / 1e9
+        rows.append(f"| Si {graph.num_nodes} E+F+S | mlip {backend}{name} | {str(dtype)[6:]} | {ms:.2f} "
+                    f"| {graph.num_nodes / ms * 1000:,.0f} | {peak:.2f} |")
+    return rows
+
+
+def floor_ms(graph, dtype: torch.dtype, bandwidth: float) -> tuple[float, float]:
+    """(GB, ms) an E+F+S call must move at least: per layer, the radial weights [E, numel] are
+    written and read forward and again backward, the edge harmonics [E, 16] and the atomic
+    basis A [n, 128·16] are written and read once each way; bandwidth in GB/s."""
+    size = torch.finfo(dtype).bits // 8
+    edges, nodes = graph.edge_index.shape[1], graph.num_nodes
+    numels = (4 * 128, 10 * 128)  # channel-wise paths of layer 1 (scalars in) and layer 2 (0e+1o in), ℓ ≤ 3
+    per_layer = [4 * edges * numel + 4 * edges * 16 + 4 * nodes * 128 * 16 for numel in numels]
+    gigabytes = sum(per_layer) * size / 1e9
+    return gigabytes, gigabytes / bandwidth * 1000
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in GB/s (bytes read plus written)."""
+    source = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    target = torch.empty_like(source)
+    ms = cuda_ms(lambda: target.copy_(source), 20)
+    return 2 * source.numel() * 4 / 1e9 / (ms / 1000)
 
 
 def training_row(graphs, backend: str, dtype: torch.dtype, repeats: int) -> str:
@@ -77,7 +113,40 @@ def training_row(graphs, backend: str, dtype: torch.dtype, repeats: int) -> str:
     ms = cuda_ms(step, repeats)
     peak = torch.cuda.max_memory_allocated() / 1e9
     atoms = batch.num_nodes
-    return f"| train step, 32 3BPA ({atoms} atoms) | {backend} | {str(dtype)[6:]} | {ms:.2f} | {atoms / ms * 1000:,.0f} | {peak:.2f} |"
+    return f"| train step, 32 3BPA ({atoms} atoms) | mlip {backend} | {str(dtype)[6:]} | {ms:.2f} | {atoms / ms * 1000:,.0f} | {peak:.2f} |"
+
+
+def mace_torch_rows(path: str, args) -> list[str]:
+    """The same cases run by scripts/benchmark_mace_torch.py with mace-torch from ``path``."""
+    env = dict(os.environ, PYTHONPATH=path, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    command = [sys.executable, str(Path(__file__).with_name("benchmark_mace_torch.py")), "--data-dir", str(args.data_dir),
+               "--dtypes", *args.dtypes, "--repeats", str(args.repeats)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    for row in rows:
+        print(row, flush=True)
+    if done.returncode != 0:
+        print(f"mace-torch run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return rows
+
+
+def ratios(ours: list[str], theirs: list[str]) -> None:
+    """Per case and dtype: mace-torch's fastest row over ours, and peak memory of both."""
+    def parse(rows):
+        table = {}
+        for row in rows:
+            case, backend, dtype, ms, _, peak = [c.strip() for c in row.strip("|").split("|")]
+            key = (re.sub(r"\s+", " ", case), dtype)
+            if key not in table or float(ms) < table[key][1]:
+                table[key] = (backend, float(ms), float(peak))
+        return table
+
+    best_ours, best_theirs = parse(ours), parse(theirs)
+    print("\n| case | dtype | mlip fastest | mace-torch fastest | speed-up | peak GB mlip / mace-torch |\n|---|---|---|---|---|---|")
+    for key in best_ours:
+        if key in best_theirs:
+            (a, ms_a, peak_a), (b, ms_b, peak_b) = best_ours[key], best_theirs[key]
+            print(f"| {key[0]} | {key[1]} | {a} {ms_a:.2f} ms | {b} {ms_b:.2f} ms | {ms_b / ms_a:.2f}x | {peak_a:.2f} / {peak_b:.2f} |")
 
 
 def main() -> None:
@@ -86,20 +155,31 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["e3nn", "cueq"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--mace-torch-path", help="folder holding mace-torch 0.3.16 and e3nn 0.4.4")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("| case | backend | dtype | ms | atom-steps/s | peak GB |\n|---|---|---|---|---|---|")
+    bandwidth = copy_bandwidth()
     systems = [silicon(3), silicon(6)]
+    for dtype in (getattr(torch, d) for d in args.dtypes):
+        for graph in systems:
+            gigabytes, ms = floor_ms(graph, dtype, bandwidth)
+            print(f"floor, Si {graph.num_nodes} {str(dtype)[6:]}: {gigabytes:.2f} GB at {bandwidth:.0f} GB/s = {ms:.2f} ms")
+    print("| case | backend | dtype | ms | atom-steps/s | peak GB |\n|---|---|---|---|---|---|")
     molecules = None
     path = args.data_dir / "3bpa" / "train_300K.xyz"
     if path.is_file():
         molecules = [structure_to_graph(s, 5.0) for s in read_structures(path, stress_key=None, virial_key=None)[:32]]
+    rows = []
     for dtype in (getattr(torch, d) for d in args.dtypes):
         for backend in args.backends:
             for graph in systems:
-                print(inference_row(graph, backend, dtype, args.repeats), flush=True)
+                rows += inference_rows(graph, backend, dtype, args.repeats)
+                print("\n".join(rows[-2:]), flush=True)
             if molecules is not None:
-                print(training_row(molecules, backend, dtype, args.repeats), flush=True)
+                rows.append(training_row(molecules, backend, dtype, args.repeats))
+                print(rows[-1], flush=True)
+    if args.mace_torch_path:
+        ratios(rows, mace_torch_rows(args.mace_torch_path, args))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,18 @@ from mlip.models.registry import build_model
 ELEMENTS = [28, 29, 79]  # Ni, Cu, Au
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory):
+    """Derived artefacts (cuequivariance polynomials) go to a per-session folder, not ~/.cache."""
+    previous = os.environ.get("MLIP_CACHE_DIR")
+    os.environ["MLIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("mlip-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MLIP_CACHE_DIR")
+    else:
+        os.environ["MLIP_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def float64_default():
     previous = torch.get_default_dtype()

@@ -83,11 +83,43 @@ class Potential(nn.Module):
         and ``stress`` [G, 3, 3] eV/Å³ (zero for graphs without a cell volume).
         ``create_graph=True`` keeps the graph of the derivatives for training on them.
         """
-        dtype = self.e0s.dtype
         num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
-        positions = graph.positions.to(dtype)
-        cell = graph.cell.to(dtype).view(-1, 3, 3)
+        return self.predict(
+            self.species(graph.atomic_numbers),
+            graph.positions,
+            graph.cell.view(-1, 3, 3),
+            batch,
+            graph.edge_index,
+            graph.shifts,
+            num_graphs,
+            compute_forces,
+            compute_stress,
+            create_graph,
+        )
+
+    def predict(
+        self,
+        species: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        batch: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        num_graphs: int,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """`forward` on plain tensors, with no host synchronisation (CUDA-graph capturable).
+
+        species [n] (indices from `species`), positions [n, 3] Å, cell [G, 3, 3] Å, batch [n],
+        edge_index [2, E] (sender, receiver), shifts [E, 3] (integer cell translations).
+        """
+        dtype = self.e0s.dtype
+        positions = positions.to(dtype)
+        cell = cell.to(dtype)
+        unstrained_cell = cell
         inputs = []
         if compute_forces:
             positions = positions.detach().requires_grad_(True)
@@ -99,14 +131,11 @@ class Potential(nn.Module):
             positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[batch])
             cell = cell + torch.bmm(cell, symmetric)
 
-        sender, receiver = graph.edge_index
+        sender, receiver = edge_index
         edge_vectors = (
-            positions[sender]
-            - positions[receiver]
-            + torch.einsum("ei,eij->ej", graph.shifts.to(dtype), cell[batch[receiver]])
+            positions[sender] - positions[receiver] + torch.einsum("ei,eij->ej", shifts.to(dtype), cell[batch[receiver]])
         )
-        species = self.species(graph.atomic_numbers)
-        node_energy = self.scale * self.model(species, graph.edge_index, edge_vectors) + self.shift + self.e0s[species]
+        node_energy = self.scale * self.model(species, edge_index, edge_vectors) + self.shift + self.e0s[species]
         energy = scatter_sum(node_energy, batch, num_graphs)
         out = {"energy": energy, "node_energy": node_energy}
         if inputs:
@@ -114,7 +143,8 @@ class Potential(nn.Module):
             if compute_forces:
                 out["forces"] = -grads[0]
             if compute_stress:
-                volume = torch.linalg.det(graph.cell.to(dtype).view(-1, 3, 3)).abs()
+                a, b, c = unstrained_cell.unbind(1)
+                volume = (a * torch.linalg.cross(b, c)).sum(-1).abs()  # a triple product: no solver, no sync
                 has_volume = volume > 1e-6
                 out["stress"] = torch.where(
                     has_volume[:, None, None], grads[-1] / torch.where(has_volume, volume, 1.0)[:, None, None], 0.0

@@ -21,6 +21,7 @@ from e3nn import o3
 from torch import nn
 
 from mlip.nn.irreps import channel_irreps, from_channels, to_channels
+from mlip.nn.tensor_product.backend import check_backend, uses_cueq
 
 
 def _block_embedding(irreps: o3.Irreps, block: int) -> torch.Tensor:
@@ -127,9 +128,8 @@ class SymmetricContraction(nn.Module):
         self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int, backend: str = "e3nn"
     ):
         super().__init__()
-        # "cueq": cuequivariance on CUDA (mlip.nn.tensor_product.symmetric_contraction). "auto" keeps
-        # this reference path until the cuequivariance contraction has been checked on the device.
-        self.backend = backend
+        # cuequivariance on CUDA (mlip.nn.tensor_product.symmetric_contraction), see `uses_cueq`
+        self.backend = check_backend(backend)
         self.__dict__["_cueq"] = None  # built on first CUDA use, kept out of the state dict
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
@@ -160,7 +160,7 @@ class SymmetricContraction(nn.Module):
             self.paths.append(paths)
 
     def forward(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        if self.backend == "cueq" and node_feats.is_cuda and cueq_available():
+        if uses_cueq(self.backend, node_feats):
             return self.forward_cueq(node_feats, species)
         x = to_channels(node_feats, self.irreps_in)  # [n, k, d]
         n, k, _ = x.shape
@@ -188,8 +188,3 @@ class SymmetricContraction(nn.Module):
             self.__dict__["_cueq"] = cached
         return cached(self, node_feats, species)
 
-
-def cueq_available() -> bool:
-    from mlip.nn.tensor_product.symmetric_contraction import cuet
-
-    return cuet is not None

@@ -76,3 +76,19 @@ def test_cueq_symmetric_contraction_on_our_weights_equals_ours(irreps_in, irreps
     for u, v in zip(torch.autograd.grad(ours.square().sum(), parameters),
                     torch.autograd.grad(theirs.square().sum(), parameters)):
         assert torch.allclose(u, v, atol=1e-11)
+
+
+def test_cueq_polynomial_is_cached_on_disk(tmp_path, monkeypatch):
+    from mlip.nn.tensor_product import symmetric_contraction as cueq_sc
+
+    monkeypatch.setenv("MLIP_CACHE_DIR", str(tmp_path))
+    cueq_sc.polynomial.cache_clear()
+    built = cueq_sc.polynomial("2x0e+2x1o", "2x0e", 2)
+    (cached,) = (tmp_path / "cueq").iterdir()
+    assert not list((tmp_path / "cueq").glob("*.partial"))
+    cueq_sc.polynomial.cache_clear()
+    assert cueq_sc.polynomial("2x0e+2x1o", "2x0e", 2).polynomial == built.polynomial  # read back
+    cueq_sc.polynomial.cache_clear()
+    assert cueq_sc.polynomial("2x0e+2x1o", "2x1o", 2).polynomial != built.polynomial  # another key, another file
+    assert len(list((tmp_path / "cueq").iterdir())) == 2
+    cueq_sc.polynomial.cache_clear()

@@ -1,21 +1,18 @@
 """Tensor products behind one interface, several backends (``tp_backend``).
 
 - ``e3nn``: e3nn's reference implementation (any device);
-- ``cueq``: cuequivariance-torch, fused with the gather from senders and the sum at
-  receivers, on CUDA (CPU tensors take the e3nn path: cuequivariance's CPU fallback
-  fails once its CUDA ops are installed);
+- ``cueq``: cuequivariance-torch on CUDA: the channel-wise tensor product fused with
+  the gather from senders and the sum at receivers (`convolution`), and the
+  symmetric contraction (`symmetric_contraction.CueqContraction`: our weights mapped
+  through a change of basis computed at first use). CPU tensors take the e3nn path;
 - ``auto``: cueq on CUDA when cuequivariance and its CUDA ops
   (``cuequivariance-ops-torch-cu12``/``-cu13``) are installed, else e3nn.
 
-Backends hold no parameters and share one weight layout (e3nn's instruction order),
-so a model trained with one runs with the other.
-
-The symmetric contraction (`mlip.nn.symmetric_contraction`) has a cuequivariance
-evaluation too (`symmetric_contraction.CueqContraction`: our weights mapped through a
-change of basis computed at first use); it is taken with ``tp_backend="cueq"`` only,
-until it has been measured on the device.
+Backends hold no parameters and share one weight layout (e3nn's instruction order and
+our symmetric basis), so a model trained with one runs with the other.
 """
 
-from mlip.nn.tensor_product.convolution import TP_BACKENDS, ChannelwiseConvolution
+from mlip.nn.tensor_product.backend import TP_BACKENDS, check_backend, uses_cueq
+from mlip.nn.tensor_product.convolution import ChannelwiseConvolution
 
-__all__ = ["TP_BACKENDS", "ChannelwiseConvolution"]
+__all__ = ["TP_BACKENDS", "ChannelwiseConvolution", "check_backend", "uses_cueq"]

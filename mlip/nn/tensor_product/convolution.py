@@ -8,23 +8,18 @@ irrep is kept, with its own per-edge weight.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from e3nn import o3
 from torch import nn
 
 from mlip.nn.scatter import scatter_sum
+from mlip.nn.tensor_product.backend import check_backend, uses_cueq
 
 try:
     import cuequivariance as cue
     import cuequivariance_torch as cuet
 except ImportError:  # the e3nn backend serves
     cue = cuet = None
-
-TP_BACKENDS = ("auto", "e3nn", "cueq")
-# cuequivariance's CUDA kernels come in a separate package; without it "auto" stays with e3nn
-CUEQ_CUDA_OPS = importlib.util.find_spec("cuequivariance_ops_torch") is not None
 
 
 def channelwise_instructions(
@@ -55,11 +50,7 @@ class ChannelwiseConvolution(nn.Module):
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps, backend: str = "auto"):
         super().__init__()
-        if backend not in TP_BACKENDS:
-            raise ValueError(f"tp_backend must be one of {TP_BACKENDS}, got {backend!r}")
-        if backend == "cueq" and cuet is None:
-            raise ImportError("tp_backend=cueq needs cuequivariance-torch (pip install cuequivariance-torch)")
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.irreps_in, self.irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
         self.irreps_out, self.instructions = channelwise_instructions(self.irreps_in, self.irreps_sh, o3.Irreps(irreps_target))
         self.tensor_product = o3.TensorProduct(
@@ -72,13 +63,6 @@ class ChannelwiseConvolution(nn.Module):
         columns = [p * mul + c for p in order for c in range(mul)]
         self.register_buffer("_cueq_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
         self.__dict__["_cueq"] = None  # built on first use, kept out of the state dict
-
-    def _use_cueq(self, x: torch.Tensor) -> bool:
-        # On the CPU both backends take the e3nn path: cuequivariance's CPU fallback stops
-        # working once its CUDA ops are installed (a CUDA-only transpose op).
-        if self.backend == "e3nn" or cuet is None or not x.is_cuda:
-            return False
-        return self.backend == "cueq" or CUEQ_CUDA_OPS
 
     def _cueq_module(self, x: torch.Tensor):
         module = self.__dict__["_cueq"]
@@ -108,7 +92,7 @@ class ChannelwiseConvolution(nn.Module):
         num_nodes: int,
     ) -> torch.Tensor:
         """[n, irreps_in.dim], [E, irreps_sh.dim], [E, weight_numel] -> [num_nodes, irreps_out.dim]."""
-        if self._use_cueq(node_feats):
+        if uses_cueq(self.backend, node_feats):
             return self.forward_cueq(node_feats, edge_sh, weights, sender, receiver, num_nodes)
         messages = self.tensor_product(node_feats[sender], edge_sh, weights)
         return scatter_sum(messages, receiver, num_nodes)

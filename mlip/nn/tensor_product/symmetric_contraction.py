@@ -7,9 +7,22 @@ one element) and solving ``Y_cueq T = Y_ours`` by least squares; a residual abov
 round-off means the bases do not span the same space and is an error. At each call
 our weights ``W[z, k, p]`` become cuequivariance's ``Σ_p T[q, p] W[z, k, p]``, so
 gradients flow to our parameters and a model moves between backends unchanged.
+
+cuequivariance builds its polynomial symbolically, which takes 10-60 s per irreps
+pair for ℓ ≤ 3 and correlation 3. It is therefore kept in memory and on disk
+(``$MLIP_CACHE_DIR`` or ``~/.cache/mlip``, one pickle per irreps pair and
+cuequivariance version, written atomically); delete the folder to rebuild.
 """
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
 
 import torch
 from e3nn import o3
@@ -17,82 +30,110 @@ from e3nn import o3
 try:
     import cuequivariance as cue
     import cuequivariance_torch as cuet
+    from cuequivariance_torch.operations.symmetric_contraction import symmetric_contraction
 except ImportError:
-    cue = cuet = None
+    cue = cuet = symmetric_contraction = None
 
 
-def _cueq_module(irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int, device, dtype):
-    return cuet.SymmetricContraction(
-        cue.Irreps("O3", str(irreps_in)),
-        cue.Irreps("O3", str(irreps_out)),
-        correlation,
-        num_elements,
-        layout=cue.mul_ir,
-        device=device,
-        dtype=dtype,
-        original_mace=False,
-        method=None if torch.device(device).type == "cuda" else "naive",
-    )
+def cache_dir() -> Path:
+    """Where derived, rebuildable artefacts are kept (``$MLIP_CACHE_DIR`` or ``~/.cache/mlip``)."""
+    return Path(os.environ.get("MLIP_CACHE_DIR") or Path.home() / ".cache" / "mlip")
 
 
-def _cueq_call(module, weight: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """cuet.SymmetricContraction's forward with an external weight [Z, P, mul]."""
-    if module.projection is not None:
-        weight = torch.einsum("zau,ab->zbu", weight, module.projection)
-    output = module.f([weight.flatten(1), module.transpose_in(x)], input_indices={0: indices})
-    return module.transpose_out(output[0])
+@functools.lru_cache(maxsize=None)
+def polynomial(irreps_in: str, irreps_out: str, correlation: int):
+    """cuequivariance's equivariant polynomial of the contraction (degrees 1..correlation)."""
+    key = f"{cue.__version__}|{irreps_in}|{irreps_out}|{correlation}"
+    path = cache_dir() / "cueq" / f"symmetric_contraction-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
+    if path.is_file():
+        with open(path, "rb") as handle:
+            cached_key, value = pickle.load(handle)  # our own cache folder: written below
+        if cached_key == key:
+            return value
+    value, _ = symmetric_contraction(cue.Irreps("O3", irreps_in), cue.Irreps("O3", irreps_out), range(1, correlation + 1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as handle:
+            pickle.dump((key, value), handle)
+        os.replace(handle.name, path)
+    except OSError as error:  # a read-only home: rebuild next time
+        warnings.warn(f"could not cache cuequivariance's contraction in {path.parent}: {error}")
+    return value
+
+
+class CueqEvaluation(torch.nn.Module):
+    """cuequivariance's evaluation of a contraction polynomial: (weights [Z, P, mul], x, species) -> out."""
+
+    def __init__(self, etp, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        cuda = torch.device(device).type == "cuda"
+        method = "uniform_1d" if cuda and etp.all_same_segment_shape() else "naive"
+        self.f = cuet.SegmentedPolynomial(etp.polynomial, method=method).to(device)
+        self.transpose_in = cuet.TransposeIrrepsLayout(
+            etp.inputs[1].irreps, source=cue.mul_ir, target=etp.inputs[1].layout, device=device
+        )
+        self.transpose_out = cuet.TransposeIrrepsLayout(
+            etp.outputs[0].irreps, source=etp.outputs[0].layout, target=cue.mul_ir, device=device
+        )
+        self.num_weights = etp.inputs[0].dim // etp.inputs[1].irreps.muls[0]
+
+    def forward(self, weight: torch.Tensor, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        output = self.f([weight.flatten(1), self.transpose_in(x)], input_indices={0: species})
+        return self.transpose_out(output[0])
+
+
+@functools.lru_cache(maxsize=None)
+def change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: str) -> torch.Tensor:
+    """T [P_cueq, P_ours] (float64, CPU) with ``cueq(T W) = ours(W)``, found by probing on ``device``."""
+    from mlip.nn.symmetric_contraction import SymmetricContraction
+
+    # one "element" per basis function of ours: element j carries unit weight j in every
+    # channel, so one call evaluates all of them on the same random inputs
+    probe = SymmetricContraction(o3.Irreps(irreps_in), o3.Irreps(irreps_out), correlation, 1)
+    num_channels = probe.irreps_in[0].mul
+    sizes = [probe.weights[name].shape[-1] for paths in probe.paths for _, name in paths]
+    p_ours = sum(sizes)
+    probe = SymmetricContraction(probe.irreps_in, probe.irreps_out, correlation, p_ours).to(device, torch.float64)
+    with torch.no_grad():
+        offset = 0
+        for name in [name for paths in probe.paths for _, name in paths]:
+            weight = probe.weights[name]
+            size = weight.shape[-1]
+            weight.zero_()
+            weight[torch.arange(offset, offset + size), :, torch.arange(size)] = 1.0
+            offset += size
+    theirs = CueqEvaluation(polynomial(irreps_in, irreps_out, correlation), device, torch.float64)
+    p_theirs = theirs.num_weights
+    generator = torch.Generator().manual_seed(0)
+    samples = max(p_ours, p_theirs) // num_channels + 8
+    x = torch.randn(samples, probe.irreps_in.dim, generator=generator, dtype=torch.float64).to(device)
+
+    def columns(evaluate, count):
+        species = torch.arange(count, device=device).repeat_interleave(samples)
+        return evaluate(x.repeat(count, 1), species).reshape(count, -1).T.cpu()  # [samples * out, count]
+
+    with torch.no_grad():
+        y_ours = columns(probe, p_ours)
+        identity = torch.eye(p_theirs, dtype=torch.float64, device=device)[:, :, None].expand(-1, -1, num_channels)
+        y_theirs = columns(lambda xs, zs: theirs(identity, xs, zs), p_theirs)
+    transform = torch.linalg.lstsq(y_theirs, y_ours).solution
+    residual = (y_theirs @ transform - y_ours).abs().max() / y_ours.abs().max()
+    if residual > 1e-9:
+        raise RuntimeError(f"cuequivariance's symmetric contraction does not span our basis (residual {residual:.1e})")
+    return transform
 
 
 class CueqContraction:
     """The cuequivariance evaluation of a `SymmetricContraction`, kept outside its state dict."""
 
     def __init__(self, contraction, device: torch.device, dtype: torch.dtype):
-        from mlip.nn.symmetric_contraction import SymmetricContraction
-
         self.device, self.dtype = device, dtype
-        num_channels = contraction.irreps_in[0].mul
-        num_elements = next(iter(contraction.weights.values())).shape[0]
-        self.module = _cueq_module(contraction.irreps_in, contraction.irreps_out, contraction.correlation,
-                                   num_elements, device, dtype)
-        # probe in float64: "element" j carries unit weight j (in every channel), so one call
-        # evaluates every basis function on the same random inputs. cuequivariance builds
-        # its basis symbolically (minutes for l <= 3, correlation 3), so its module is built
-        # once and reused for the probe with an external weight of any element count.
-        names = [name for paths in contraction.paths for _, name in paths]
-        sizes = [contraction.weights[name].shape[-1] for name in names]
-        p_ours = sum(sizes)
-        ours = SymmetricContraction(contraction.irreps_in, contraction.irreps_out, contraction.correlation, p_ours)
-        ours = ours.to(device, torch.float64)
-        with torch.no_grad():
-            offset = 0
-            for name, size in zip(names, sizes):
-                weight = ours.weights[name]
-                weight.zero_()
-                weight[torch.arange(offset, offset + size), :, torch.arange(size)] = 1.0
-                offset += size
-        theirs = self.module.to(torch.float64)
-        p_theirs = theirs.weight.shape[1]
-        generator = torch.Generator().manual_seed(0)
-        samples = max(p_ours, p_theirs) // num_channels + 8
-        x = torch.randn(samples, contraction.irreps_in.dim, generator=generator, dtype=torch.float64).to(device)
-
-        def columns(module_call, count):
-            species = torch.arange(count, device=device).repeat_interleave(samples)
-            return module_call(x.repeat(count, 1), species).reshape(count, -1).T  # [samples * out, count]
-
-        with torch.no_grad():
-            y_ours = columns(ours, p_ours)
-            identity = torch.eye(p_theirs, dtype=torch.float64, device=device)[:, :, None].expand(-1, -1, num_channels)
-            y_theirs = columns(lambda xs, zs: _cueq_call(theirs, identity, xs, zs), p_theirs)
-        self.module = theirs.to(dtype)
-        transform = torch.linalg.lstsq(y_theirs.cpu(), y_ours.cpu()).solution  # [P_theirs, P_ours]
-        residual = (y_theirs.cpu() @ transform - y_ours.cpu()).abs().max() / y_ours.abs().max().cpu()
-        if residual > 1e-9:
-            raise RuntimeError(f"cuequivariance's symmetric contraction does not span our basis (residual {residual:.1e})")
-        self.names, self.num_channels = names, num_channels
-        self.transform = transform.to(device, dtype)
+        key = (str(contraction.irreps_in), str(contraction.irreps_out), contraction.correlation)
+        self.module = CueqEvaluation(polynomial(*key), device, dtype)
+        self.transform = change_of_basis(*key, str(torch.device(device))).to(device, dtype)
+        self.names = [name for paths in contraction.paths for _, name in paths]
 
     def __call__(self, contraction, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         ours = torch.cat([contraction.weights[name] for name in self.names], dim=-1)  # [Z, K, P_ours]
         weight = torch.einsum("qp,zkp->zqk", self.transform, ours)  # [Z, P_theirs, K]
-        return _cueq_call(self.module, weight, node_feats, species)
+        return self.module(weight, node_feats, species)

@@ -1,0 +1,151 @@
+"""Inference replayed from CUDA graphs, so that small systems are not bound by kernel launches.
+
+A call of `Potential.predict` with forces and stress launches a few thousand small
+kernels; for a few hundred atoms the GPU finishes each faster than Python can launch
+the next. `GraphedPotential` captures the whole call (forward and the autograd pass
+for forces and stress) once per padded size and then replays it: one launch per call.
+
+Shapes are padded up to "buckets" (at most 1/``steps_per_octave`` larger than the
+input), so MD and relaxations, whose edge counts drift, reuse a few graphs:
+
+- padding atoms sit in one extra padding graph and are never returned;
+- padding edges join the last padding atom to itself across a cell translation of
+  length ``3 r_max`` (the padding graph's cell is ``3 r_max`` times the identity),
+  so their radial weights and every derivative through them are exactly zero;
+- padding graphs have the same cell and no atoms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from mlip.models.potential import Potential
+
+
+def padded_size(count: int, steps_per_octave: int = 8) -> int:
+    """Smallest bucket >= count: a multiple of 2^k for counts in [steps·2^k, 2·steps·2^k)."""
+    if count <= 2 * steps_per_octave:
+        return 2 * steps_per_octave
+    step = 2 ** max(0, math.floor(math.log2(count)) - int(math.log2(steps_per_octave)))
+    return -(-count // step) * step
+
+
+class PaddedInputs:
+    """Static input tensors of one bucket: filled in place before each replay.
+
+    Args:
+        num_atoms, num_edges, num_graphs: padded sizes (atoms include at least one padding atom).
+        r_max: the model's cutoff, Å (sets the length of padding edges).
+    """
+
+    def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype):
+        self.sizes = (num_atoms, num_edges, num_graphs)
+        self.species = torch.zeros(num_atoms, dtype=torch.long, device=device)
+        self.positions = torch.zeros(num_atoms, 3, dtype=dtype, device=device)
+        self.batch = torch.full((num_atoms,), num_graphs - 1, dtype=torch.long, device=device)
+        self.edge_index = torch.full((2, num_edges), num_atoms - 1, dtype=torch.long, device=device)
+        self.shifts = torch.zeros(num_edges, 3, dtype=dtype, device=device)
+        self.padding_cell = 3.0 * r_max * torch.eye(3, dtype=dtype, device=device)
+        self.cell = self.padding_cell.expand(num_graphs, 3, 3).clone()
+        self.padding_shift = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=device)
+
+    def fill(self, species, positions, cell, batch, edge_index, shifts) -> None:
+        """Copy one (batched) graph in; the rest becomes padding."""
+        n, e, g = species.shape[0], edge_index.shape[1], cell.shape[0]
+        self.species[:n].copy_(species)
+        self.species[n:].zero_()
+        self.positions[:n].copy_(positions)
+        self.positions[n:].zero_()
+        self.batch[:n].copy_(batch)
+        self.batch[n:].fill_(self.sizes[2] - 1)
+        self.edge_index[:, :e].copy_(edge_index)
+        self.edge_index[:, e:].fill_(self.sizes[0] - 1)
+        self.shifts[:e].copy_(shifts)
+        self.shifts[e:] = self.padding_shift
+        self.cell[:g].copy_(cell)
+        self.cell[g:] = self.padding_cell
+
+    def arguments(self) -> tuple:
+        return self.species, self.positions, self.cell, self.batch, self.edge_index, self.shifts, self.sizes[2]
+
+
+class GraphedPotential:
+    """Energies, forces (and stress) of a `Potential` for inference, replayed from CUDA graphs.
+
+    Args:
+        potential: the model, on a CUDA device, in eval mode.
+        compute_stress: capture the stress as well.
+        steps_per_octave: bucket resolution (padding is at most 1/steps_per_octave).
+        max_graphs: captured buckets kept (least recently used ones are released).
+        capture: ``False`` evaluates the padded inputs eagerly (any device; for tests).
+
+    Calling it on a graph returns the same dict as ``potential(graph, compute_stress=...)``
+    (``energy`` [G], ``node_energy`` [n], ``forces`` [n, 3], ``stress`` [G, 3, 3]), as new tensors.
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        compute_stress: bool = True,
+        steps_per_octave: int = 8,
+        max_graphs: int = 4,
+        capture: bool = True,
+    ):
+        self.potential = potential
+        self.compute_stress = compute_stress
+        self.steps_per_octave = steps_per_octave
+        self.max_graphs = max_graphs
+        self.capture = capture
+        self._buckets: OrderedDict[tuple[int, int, int], tuple[PaddedInputs, Any, dict]] = OrderedDict()
+
+    def bucket(self, num_atoms: int, num_edges: int, num_graphs: int) -> tuple[int, int, int]:
+        """Padded (atoms, edges, graphs): one padding atom and one padding graph at least."""
+        steps = self.steps_per_octave
+        return padded_size(num_atoms + 1, steps), padded_size(max(num_edges, 1), steps), padded_size(num_graphs + 1, 2)
+
+    def __call__(self, graph: Any) -> dict[str, torch.Tensor]:
+        num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
+        batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
+        species = self.potential.species(graph.atomic_numbers)
+        n, e = species.shape[0], graph.edge_index.shape[1]
+        key = self.bucket(n, e, num_graphs)
+        if key not in self._buckets:
+            self._buckets[key] = self._prepare(key)
+            if len(self._buckets) > self.max_graphs:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(key)
+        inputs, cuda_graph, outputs = self._buckets[key]
+        inputs.fill(species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts)
+        if cuda_graph is not None:
+            cuda_graph.replay()
+        else:
+            outputs = self._predict(inputs)
+        result = {"energy": outputs["energy"][:num_graphs].clone(), "node_energy": outputs["node_energy"][:n].clone()}
+        result["forces"] = outputs["forces"][:n].clone()
+        if self.compute_stress:
+            result["stress"] = outputs["stress"][:num_graphs].clone()
+        return result
+
+    def _predict(self, inputs: PaddedInputs) -> dict[str, torch.Tensor]:
+        return self.potential.predict(*inputs.arguments(), compute_forces=True, compute_stress=self.compute_stress)
+
+    def _prepare(self, key: tuple[int, int, int]) -> tuple[PaddedInputs, Any, dict]:
+        device, dtype = self.potential.e0s.device, self.potential.e0s.dtype
+        inputs = PaddedInputs(*key, self.potential.r_max, device, dtype)
+        if not (self.capture and device.type == "cuda"):
+            return inputs, None, {}
+        # warm up on a side stream (lazy initialisation, autotuning, cuBLAS handles), then capture
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._predict(inputs)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            outputs = self._predict(inputs)
+        return inputs, cuda_graph, outputs
