@@ -8,7 +8,8 @@ Inference: a MACE of MACE-MP "medium" size (128x0e+128x1o, ℓ ≤ 3, correlatio
 atom): ms per energy+forces+stress call, eager and replayed from a CUDA graph
 (`GraphedPotential`), atom-steps per second, peak GPU memory. Training: ms per Adam
 step (energy + forces loss) on 32 3BPA molecules with a 128x0e+128x1o+128x2e model,
-r_max 5 Å. Every tensor-product backend and float32 / float64, one table.
+r_max 5 Å, eager and with the loss and gradients replayed from a CUDA graph
+(`GraphedLoss`). Every tensor-product backend and float32 / float64, one table.
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
 scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
@@ -37,6 +38,7 @@ from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
+from mlip.training.cuda_graph_loss import GraphedLoss
 from mlip.training.loss import EnergyForcesStressLoss
 
 
@@ -94,26 +96,33 @@ def copy_bandwidth() -> float:
     return 2 * source.numel() * 4 / 1e9 / (ms / 1000)
 
 
-def training_row(graphs, backend: str, dtype: torch.dtype, repeats: int) -> str:
+def training_rows(graphs, backend: str, dtype: torch.dtype, repeats: int) -> list[str]:
+    """Adam steps on E+F, eager and with the loss and gradients replayed from a CUDA graph."""
     torch.set_default_dtype(dtype)
     elements = sorted({int(z) for g in graphs for z in g.atomic_numbers})
     n_edges = sum(g.edge_index.shape[1] for g in graphs) / sum(g.num_nodes for g in graphs)
-    model = potential(elements, 5.0, "128x0e+128x1o+128x2e", backend, n_edges).cuda()
     batch = Batch.from_data_list(graphs).to("cuda")
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=0.0)
+    rows = []
+    for name in ("", " + CUDA graph"):
+        model = potential(elements, 5.0, "128x0e+128x1o+128x2e", backend, n_edges).cuda()
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+        graphed = GraphedLoss(model, loss_fn) if name else None
 
-    def step():
-        optimiser.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(model(batch, create_graph=True), batch)
-        loss.backward()
-        optimiser.step()
+        def step():
+            optimiser.zero_grad(set_to_none=True)
+            loss, _ = graphed(batch) if graphed else loss_fn(model(batch, create_graph=True), batch)
+            loss.backward()
+            optimiser.step()
 
-    torch.cuda.reset_peak_memory_stats()
-    ms = cuda_ms(step, repeats)
-    peak = torch.cuda.max_memory_allocated() / 1e9
-    atoms = batch.num_nodes
-    return f"| train step, 32 3BPA ({atoms} atoms) | mlip {backend} | {str(dtype)[6:]} | {ms:.2f} | {atoms / ms * 1000:,.0f} | {peak:.2f} |"
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        ms = cuda_ms(step, repeats)
+        peak = torch.cuda.max_memory_allocated() / 1e9
+        atoms = batch.num_nodes
+        rows.append(f"| train step, 32 3BPA ({atoms} atoms) | mlip {backend}{name} | {str(dtype)[6:]} | {ms:.2f} "
+                    f"| {atoms / ms * 1000:,.0f} | {peak:.2f} |")
+    return rows
 
 
 def mace_torch_rows(path: str, args) -> list[str]:
@@ -176,8 +185,8 @@ def main() -> None:
                 rows += inference_rows(graph, backend, dtype, args.repeats)
                 print("\n".join(rows[-2:]), flush=True)
             if molecules is not None:
-                rows.append(training_row(molecules, backend, dtype, args.repeats))
-                print(rows[-1], flush=True)
+                rows += training_rows(molecules, backend, dtype, args.repeats)
+                print("\n".join(rows[-2:]), flush=True)
     if args.mace_torch_path:
         ratios(rows, mace_torch_rows(args.mace_torch_path, args))
 

@@ -22,12 +22,13 @@ from torch_geometric.data import Batch
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers import read_structures
 from mlip.models.cuda_graph import GraphedPotential
+from mlip.training.cuda_graph_loss import GraphedLoss
 from mlip.training.loss import EnergyForcesStressLoss
 
 
 def make_call(case: str, backend: str, data_dir: Path):
     if case.startswith("si"):
-        graph = silicon({"si216": 3, "si1728": 6}[case])
+        graph = silicon(3 if case.startswith("si216") else 6)
         model = potential([14], 6.0, "128x0e+128x1o", backend, graph.edge_index.shape[1] / graph.num_nodes)
         model = model.cuda().requires_grad_(False)
         batch = Batch.from_data_list([graph]).to("cuda")
@@ -42,10 +43,11 @@ def make_call(case: str, backend: str, data_dir: Path):
     batch = Batch.from_data_list(graphs).to("cuda")
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=0.0)
+    graphed = GraphedLoss(model, loss_fn) if case.endswith("graph") else None
 
     def step():
         optimiser.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(model(batch, create_graph=True), batch)
+        loss, _ = graphed(batch) if graphed else loss_fn(model(batch, create_graph=True), batch)
         loss.backward()
         optimiser.step()
 
@@ -54,7 +56,7 @@ def make_call(case: str, backend: str, data_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=["si216", "si1728", "si216-graph", "train"], default="si1728")
+    parser.add_argument("--case", choices=["si216", "si1728", "si216-graph", "si1728-graph", "train", "train-graph"], default="si1728")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--calls", type=int, default=5)

@@ -73,6 +73,69 @@ class PaddedInputs:
         return self.species, self.positions, self.cell, self.batch, self.edge_index, self.shifts, self.sizes[2]
 
 
+class BucketedGraphs:
+    """One CUDA graph per bucket of padded sizes, captured on first use, least recently used dropped.
+
+    Args:
+        make_buffers: bucket key -> static buffers with ``fill(*args)``.
+        function: buffers -> dict of output tensors (must not synchronise with the host).
+        max_graphs: captured buckets kept.
+        capture: ``False`` (or a CPU device) evaluates ``function`` eagerly on the padded buffers.
+    """
+
+    def __init__(self, make_buffers, function, device: torch.device, max_graphs: int = 4, capture: bool = True):
+        self.make_buffers, self.function = make_buffers, function
+        self.device, self.max_graphs = torch.device(device), max_graphs
+        self.capture = capture and self.device.type == "cuda"
+        self.buckets: OrderedDict[Any, tuple[Any, Any, dict]] = OrderedDict()
+
+    def __call__(self, key, *fill_args) -> dict[str, torch.Tensor]:
+        """Fill the bucket's buffers and run; the outputs are overwritten by the next call."""
+        if key not in self.buckets:
+            self.buckets[key] = self._prepare(key)
+            if len(self.buckets) > self.max_graphs:
+                self.buckets.popitem(last=False)
+        self.buckets.move_to_end(key)
+        buffers, cuda_graph, outputs = self.buckets[key]
+        buffers.fill(*fill_args)
+        if cuda_graph is None:
+            return self.function(buffers)
+        cuda_graph.replay()
+        return outputs
+
+    def _prepare(self, key) -> tuple[Any, Any, dict]:
+        buffers = self.make_buffers(key)
+        if not self.capture:
+            return buffers, None, {}
+        # warm up on a side stream (lazy initialisation, autotuning, cuBLAS handles), then capture
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.function(buffers)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            outputs = self.function(buffers)
+        return buffers, cuda_graph, outputs
+
+
+def bucket_of(num_atoms: int, num_edges: int, num_graphs: int, steps_per_octave: int) -> tuple[int, int, int]:
+    """Padded (atoms, edges, graphs): one padding atom and one padding graph at least."""
+    return (
+        padded_size(num_atoms + 1, steps_per_octave),
+        padded_size(max(num_edges, 1), steps_per_octave),
+        padded_size(num_graphs + 1, 2),
+    )
+
+
+def graph_tensors(potential: Potential, graph: Any) -> tuple:
+    """(species, positions, cell [G, 3, 3], batch, edge_index, shifts) of a (batched) graph."""
+    batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
+    species = potential.species(graph.atomic_numbers)
+    return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts
+
+
 class GraphedPotential:
     """Energies, forces (and stress) of a `Potential` for inference, replayed from CUDA graphs.
 
@@ -98,54 +161,20 @@ class GraphedPotential:
         self.potential = potential
         self.compute_stress = compute_stress
         self.steps_per_octave = steps_per_octave
-        self.max_graphs = max_graphs
-        self.capture = capture
-        self._buckets: OrderedDict[tuple[int, int, int], tuple[PaddedInputs, Any, dict]] = OrderedDict()
-
-    def bucket(self, num_atoms: int, num_edges: int, num_graphs: int) -> tuple[int, int, int]:
-        """Padded (atoms, edges, graphs): one padding atom and one padding graph at least."""
-        steps = self.steps_per_octave
-        return padded_size(num_atoms + 1, steps), padded_size(max(num_edges, 1), steps), padded_size(num_graphs + 1, 2)
-
-    def __call__(self, graph: Any) -> dict[str, torch.Tensor]:
-        num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
-        batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
-        species = self.potential.species(graph.atomic_numbers)
-        n, e = species.shape[0], graph.edge_index.shape[1]
-        key = self.bucket(n, e, num_graphs)
-        if key not in self._buckets:
-            self._buckets[key] = self._prepare(key)
-            if len(self._buckets) > self.max_graphs:
-                self._buckets.popitem(last=False)
-        self._buckets.move_to_end(key)
-        inputs, cuda_graph, outputs = self._buckets[key]
-        inputs.fill(species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts)
-        if cuda_graph is not None:
-            cuda_graph.replay()
-        else:
-            outputs = self._predict(inputs)
-        result = {"energy": outputs["energy"][:num_graphs].clone(), "node_energy": outputs["node_energy"][:n].clone()}
-        result["forces"] = outputs["forces"][:n].clone()
-        if self.compute_stress:
-            result["stress"] = outputs["stress"][:num_graphs].clone()
-        return result
+        device, dtype = potential.e0s.device, potential.e0s.dtype
+        self.graphs = BucketedGraphs(
+            lambda key: PaddedInputs(*key, potential.r_max, device, dtype), self._predict, device, max_graphs, capture
+        )
 
     def _predict(self, inputs: PaddedInputs) -> dict[str, torch.Tensor]:
         return self.potential.predict(*inputs.arguments(), compute_forces=True, compute_stress=self.compute_stress)
 
-    def _prepare(self, key: tuple[int, int, int]) -> tuple[PaddedInputs, Any, dict]:
-        device, dtype = self.potential.e0s.device, self.potential.e0s.dtype
-        inputs = PaddedInputs(*key, self.potential.r_max, device, dtype)
-        if not (self.capture and device.type == "cuda"):
-            return inputs, None, {}
-        # warm up on a side stream (lazy initialisation, autotuning, cuBLAS handles), then capture
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._predict(inputs)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph):
-            outputs = self._predict(inputs)
-        return inputs, cuda_graph, outputs
+    def __call__(self, graph: Any) -> dict[str, torch.Tensor]:
+        tensors = graph_tensors(self.potential, graph)
+        n, g = tensors[0].shape[0], tensors[2].shape[0]
+        outputs = self.graphs(bucket_of(n, tensors[4].shape[1], g, self.steps_per_octave), *tensors)
+        result = {"energy": outputs["energy"][:g].clone(), "node_energy": outputs["node_energy"][:n].clone()}
+        result["forces"] = outputs["forces"][:n].clone()
+        if self.compute_stress:
+            result["stress"] = outputs["stress"][:g].clone()
+        return result

@@ -167,14 +167,14 @@ class SymmetricContraction(nn.Module):
         monomials = {1: x}  # degree ν: [n, k, T_ν]
         for nu in range(2, self.correlation + 1):
             parent, last = getattr(self, f"parent_{nu}"), getattr(self, f"last_{nu}")
-            monomials[nu] = monomials[nu - 1][:, :, parent] * x[:, :, last]
+            monomials[nu] = monomials[nu - 1].index_select(2, parent) * x.index_select(2, last)
         outputs = []
         for paths, (_, ir_out) in zip(self.paths, self.per_channel_out):
             out = x.new_zeros(n, k, ir_out.dim)
             for nu, name in paths:
                 basis = getattr(self, f"basis_{name}")  # [p, 2L+1, T_ν]
                 features = torch.einsum("nkt,pmt->nkpm", monomials[nu], basis)
-                out = out + torch.einsum("nkpm,nkp->nkm", features, self.weights[name][species])
+                out = out + torch.einsum("nkpm,nkp->nkm", features, self.weights[name].index_select(0, species))
             outputs.append(out)
         return from_channels(torch.cat(outputs, dim=-1), self.irreps_out)
 

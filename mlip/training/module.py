@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from mlip.models.potential import Potential
+from mlip.training.cuda_graph_loss import GraphedLoss
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.loss import EnergyForcesStressLoss
 from mlip.training.metrics import PotentialMetrics
@@ -29,6 +30,10 @@ class PotentialModule(L.LightningModule):
         scheduler: ``plateau`` (on val_loss, per epoch), ``cosine`` (to ``min_lr`` over the
             run, per step) or ``constant``; all start with ``warmup_steps`` of linear warm-up.
         ema_decay: decay of the weight average used for validation, test and export (None: off).
+        cuda_graphs: on CUDA, replay each step's loss and gradients from CUDA graphs captured
+            per bucket of padded batch sizes (`mlip.training.cuda_graph_loss.GraphedLoss`):
+            much faster for batches of small structures, at the memory of one captured step
+            per bucket (up to ``cuda_graph_buckets``). Ignored on the CPU.
     """
 
     def __init__(
@@ -45,6 +50,8 @@ class PotentialModule(L.LightningModule):
         plateau_patience: int = 5,
         min_lr: float = 1e-5,
         ema_decay: float | None = 0.99,
+        cuda_graphs: bool = False,
+        cuda_graph_buckets: int = 4,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -57,6 +64,7 @@ class PotentialModule(L.LightningModule):
         self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
         self.val_metrics = PotentialMetrics()
         self.test_metrics = PotentialMetrics()
+        self.graphed_loss: GraphedLoss | None = None  # built at the first CUDA step
 
     # -- which weights answer ------------------------------------------------------------
     def evaluation_potential(self) -> Potential:
@@ -69,8 +77,15 @@ class PotentialModule(L.LightningModule):
     # -- steps ---------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self._warm_up_learning_rate()
-        pred = self.potential(batch, create_graph=True, **self._wants())
-        loss, terms = self.loss(pred, batch)
+        if self.hparams.cuda_graphs and batch.positions.is_cuda:
+            if self.graphed_loss is None:
+                self.graphed_loss = GraphedLoss(
+                    self.potential, self.loss, max_graphs=self.hparams.cuda_graph_buckets, **self._wants()
+                )
+            loss, terms = self.graphed_loss(batch)
+        else:
+            pred = self.potential(batch, create_graph=True, **self._wants())
+            loss, terms = self.loss(pred, batch)
         size = int(batch.num_graphs)
         self.log("train_loss", loss, batch_size=size, prog_bar=True, on_step=True, on_epoch=True)
         for name, value in terms.items():

@@ -26,7 +26,7 @@ def test_replayed_graph_equals_eager_across_calls_and_sizes(backend, rng):
         out, reference = graphed(graph), potential(graph, compute_stress=True)
         for key in ("energy", "node_energy", "forces", "stress"):
             torch.testing.assert_close(out[key], reference[key], rtol=1e-10, atol=1e-10)
-    assert all(entry[1] is not None for entry in graphed._buckets.values())  # captured, not eager
+    assert all(entry[1] is not None for entry in graphed.graphs.buckets.values())  # captured, not eager
     batch = Batch.from_data_list([_graph(random_cluster(rng), potential), _graph(random_alloy(rng), potential)])
     out, reference = graphed(batch), potential(batch, compute_stress=True)
     torch.testing.assert_close(out["forces"], reference["forces"], rtol=1e-10, atol=1e-10)
@@ -48,3 +48,36 @@ def test_prediction_does_not_synchronise_with_the_host(backend, rng):
         torch.autograd.grad(loss, list(potential.parameters()), allow_unused=True)  # the training double backward
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("backend", ["e3nn", "cueq"])
+def test_graphed_training_steps_follow_the_eager_ones(backend, rng):
+    from ase.calculators.emt import EMT
+
+    from mlip.training.cuda_graph_loss import GraphedLoss
+    from mlip.training.loss import EnergyForcesStressLoss
+
+    def labelled(atoms):
+        atoms.calc = EMT()
+        atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        return _graph(atoms, eager)
+
+    eager = make_tiny_potential(correlation=3, tp_backend=backend).cuda()
+    graphed_model = make_tiny_potential(correlation=3, tp_backend=backend).cuda()
+    graphed_model.load_state_dict(eager.state_dict())
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=1.0)
+    graphed = GraphedLoss(graphed_model, loss_fn, compute_stress=True)
+    optimisers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (eager, graphed_model)]
+    for step in range(4):
+        batch = Batch.from_data_list([labelled(random_alloy(rng, (2, 2, 1 + step % 2))) for _ in range(3)])
+        for model, optimiser in zip((eager, graphed_model), optimisers):
+            optimiser.zero_grad(set_to_none=True)
+            if model is eager:
+                loss, _ = loss_fn(model(batch, compute_stress=True, create_graph=True), batch)
+            else:
+                loss, _ = graphed(batch)
+            loss.backward()
+            optimiser.step()
+    for a, b in zip(eager.parameters(), graphed_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    assert all(entry[1] is not None for entry in graphed.graphs.buckets.values())

@@ -6,7 +6,7 @@ from torch_geometric.data import Batch
 
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
-from mlip.models.cuda_graph import GraphedPotential, padded_size
+from mlip.models.cuda_graph import GraphedPotential, bucket_of, padded_size
 from tests.conftest import make_tiny_potential, random_alloy, random_cluster
 
 
@@ -30,7 +30,7 @@ def test_padded_inputs_give_the_unpadded_results(rng):
     reference = potential(batch, compute_stress=True)
     for _ in range(2):  # the second call reuses the bucket's buffers
         out = graphed(batch)
-        assert graphed.bucket(batch.num_nodes, batch.edge_index.shape[1], 3) in graphed._buckets
+        assert bucket_of(batch.num_nodes, batch.edge_index.shape[1], 3, 8) in graphed.graphs.buckets
         for key in ("energy", "node_energy", "forces", "stress"):
             assert out[key].shape == reference[key].shape, key
             torch.testing.assert_close(out[key], reference[key], rtol=1e-12, atol=1e-12)
@@ -43,11 +43,12 @@ def test_a_smaller_graph_in_the_same_bucket_leaves_no_trace(rng):
     small_atoms = random_alloy(rng, (3, 3, 2))
     del small_atoms[[0, 5, 11, 40, 41]]
     small = structure_to_graph(structure_from_atoms(small_atoms, "small"), potential.r_max)
-    assert graphed.bucket(big.num_nodes, big.edge_index.shape[1], 1) == graphed.bucket(
-        small.num_nodes, small.edge_index.shape[1], 1
+    steps = graphed.steps_per_octave
+    assert bucket_of(big.num_nodes, big.edge_index.shape[1], 1, steps) == bucket_of(
+        small.num_nodes, small.edge_index.shape[1], 1, steps
     )
     graphed(big)
     out, reference = graphed(small), potential(small, compute_stress=True)
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(out[key], reference[key], rtol=1e-12, atol=1e-12)
-    assert len(graphed._buckets) == 1
+    assert len(graphed.graphs.buckets) == 1

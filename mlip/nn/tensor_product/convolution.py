@@ -94,11 +94,19 @@ class ChannelwiseConvolution(nn.Module):
         """[n, irreps_in.dim], [E, irreps_sh.dim], [E, weight_numel] -> [num_nodes, irreps_out.dim]."""
         if uses_cueq(self.backend, node_feats):
             return self.forward_cueq(node_feats, edge_sh, weights, sender, receiver, num_nodes)
-        messages = self.tensor_product(node_feats[sender], edge_sh, weights)
+        messages = self.tensor_product(node_feats.index_select(0, sender), edge_sh, weights)
         return scatter_sum(messages, receiver, num_nodes)
 
     def forward_cueq(self, node_feats, edge_sh, weights, sender, receiver, num_nodes) -> torch.Tensor:
         """The cuequivariance path (fused gather, tensor product and sum at receivers), on any device."""
         module = self._cueq_module(node_feats)
         weights = weights.index_select(1, self._cueq_columns)
-        return module(node_feats, edge_sh, weights, indices_1=sender, indices_out=receiver, size_out=num_nodes)
+        # module.forward would make its output-shape tensor on the CPU and copy it over, which a
+        # CUDA graph cannot capture: call its polynomial with one made on the device instead
+        output = module.f(
+            [weights, module.transpose_in1(node_feats), module.transpose_in2(edge_sh)],
+            input_indices={1: sender},
+            output_shapes={0: node_feats.new_empty(num_nodes, 1)},
+            output_indices={0: receiver},
+        )
+        return module.transpose_out(output[0])

@@ -89,11 +89,18 @@ def change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: s
 
     # one "element" per basis function of ours: element j carries unit weight j in every
     # channel, so one call evaluates all of them on the same random inputs
-    probe = SymmetricContraction(o3.Irreps(irreps_in), o3.Irreps(irreps_out), correlation, 1)
-    num_channels = probe.irreps_in[0].mul
-    sizes = [probe.weights[name].shape[-1] for paths in probe.paths for _, name in paths]
+    # built in float64: its basis buffers take the default dtype, and a float32 basis moved to
+    # float64 keeps its float32 rounding (a 1e-8 residual)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        probe = SymmetricContraction(o3.Irreps(irreps_in), o3.Irreps(irreps_out), correlation, 1)
+        num_channels = probe.irreps_in[0].mul
+        sizes = [probe.weights[name].shape[-1] for paths in probe.paths for _, name in paths]
+        probe = SymmetricContraction(probe.irreps_in, probe.irreps_out, correlation, sum(sizes)).to(device)
+    finally:
+        torch.set_default_dtype(previous)
     p_ours = sum(sizes)
-    probe = SymmetricContraction(probe.irreps_in, probe.irreps_out, correlation, p_ours).to(device, torch.float64)
     with torch.no_grad():
         offset = 0
         for name in [name for paths in probe.paths for _, name in paths]:

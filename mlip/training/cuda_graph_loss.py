@@ -1,0 +1,113 @@
+"""The training loss and its parameter gradients, replayed from CUDA graphs.
+
+A force-trained step runs the model forward, differentiates it for forces with
+``create_graph=True``, and differentiates the loss again: thousands of small kernels,
+so a batch of small molecules is bound by launches, not by the GPU. `GraphedLoss`
+captures all of it per bucket of padded sizes (`mlip.models.cuda_graph`) and hands the
+gradients to autograd through `CarryGradients`, so the optimiser, gradient clipping,
+DDP's all-reduce and Lightning's loop see an ordinary ``loss.backward()``.
+
+Padding atoms carry no force label, padding graphs no energy or stress label (and one
+atom in the per-atom energy, to keep the masked mean finite), so the masked means of
+the loss are those of the real batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mlip.models.cuda_graph import BucketedGraphs, PaddedInputs, bucket_of, graph_tensors
+from mlip.models.potential import Potential
+from mlip.training.loss import EnergyForcesStressLoss
+
+
+class PaddedLabels(PaddedInputs):
+    """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``)."""
+
+    def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype):
+        super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype)
+        self.energy = torch.zeros(num_graphs, dtype=dtype, device=device)
+        self.natoms = torch.ones(num_graphs, dtype=torch.long, device=device)
+        self.has_energy = torch.zeros(num_graphs, dtype=torch.bool, device=device)
+        self.forces = torch.zeros(num_atoms, 3, dtype=dtype, device=device)
+        self.forces_mask = torch.zeros(num_atoms, dtype=torch.bool, device=device)
+        self.stress = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=device)
+        self.has_stress = torch.zeros(num_graphs, dtype=torch.bool, device=device)
+
+    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None) -> None:
+        super().fill(species, positions, cell, batch, edge_index, shifts)
+        n, g = species.shape[0], cell.shape[0]
+        for name, count in (("energy", g), ("natoms", g), ("has_energy", g), ("forces", n), ("forces_mask", n),
+                            ("stress", g), ("has_stress", g)):
+            buffer = getattr(self, name)
+            buffer[:count].copy_(getattr(graph, name).view_as(buffer[:count]))
+            buffer[count:] = 1 if name == "natoms" else 0
+
+
+class CarryGradients(torch.autograd.Function):
+    """``loss`` as a function of ``parameters`` whose gradients were computed already."""
+
+    @staticmethod
+    def forward(ctx, loss: torch.Tensor, gradients: list[torch.Tensor], *parameters: torch.Tensor) -> torch.Tensor:
+        ctx.gradients = gradients
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return (None, None, *[g * grad_output for g in ctx.gradients])
+
+
+class GraphedLoss:
+    """``loss(potential(batch), batch)`` for training, with its gradients from a replayed CUDA graph.
+
+    Args:
+        potential: the model being trained, on CUDA.
+        loss: the loss module.
+        compute_forces, compute_stress: what the loss needs predicted.
+        steps_per_octave, max_graphs, capture: as for `mlip.models.cuda_graph.GraphedPotential`.
+
+    Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``;
+    ``loss.backward()`` (before the next call) puts the gradients on the parameters.
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        loss: EnergyForcesStressLoss,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        steps_per_octave: int = 8,
+        max_graphs: int = 4,
+        capture: bool = True,
+    ):
+        self.potential, self.loss = potential, loss
+        self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}
+        self.steps_per_octave = steps_per_octave
+        self.parameters = [p for p in potential.parameters() if p.requires_grad]
+        device, dtype = potential.e0s.device, potential.e0s.dtype
+        self.graphs = BucketedGraphs(
+            lambda key: PaddedLabels(*key, potential.r_max, device, dtype), self._loss_and_gradients, device,
+            max_graphs, capture,
+        )
+
+    def _loss_and_gradients(self, labels: PaddedLabels) -> dict[str, torch.Tensor]:
+        pred = self.potential.predict(*labels.arguments(), create_graph=True, **self.wants)
+        loss, terms = self.loss(pred, labels)
+        gradients = torch.autograd.grad(loss, self.parameters, allow_unused=True)
+        out = {"loss": loss.detach(), **{f"term_{k}": v.detach() for k, v in terms.items()}}
+        for k, (p, g) in enumerate(zip(self.parameters, gradients)):
+            out[f"grad_{k}"] = torch.zeros_like(p) if g is None else g
+        return out
+
+    def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tensors = graph_tensors(self.potential, batch)
+        key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], tensors[2].shape[0], self.steps_per_octave)
+        out = self.graphs(key, *tensors, batch)
+        # the static gradient buffers themselves: backward() multiplies them into new tensors,
+        # so call it before the next call overwrites them
+        gradients = [out[f"grad_{k}"] for k in range(len(self.parameters))]
+        loss = CarryGradients.apply(out["loss"], gradients, *self.parameters)
+        terms = {k[5:]: v.clone() for k, v in out.items() if k.startswith("term_")}
+        return loss, terms

@@ -1,0 +1,44 @@
+"""The graphed training loss on padded buffers equals the eager loss, gradients included (CPU, eager)."""
+
+import numpy as np
+import torch
+from ase.calculators.emt import EMT
+from torch_geometric.data import Batch
+
+from mlip.data.graph import structure_to_graph
+from mlip.data.readers.atoms import structure_from_atoms
+from mlip.training.cuda_graph_loss import GraphedLoss
+from mlip.training.loss import EnergyForcesStressLoss
+from tests.conftest import make_tiny_potential, random_alloy, random_cluster
+
+
+def _labelled(atoms, name, r_max, **keys):
+    atoms.calc = EMT()
+    atoms.get_potential_energy(), atoms.get_forces()
+    if atoms.pbc.all():
+        atoms.get_stress()
+    return structure_to_graph(structure_from_atoms(atoms, name), r_max, **keys)
+
+
+def test_padded_loss_and_gradients_equal_the_eager_ones(rng):
+    potential = make_tiny_potential(correlation=3)
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=5.0)
+    fixed = random_alloy(rng, (2, 1, 1))
+    fixed.set_tags(np.arange(len(fixed)) % 2)
+    graphs = [_labelled(random_alloy(rng), "a", potential.r_max), _labelled(random_cluster(rng), "c", potential.r_max),
+              _labelled(fixed, "f", potential.r_max)]
+    graphs[2].forces_mask[::3] = False  # unlabelled atoms stay out of the mean
+    batch = Batch.from_data_list(graphs)
+    assert not bool(batch.has_stress.all()) and bool(batch.has_stress.any())
+
+    reference, reference_terms = loss_fn(potential(batch, compute_stress=True, create_graph=True), batch)
+    expected = torch.autograd.grad(reference, list(potential.parameters()))
+    graphed = GraphedLoss(potential, loss_fn, compute_stress=True, capture=False)
+    for _ in range(2):
+        loss, terms = graphed(batch)
+        torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
+        assert terms.keys() == reference_terms.keys()
+        potential.zero_grad(set_to_none=True)
+        (2.0 * loss).backward()
+        for p, g in zip(potential.parameters(), expected):
+            torch.testing.assert_close(p.grad, 2.0 * g, rtol=1e-10, atol=1e-12)
