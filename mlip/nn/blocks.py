@@ -66,8 +66,10 @@ class InteractionBlock(nn.Module):
     ) -> torch.Tensor:
         sender, receiver = edge_index
         h = self.linear_up(node_feats)
-        radial_weights = self.radial(edge_radial)  # [n_edges, weight_numel]
-        pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, node_feats.shape[0])  # Eq. 8, summed
+        order = self.convolution.weight_order(h)  # the backend's column order, made by the radial net
+        radial_weights = self.radial(edge_radial, order)  # [n_edges, weight_numel]
+        n = node_feats.shape[0]
+        pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, n, order is not None)  # Eq. 8, summed
         return self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
 
 

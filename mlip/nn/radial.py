@@ -94,8 +94,15 @@ class RadialMLP(nn.Module):
                 layers.append(NormalizedSiLU())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, output_order: torch.Tensor | None = None) -> torch.Tensor:
+        """[E, sizes[0]] -> [E, sizes[-1]]; ``output_order`` permutes the output columns (through
+        the last layer's weight rows, so no [E, sizes[-1]] copy is made)."""
+        if output_order is None:
+            return self.net(x)
+        *hidden, last = self.net
+        for layer in hidden:
+            x = layer(x)
+        return nn.functional.linear(x, last.weight.index_select(0, output_order))
 
 
 class SplineRadial(nn.Module):

@@ -32,3 +32,11 @@ def test_radial_weights_are_rotation_invariant_and_vanish_beyond_cutoff():
     assert torch.allclose(weights, rotated, rtol=1e-12, atol=1e-14)
     far = mlp(embedding(torch.tensor([[4.0], [5.0]])))
     assert torch.all(far == 0)
+
+
+def test_radial_mlp_emits_its_columns_in_a_given_order():
+    torch.manual_seed(0)
+    mlp = RadialMLP([8, 16, 12])
+    x = torch.randn(5, 8, requires_grad=True)
+    order = torch.randperm(12)
+    torch.testing.assert_close(mlp(x, order), mlp(x)[:, order], rtol=1e-14, atol=1e-14)

@@ -82,6 +82,14 @@ class ChannelwiseConvolution(nn.Module):
             self.__dict__["_cueq"] = module
         return module
 
+    def weight_order(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Column order of the weights that the backend serving ``x`` reads (None: e3nn's own).
+
+        A radial network can emit its columns in this order (`RadialMLP`'s ``output_order``)
+        instead of the convolution permuting an [E, weight_numel] tensor (memory, not time).
+        """
+        return self._cueq_columns if uses_cueq(self.backend, x) else None
+
     def forward(
         self,
         node_feats: torch.Tensor,
@@ -90,17 +98,26 @@ class ChannelwiseConvolution(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         num_nodes: int,
+        weights_ordered: bool = False,
     ) -> torch.Tensor:
-        """[n, irreps_in.dim], [E, irreps_sh.dim], [E, weight_numel] -> [num_nodes, irreps_out.dim]."""
+        """[n, irreps_in.dim], [E, irreps_sh.dim], [E, weight_numel] -> [num_nodes, irreps_out.dim].
+
+        ``weights`` are in e3nn's instruction order, or already in `weight_order` when
+        ``weights_ordered``.
+        """
         if uses_cueq(self.backend, node_feats):
+            if not weights_ordered:
+                weights = weights.index_select(1, self._cueq_columns)
             return self.forward_cueq(node_feats, edge_sh, weights, sender, receiver, num_nodes)
         messages = self.tensor_product(node_feats.index_select(0, sender), edge_sh, weights)
         return scatter_sum(messages, receiver, num_nodes)
 
     def forward_cueq(self, node_feats, edge_sh, weights, sender, receiver, num_nodes) -> torch.Tensor:
-        """The cuequivariance path (fused gather, tensor product and sum at receivers), on any device."""
+        """The cuequivariance path (fused gather, tensor product and sum at receivers), on any device.
+
+        ``weights`` in cuequivariance's column order (`weight_order`).
+        """
         module = self._cueq_module(node_feats)
-        weights = weights.index_select(1, self._cueq_columns)
         # module.forward would make its output-shape tensor on the CPU and copy it over, which a
         # CUDA graph cannot capture: call its polynomial with one made on the device instead
         output = module.f(
