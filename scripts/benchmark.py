@@ -19,17 +19,14 @@ copy bandwidth measured here.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from ase.build import bulk
-from timing import cuda_ms
+from timing import case_parser, cuda_ms, silicon_atoms
 from torch_geometric.data import Batch
 
 from mlip.data.graph import structure_to_graph
@@ -53,9 +50,9 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
     return Potential(build_model(spec), elements, [0.0] * len(elements), 1.0, 0.0, model_spec=spec)
 
 
-def silicon(repeat: int, seed: int = 0):
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((repeat,) * 3)
-    atoms.positions += 0.05 * np.random.default_rng(seed).standard_normal(atoms.positions.shape)
+def silicon(repeat: int):
+    """The rattled diamond Si (`timing.silicon_atoms`) as a graph at r_max 6 Å."""
+    atoms = silicon_atoms(repeat)
     return structure_to_graph(structure_from_atoms(atoms, f"Si{len(atoms)}"), 6.0)
 
 
@@ -159,11 +156,7 @@ def ratios(ours: list[str], theirs: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
-    parser.add_argument("--backends", nargs="+", default=["e3nn", "cueq"])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser = case_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--mace-torch-path", help="folder holding mace-torch 0.3.16 and e3nn 0.4.4")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -12,27 +12,17 @@ cuequivariance rows use mace-torch's fast path (all operations, fused convolutio
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import ase.io
 import numpy as np
 import torch
-from ase.build import bulk
 from e3nn import o3
 from mace import data as mace_data
 from mace import modules
 from mace.modules.wrapper_ops import CuEquivarianceConfig
 from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
-from timing import cuda_ms
-
-
-def silicon(repeat: int, seed: int = 0):
-    """The rattled diamond Si of benchmark.py."""
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((repeat,) * 3)
-    atoms.positions += 0.05 * np.random.default_rng(seed).standard_normal(atoms.positions.shape)
-    return atoms
+from timing import case_parser, cuda_ms, silicon_atoms
 
 
 def batch_of(atoms_list, elements: list[int], r_max: float, device: str):
@@ -100,13 +90,9 @@ def training_row(molecules, backend: str, dtype: torch.dtype, repeats: int) -> s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
-    parser.add_argument("--backends", nargs="+", default=["e3nn", "cueq"])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser = case_parser(__doc__.split("\n\n")[0])
     args = parser.parse_args()
-    systems = [silicon(3), silicon(6)]
+    systems = [silicon_atoms(3), silicon_atoms(6)]
     path = args.data_dir / "3bpa" / "train_300K.xyz"
     molecules = ase.io.read(path, index=":32") if path.is_file() else None
     for dtype in (getattr(torch, d) for d in args.dtypes):

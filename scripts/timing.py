@@ -1,11 +1,19 @@
-"""Timing helper shared by the benchmark scripts (they run as ``python scripts/<name>.py``)."""
+"""Helpers shared by the benchmark scripts (they run as ``python scripts/<name>.py``).
+
+Nothing here imports mlip: scripts/benchmark_mace_torch.py runs beside another e3nn.
+"""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
+from ase import Atoms
+from ase.build import bulk
 
 
 def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -18,3 +26,20 @@ def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
         fn()
     torch.cuda.synchronize()
     return 1000 * (time.perf_counter() - start) / repeats
+
+
+def silicon_atoms(repeat: int, seed: int = 0) -> Atoms:
+    """Diamond Si, ``repeat``³ cubic cells (8 atoms each), rattled by 0.05 Å."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((repeat,) * 3)
+    atoms.positions += 0.05 * np.random.default_rng(seed).standard_normal(atoms.positions.shape)
+    return atoms
+
+
+def case_parser(description: str) -> argparse.ArgumentParser:
+    """The options every model benchmark takes: samples, backends, dtypes, repeats."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--backends", nargs="+", default=["e3nn", "cueq"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--repeats", type=int, default=10)
+    return parser
