@@ -34,7 +34,10 @@ class MACE(nn.Module):
         radial_mlp: hidden sizes of the radial MLP.
         readout_mlp: hidden size of the last layer's non-linear readout.
         tp_backend: tensor-product backend of the interactions: "auto", "e3nn" or "cueq"
-            (see `mlip.nn.tensor_product`; the weights are the same for all).
+            (see `mlip.nn.tensor_product`; the weights are the same for all), or "cp" for
+            CP-decomposed convolutions (`mlip.models.tdn.TDN`; the contraction then runs "auto").
+        cp_rank: with "cp", the rank of each decomposition, or "full" (exact).
+        cp_share_paths: with "cp", one radial weight per channel for all paths (path-weight sharing).
     """
 
     def __init__(
@@ -51,6 +54,8 @@ class MACE(nn.Module):
         radial_mlp: Sequence[int] = (64, 64, 64),
         readout_mlp: int = 16,
         tp_backend: str = "auto",
+        cp_rank: int | str = "full",
+        cp_share_paths: bool = False,
     ):
         super().__init__()
         self.r_max = float(r_max)
@@ -72,10 +77,14 @@ class MACE(nn.Module):
             irreps_out = scalars if last else hidden  # only invariants are read after the last layer
             self.interactions.append(
                 InteractionBlock(
-                    irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend
+                    irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend,
+                    cp_rank, cp_share_paths,
                 )
             )
-            self.products.append(ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements, tp_backend))
+            contraction_backend = "auto" if tp_backend == "cp" else tp_backend
+            self.products.append(
+                ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements, contraction_backend)
+            )
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))
             irreps_node = irreps_out
 

@@ -15,6 +15,7 @@ from torch import nn
 from mlip.nn.radial import NormalizedSiLU, RadialMLP
 from mlip.nn.symmetric_contraction import SymmetricContraction
 from mlip.nn.tensor_product import ChannelwiseConvolution
+from mlip.nn.tensor_product.cp import CPConvolution
 
 
 class NodeEmbedding(nn.Module):
@@ -36,7 +37,8 @@ class InteractionBlock(nn.Module):
         A_{i,klm} = W_A · (1/avg_num_neighbors) Σ_j R_k(r_ij) Y(r̂_ij) ⊗ (W_up h_j)
 
     The tensor product is channel-wise ('uvu'): each channel of ``h_j`` couples with the
-    harmonics under its own radial weight per path.
+    harmonics under its own radial weight per path (or, with ``tp_backend="cp"`` and
+    ``cp_share_paths``, one weight for all paths), in the form ``tp_backend`` picks.
     """
 
     def __init__(
@@ -48,12 +50,17 @@ class InteractionBlock(nn.Module):
         radial_mlp: Sequence[int],
         avg_num_neighbors: float,
         tp_backend: str = "auto",
+        cp_rank: int | str = "full",
+        cp_share_paths: bool = False,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.avg_num_neighbors = float(avg_num_neighbors)
         self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
-        self.convolution = ChannelwiseConvolution(self.irreps_in, irreps_sh, self.irreps_out, tp_backend)
+        if tp_backend == "cp":  # TDN: the product in CP form, rank and path-weight sharing as given
+            self.convolution = CPConvolution(self.irreps_in, irreps_sh, self.irreps_out, cp_rank, cp_share_paths)
+        else:
+            self.convolution = ChannelwiseConvolution(self.irreps_in, irreps_sh, self.irreps_out, tp_backend)
         self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])
         self.linear = o3.Linear(self.convolution.irreps_out, self.irreps_out)
 

@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-TP_BACKENDS = ("auto", "e3nn", "cueq")
+TP_BACKENDS = ("auto", "e3nn", "cueq", "cp")  # cp: CP-decomposed convolution only (`cp.CPConvolution`)
 CUEQ = importlib.util.find_spec("cuequivariance_torch") is not None
 # cuequivariance's CUDA kernels come in a separate package; without it "auto" stays with e3nn
 CUEQ_CUDA_OPS = importlib.util.find_spec("cuequivariance_ops_torch") is not None
@@ -28,6 +28,6 @@ def uses_cueq(backend: str, x: torch.Tensor) -> bool:
     once its CUDA ops are installed (a CUDA-only transpose op). ``auto`` takes
     cuequivariance on CUDA when its CUDA ops are installed.
     """
-    if backend == "e3nn" or not CUEQ or not x.is_cuda:
+    if not CUEQ or not x.is_cuda:
         return False
-    return backend == "cueq" or CUEQ_CUDA_OPS
+    return backend == "cueq" or (backend == "auto" and CUEQ_CUDA_OPS)
