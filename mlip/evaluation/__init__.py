@@ -1,0 +1,1 @@
+"""Scoring trained potentials: error metrics and audits (used by ``mlip-eval``)."""
