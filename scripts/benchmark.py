@@ -9,7 +9,8 @@ atom): ms per energy+forces+stress call, eager and replayed from a CUDA graph
 (`GraphedPotential`), atom-steps per second, peak GPU memory. Training: ms per Adam
 step (energy + forces loss) on 32 3BPA molecules with a 128x0e+128x1o+128x2e model,
 r_max 5 Å, eager and with the loss and gradients replayed from a CUDA graph
-(`GraphedLoss`). Every tensor-product backend and float32 / float64, one table.
+(`GraphedLoss`). Every tensor-product backend and float32 / float64, one table;
+``--backends tdn-64`` adds the TDN of the same size (CP rank 64, shared path weights).
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
 scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
@@ -40,12 +41,15 @@ from mlip.training.loss import EnergyForcesStressLoss
 
 
 def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_num_neighbors: float) -> Potential:
-    spec = {
-        "target": "mlip.models.mace.MACE",
-        "kwargs": dict(num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
-                       max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
-                       readout_mlp=16, tp_backend=backend),
-    }
+    """The benchmark MACE with ``backend`` (e3nn, cueq, auto), or ``tdn-R``: the same backbone
+    with CP-decomposed convolutions of rank R and path-weight sharing (`mlip.models.tdn.TDN`)."""
+    kwargs = dict(num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
+                  max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
+                  readout_mlp=16)
+    if backend.startswith("tdn-"):
+        spec = {"target": "mlip.models.tdn.TDN", "kwargs": dict(kwargs, cp_rank=int(backend[4:]), cp_share_paths=True)}
+    else:
+        spec = {"target": "mlip.models.mace.MACE", "kwargs": dict(kwargs, tp_backend=backend)}
     torch.manual_seed(0)
     return Potential(build_model(spec), elements, [0.0] * len(elements), 1.0, 0.0, model_spec=spec)
 

@@ -17,14 +17,15 @@ from ase.build import bulk
 
 
 def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    """Mean wall-clock milliseconds of ``fn()`` on the GPU, after ``warmup`` untimed calls."""
+    """Mean wall-clock milliseconds of ``fn()`` after ``warmup`` untimed calls, the GPU (if any) synchronised."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return 1000 * (time.perf_counter() - start) / repeats
 
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Tensor-product microbenchmark over ℓ_max: CG (e3nn), cuequivariance and CP at two ranks.
+
+    python scripts/benchmark_tensor_product.py                       # GPU: 20000 edges, 32 channels
+    python scripts/benchmark_tensor_product.py --device cpu --edges 2000 --lmax 1 2 3 4
+
+One call is the channel-wise convolution of MACE Eq. 8 (gather from senders, tensor
+product with the edge harmonics under per-edge radial weights, sum at receivers)
+with ℓ ≤ ℓ_max everywhere, forward and backward (gradients of node features and
+weights). CP rows use path-weight sharing (TDN's default) and report the fit error
+of their decomposition; memory is the peak GPU allocation of one call. The last
+table fits time ∝ ℓ_max^k for ℓ_max ≥ 3. All rows come from this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+from e3nn import o3
+from timing import cuda_ms
+
+from mlip.nn.tensor_product import ChannelwiseConvolution
+from mlip.nn.tensor_product.backend import CUEQ_CUDA_OPS
+from mlip.nn.tensor_product.cp import CPConvolution
+
+
+def irreps_up_to(lmax: int, channels: int) -> o3.Irreps:
+    return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
+
+
+def layers(lmax: int, channels: int, ranks: list[int]) -> dict[str, torch.nn.Module]:
+    args = (irreps_up_to(lmax, channels), o3.Irreps.spherical_harmonics(lmax), irreps_up_to(lmax, channels))
+    out = {"e3nn": ChannelwiseConvolution(*args, backend="e3nn")}
+    if torch.cuda.is_available() and CUEQ_CUDA_OPS:
+        out["cueq"] = ChannelwiseConvolution(*args, backend="cueq")
+    for rank in ranks:
+        start = time.perf_counter()
+        out[f"cp r={rank}"] = CPConvolution(*args, rank=rank, share_paths=True)
+        out[f"cp r={rank}"].seconds = time.perf_counter() - start
+    return out
+
+
+def measure(layer, lmax: int, channels: int, edges: int, device: str, repeats: int) -> tuple[float, float]:
+    """(ms per forward+backward, peak GB) of one call on random inputs."""
+    layer = layer.to(device)
+    nodes = max(edges // 20, 1)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(nodes, layer.irreps_in.dim, generator=generator).to(device).requires_grad_(True)
+    y = o3.spherical_harmonics(o3.Irreps.spherical_harmonics(lmax), torch.randn(edges, 3, generator=generator), True)
+    y = y.to(device)
+    w = torch.randn(edges, layer.weight_numel, generator=generator).to(device).requires_grad_(True)
+    sender = torch.randint(0, nodes, (edges,), generator=generator).to(device)
+    receiver = torch.randint(0, nodes, (edges,), generator=generator).to(device)
+
+    def call():
+        out = layer(x, y, w, sender, receiver, nodes)
+        torch.autograd.grad(out.square().sum(), (x, w))
+
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    ms = cuda_ms(call, repeats)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else float("nan")
+    return ms, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lmax", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--edges", type=int, default=20000)
+    parser.add_argument("--ranks", nargs="+", type=int, default=[16, 64])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"{name}, torch {torch.__version__}, {args.edges} edges, {args.channels} channels, {args.dtype}")
+    print("| ℓ_max | backend | ms fwd+bwd | peak GB | CP fit error | CP build s |\n|---|---|---|---|---|---|")
+    times: dict[str, list[tuple[int, float]]] = {}
+    for lmax in args.lmax:
+        for backend, layer in layers(lmax, args.channels, args.ranks).items():
+            ms, peak = measure(layer, lmax, args.channels, args.edges, args.device, args.repeats)
+            fit = f"{max(layer.fit_errors):.2e}" if hasattr(layer, "fit_errors") else "exact"
+            build = f"{layer.seconds:.1f}" if hasattr(layer, "seconds") else ""
+            print(f"| {lmax} | {backend} | {ms:.2f} | {peak:.3f} | {fit} | {build} |", flush=True)
+            times.setdefault(backend, []).append((lmax, ms))
+    print("\n| backend | time ∝ ℓ_max^k, k (ℓ_max ≥ 3) |\n|---|---|")
+    for backend, points in times.items():
+        points = [(l, ms) for l, ms in points if l >= 3]
+        if len(points) >= 2:
+            k = np.polyfit([math.log(l) for l, _ in points], [math.log(ms) for _, ms in points], 1)[0]
+            print(f"| {backend} | {k:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
