@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy.spatial.transform import Rotation
 
 from mlip.data.graph import structure_to_graph

@@ -31,6 +31,7 @@ error of a bilinear map with weights w is bounded by
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,8 @@ from e3nn import o3
 from mlip.nn.irreps import channel_irreps, from_channels, to_channels
 from mlip.nn.scatter import scatter_sum
 from mlip.nn.tensor_product.convolution import channelwise_instructions
+
+log = logging.getLogger(__name__)
 
 
 def path_tensors(irreps_in: str, irreps_sh: str, irreps_out: str, instructions: tuple) -> torch.Tensor:
@@ -179,6 +182,10 @@ class CPConvolution(torch.nn.Module):
         dtype = torch.get_default_dtype()
         for name in ("A", "B", "C"):
             self.register_buffer(name, torch.cat([getattr(f, name) for f in self.factors], dim=1).to(dtype), persistent=False)
+        log.info(
+            "CP tensor product %s x %s: %d decomposition(s), total rank %d, largest fit error %.2e",
+            per_channel_in, self.irreps_sh, len(self.factors), self.A.shape[1], max(self.fit_errors),
+        )
         path_of_rank = torch.cat([torch.full((f.rank,), p, dtype=torch.long) for p, f in enumerate(self.factors)])
         self.register_buffer("path_of_rank", path_of_rank, persistent=False)
 
