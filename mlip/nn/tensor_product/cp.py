@@ -38,7 +38,7 @@ import torch
 from e3nn import o3
 
 from mlip.nn.irreps import channel_irreps, from_channels, to_channels
-from mlip.nn.scatter import scatter_sum
+from mlip.nn.kernels.cp_message import cp_messages
 from mlip.nn.tensor_product.convolution import channelwise_instructions
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,13 @@ class CPConvolution(torch.nn.Module):
         irreps_target: which output irreps to keep.
         rank: CP rank (per path without sharing), or ``"full"`` for the exact product.
         share_paths: one weight per channel for all paths (path-weight sharing).
+        kernel: the edge step's implementation (`mlip.nn.kernels.cp_message`): ``"auto"``
+            (Triton on CUDA), ``"torch"`` or ``"triton"``.
 
     The projections are applied where they are cheapest: ``x B`` on nodes before the
-    gather, ``(·) Aᵀ`` on nodes after the sum over edges (both are linear), so an edge
-    costs one element-wise product over channels × rank.
+    gather, ``(·) Aᵀ`` on nodes after the sum over edges (both are linear). The edge
+    step, ``Σ_e u[sender] · v · w``, is one fused gather-multiply-scatter that never
+    writes an [E, channels, rank] tensor.
     """
 
     def __init__(
@@ -164,8 +167,10 @@ class CPConvolution(torch.nn.Module):
         irreps_target: o3.Irreps,
         rank: int | str = "full",
         share_paths: bool = False,
+        kernel: str = "auto",
     ):
         super().__init__()
+        self.kernel = kernel
         if not (rank == "full" or (isinstance(rank, int) and rank > 0)):
             raise ValueError(f"cp rank must be a positive integer or 'full', got {rank!r}")
         self.irreps_in, self.irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
@@ -211,12 +216,8 @@ class CPConvolution(torch.nn.Module):
 
         Weights: [E, channels] with shared paths, else e3nn's layout [E, paths x channels].
         """
-        u = to_channels(node_feats, self.irreps_in) @ self.B  # [n, C, R]
+        u = (to_channels(node_feats, self.irreps_in) @ self.B).contiguous()  # [n, C, R]
         v = edge_sh @ self.C  # [E, R]
-        if self.share_paths:
-            w = weights[:, :, None]  # [E, C, 1]
-        else:
-            w = weights.view(-1, self.num_paths, self.num_channels).index_select(1, self.path_of_rank).transpose(1, 2)
-        t = u.index_select(0, sender) * v[:, None, :] * w  # [E, C, R]
-        out = scatter_sum(t, receiver, num_nodes) @ self.A.T  # [n, C, d_out]
-        return from_channels(out, self.irreps_out)
+        w = weights.view(weights.shape[0], len(self.factors), self.num_channels)  # [E, P, C] (P = 1 shared)
+        summed = cp_messages(u, v, w, self.path_of_rank, sender, receiver, num_nodes, self.kernel)  # [n, C, R]
+        return from_channels(summed @ self.A.T, self.irreps_out)
