@@ -38,6 +38,7 @@ class MACE(nn.Module):
             CP-decomposed convolutions (`mlip.models.tdn.TDN`; the contraction then runs "auto").
         cp_rank: with "cp", the rank of each decomposition, or "full" (exact).
         cp_share_paths: with "cp", one radial weight per channel for all paths (path-weight sharing).
+        cp_learn_factors: with "cp", train the CP factor matrices (from the fit) instead of fixing them.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class MACE(nn.Module):
         tp_backend: str = "auto",
         cp_rank: int | str = "full",
         cp_share_paths: bool = False,
+        cp_learn_factors: bool = False,
     ):
         super().__init__()
         self.r_max = float(r_max)
@@ -78,7 +80,7 @@ class MACE(nn.Module):
             self.interactions.append(
                 InteractionBlock(
                     irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend,
-                    cp_rank, cp_share_paths,
+                    cp_rank, cp_share_paths, cp_learn_factors,
                 )
             )
             contraction_backend = "auto" if tp_backend == "cp" else tp_backend

@@ -28,6 +28,8 @@ class TDN(MACE):
     Args:
         cp_rank: rank of each CP decomposition (per path without sharing), or ``"full"``.
         cp_share_paths: path-weight sharing (one radial weight per channel for all paths).
+        cp_learn_factors: train the factor matrices (initialised from the fit; the
+            equivariance error then follows the trained factors) instead of fixing them.
         others: as `MACE`.
     """
 
@@ -46,8 +48,10 @@ class TDN(MACE):
         readout_mlp: int = 16,
         cp_rank: int | str = 32,
         cp_share_paths: bool = True,
+        cp_learn_factors: bool = False,
     ):
         super().__init__(
             num_elements, avg_num_neighbors, r_max, num_bessel, cutoff_power, max_ell, hidden_irreps, correlation,
             num_interactions, radial_mlp, readout_mlp, tp_backend="cp", cp_rank=cp_rank, cp_share_paths=cp_share_paths,
+            cp_learn_factors=cp_learn_factors,
         )

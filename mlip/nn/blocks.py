@@ -52,13 +52,16 @@ class InteractionBlock(nn.Module):
         tp_backend: str = "auto",
         cp_rank: int | str = "full",
         cp_share_paths: bool = False,
+        cp_learn_factors: bool = False,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.avg_num_neighbors = float(avg_num_neighbors)
         self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
         if tp_backend == "cp":  # TDN: the product in CP form, rank and path-weight sharing as given
-            self.convolution = CPConvolution(self.irreps_in, irreps_sh, self.irreps_out, cp_rank, cp_share_paths)
+            self.convolution = CPConvolution(
+                self.irreps_in, irreps_sh, self.irreps_out, cp_rank, cp_share_paths, learn_factors=cp_learn_factors
+            )
         else:
             self.convolution = ChannelwiseConvolution(self.irreps_in, irreps_sh, self.irreps_out, tp_backend)
         self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])

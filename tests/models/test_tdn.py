@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 import torch
 from e3nn import o3
 
@@ -52,8 +54,12 @@ def _val_losses(folder):
     return [float(r["val_loss"]) for r in rows]
 
 
-def test_tdn_trains_on_the_emt_default(tmp_path, emt_file):
-    cfg = compose_train_config(tmp_path, emt_file, "model=tdn", "model.cp_rank=8", "trainer.max_epochs=4")
+@pytest.mark.parametrize("learn_factors", [False, True])
+def test_tdn_trains_on_the_emt_default(tmp_path, emt_file, learn_factors):
+    cfg = compose_train_config(
+        tmp_path, emt_file, "model=tdn", "model.cp_rank=8", f"model.cp_learn_factors={learn_factors}",
+        "trainer.max_epochs=4",
+    )
     metrics = train(cfg)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     losses = _val_losses(tmp_path)

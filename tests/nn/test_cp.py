@@ -61,7 +61,7 @@ def _rotated_error(conv, rotation, seed=1):
     error = torch.linalg.vector_norm(to_channels((rotated - expected)[None], conv.irreps_out)[0], dim=-1)  # [C]
     x_norm = torch.linalg.vector_norm(to_channels(x[:1], conv.irreps_in)[0], dim=-1)
     path_weights = w.view(-1, channels).T  # [C, P] (or [C, 1] shared)
-    bound = equivariance_bound(conv.factors, path_weights) * x_norm * torch.linalg.vector_norm(y[0])
+    bound = equivariance_bound(conv.residual_norms(), path_weights) * x_norm * torch.linalg.vector_norm(y[0])
     return error, bound
 
 
@@ -78,3 +78,16 @@ def test_equivariance_error_is_within_the_bound_of_the_decomposition(share_paths
                 assert error.max() < 1e-12
             else:
                 assert error.max() > 1e-6  # a low rank is really approximate, and the bound is not vacuous
+
+
+def test_learned_factors_train_and_report_their_own_fit():
+    conv = CPConvolution(*IRREPS, rank=8, share_paths=True, learn_factors=True)
+    assert {"A", "B", "C"} <= {name for name, _ in conv.named_parameters()}
+    before = conv.fit_errors[0]
+    x, y, sender, receiver = _inputs(conv)
+    w = torch.randn(y.shape[0], conv.weight_numel)
+    conv(x, y, w, sender, receiver, 5).square().sum().backward()
+    assert conv.A.grad is not None and conv.B.grad.abs().sum() > 0
+    with torch.no_grad():
+        conv.A.mul_(1.5)  # a step away from the fit: the reported error follows the factors
+    assert conv.fit_errors[0] > before
