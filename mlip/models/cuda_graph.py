@@ -129,13 +129,6 @@ def bucket_of(num_atoms: int, num_edges: int, num_graphs: int, steps_per_octave:
     )
 
 
-def graph_tensors(potential: Potential, graph: Any) -> tuple:
-    """(species, positions, cell [G, 3, 3], batch, edge_index, shifts) of a (batched) graph."""
-    batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
-    species = potential.species(graph.atomic_numbers)
-    return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts
-
-
 class GraphedPotential:
     """Energies, forces (and stress) of a `Potential` for inference, replayed from CUDA graphs.
 
@@ -170,8 +163,8 @@ class GraphedPotential:
         return self.potential.predict(*inputs.arguments(), compute_forces=True, compute_stress=self.compute_stress)
 
     def __call__(self, graph: Any) -> dict[str, torch.Tensor]:
-        tensors = graph_tensors(self.potential, graph)
-        n, g = tensors[0].shape[0], tensors[2].shape[0]
+        *tensors, g = self.potential.inputs(graph)
+        n = tensors[0].shape[0]
         outputs = self.graphs(bucket_of(n, tensors[4].shape[1], g, self.steps_per_octave), *tensors)
         result = {"energy": outputs["energy"][:g].clone(), "node_energy": outputs["node_energy"][:n].clone()}
         result["forces"] = outputs["forces"][:n].clone()

@@ -83,20 +83,15 @@ class Potential(nn.Module):
         and ``stress`` [G, 3, 3] eV/Å³ (zero for graphs without a cell volume).
         ``create_graph=True`` keeps the graph of the derivatives for training on them.
         """
+        return self.predict(*self.inputs(graph), compute_forces, compute_stress, create_graph)
+
+    def inputs(self, graph: Any) -> tuple:
+        """`predict`'s tensor arguments for a (batched) graph: (species, positions, cell [G, 3, 3],
+        batch, edge_index, shifts, num_graphs); checks the elements (one host sync)."""
         num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
-        return self.predict(
-            self.species(graph.atomic_numbers),
-            graph.positions,
-            graph.cell.view(-1, 3, 3),
-            batch,
-            graph.edge_index,
-            graph.shifts,
-            num_graphs,
-            compute_forces,
-            compute_stress,
-            create_graph,
-        )
+        species = self.species(graph.atomic_numbers)
+        return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts, num_graphs
 
     def predict(
         self,

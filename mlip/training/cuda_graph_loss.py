@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mlip.models.cuda_graph import BucketedGraphs, PaddedInputs, bucket_of, graph_tensors
+from mlip.models.cuda_graph import BucketedGraphs, PaddedInputs, bucket_of
 from mlip.models.potential import Potential
 from mlip.training.loss import EnergyForcesStressLoss
 
@@ -102,8 +102,8 @@ class GraphedLoss:
         return out
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        tensors = graph_tensors(self.potential, batch)
-        key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], tensors[2].shape[0], self.steps_per_octave)
+        *tensors, num_graphs = self.potential.inputs(batch)
+        key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
         out = self.graphs(key, *tensors, batch)
         # the static gradient buffers themselves: backward() multiplies them into new tensors,
         # so call it before the next call overwrites them
