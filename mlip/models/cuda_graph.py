@@ -18,6 +18,7 @@ input), so MD and relaxations, whose edge counts drift, reuse a few graphs:
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -88,13 +89,22 @@ class BucketedGraphs:
         self.device, self.max_graphs = torch.device(device), max_graphs
         self.capture = capture and self.device.type == "cuda"
         self.buckets: OrderedDict[Any, tuple[Any, Any, dict]] = OrderedDict()
+        self.captures = 0  # buckets prepared so far, evicted ones included
 
     def __call__(self, key, *fill_args) -> dict[str, torch.Tensor]:
         """Fill the bucket's buffers and run; the outputs are overwritten by the next call."""
         if key not in self.buckets:
             self.buckets[key] = self._prepare(key)
+            self.captures += 1
             if len(self.buckets) > self.max_graphs:
                 self.buckets.popitem(last=False)
+                if self.captures == 4 * self.max_graphs:  # once: shapes vary more than the cache holds
+                    warnings.warn(
+                        f"{self.captures} padded sizes captured and only {self.max_graphs} kept: each new size "
+                        "costs a capture. Keep more graphs (max_graphs / cuda_graph_buckets) or batch to a "
+                        "steadier size (max_atoms).",
+                        stacklevel=3,
+                    )
         self.buckets.move_to_end(key)
         buffers, cuda_graph, outputs = self.buckets[key]
         buffers.fill(*fill_args)

@@ -52,3 +52,14 @@ def test_a_smaller_graph_in_the_same_bucket_leaves_no_trace(rng):
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(out[key], reference[key], rtol=1e-12, atol=1e-12)
     assert len(graphed.graphs.buckets) == 1
+
+
+def test_thrashing_buckets_warn_once(rng):
+    potential = make_tiny_potential()
+    graphed = GraphedPotential(potential, steps_per_octave=8, max_graphs=1, capture=False)
+    graphs = [structure_to_graph(structure_from_atoms(random_alloy(rng, (n, 1, 1)), f"s{n}"), potential.r_max)
+              for n in (1, 2, 3, 4, 5)]
+    with pytest.warns(UserWarning, match="padded sizes captured"):
+        for graph in graphs:
+            graphed(graph)
+    assert graphed.graphs.captures == 5 and len(graphed.graphs.buckets) == 1
