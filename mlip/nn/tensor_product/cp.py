@@ -17,7 +17,7 @@ so its cost is O(R·d) per channel instead of a sum over O(L³) sparse paths.
   product to round-off.
 - **Rank R**: alternating least squares (ALS), the better of two starts (the R largest
   terms of the exact decomposition, and a seeded random one). The relative Frobenius
-  fit error ‖M − M_R‖/‖M‖ is kept (`CPFactors.fit_error`) and logged.
+  fit error ‖M − M_R‖/‖M‖ is logged and reported (`CPConvolution.fit_errors`).
 - **Path-weight sharing** (``share_paths=True``): one weight per channel for every
   path, i.e. ``w_p = w``. The summed tensor ``M = Σ_p M^p`` is equivariant as it stands
   and gets a single decomposition. Without sharing, each path has its own
@@ -74,8 +74,6 @@ class CPFactors:
     A: torch.Tensor  # [d_out, R]
     B: torch.Tensor  # [d_in, R]
     C: torch.Tensor  # [d_sh, R]
-    fit_error: float  # ‖M − M_R‖_F / ‖M‖_F
-    residual_norm: float  # ‖M − M_R‖_F
 
     @property
     def rank(self) -> int:
@@ -137,17 +135,15 @@ def cp_als(tensor: torch.Tensor, rank: int, iterations: int = 500, tolerance: fl
     error at moderate ranks, e.g. 0.60 instead of 0.66 at rank 64 for ℓ ≤ 3).
     """
     A, B, C = exact_cp(tensor)
-    norm = max(float(torch.linalg.vector_norm(tensor)), 1e-300)
     if rank >= A.shape[1]:  # the exact decomposition is at most this rank
-        residual = float(torch.linalg.vector_norm(tensor - reconstruct(A, B, C)))
-        return CPFactors(A, B, C, residual / norm, residual)
+        return CPFactors(A, B, C)
     generator = torch.Generator().manual_seed(seed)
     starts = [
         (A[:, :rank].clone(), B[:, :rank].clone(), C[:, :rank].clone()),
         tuple(torch.randn(n, rank, generator=generator, dtype=tensor.dtype) for n in tensor.shape),
     ]
     best = min((_als(tensor, *start, iterations, tolerance) for start in starts), key=lambda fit: fit[3])
-    return CPFactors(best[0], best[1], best[2], best[3] / norm, best[3])
+    return CPFactors(*best[:3])
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,7 +164,7 @@ def decompose(
         fit = cp_als(tensor[rows], rank)
         A = tensor.new_zeros(tensor.shape[0], fit.rank)
         A[rows] = fit.A
-        factors.append(CPFactors(A, fit.B, fit.C, fit.fit_error, fit.residual_norm))
+        factors.append(CPFactors(A, fit.B, fit.C))
     return factors
 
 
@@ -220,12 +216,10 @@ class CPConvolution(torch.nn.Module):
         self.irreps_out, instructions = channelwise_instructions(self.irreps_in, self.irreps_sh, o3.Irreps(irreps_target))
         self.num_channels, per_channel_in = channel_irreps(self.irreps_in)
         _, self.per_channel_out = channel_irreps(self.irreps_out)
-        self.share_paths, self.num_paths = share_paths, len(instructions)
-        self.factors = decompose(
-            str(per_channel_in), str(self.irreps_sh), str(self.per_channel_out),
-            tuple((i, j, k, mode, True) for i, j, k, mode, _ in instructions),
-            None if rank == "full" else int(rank), share_paths,
-        )
+        self.num_paths = len(instructions)
+        key = (str(per_channel_in), str(self.irreps_sh), str(self.per_channel_out),
+               tuple((i, j, k, mode, True) for i, j, k, mode, _ in instructions))
+        self.factors = decompose(*key, None if rank == "full" else int(rank), share_paths)
         self.weight_numel = self.num_channels * (1 if share_paths else self.num_paths)
         dtype = torch.get_default_dtype()
         for name in ("A", "B", "C"):
@@ -235,8 +229,7 @@ class CPConvolution(torch.nn.Module):
             else:
                 self.register_buffer(name, value, persistent=False)
         # the exact tensors the factors approximate, for the fit error of learned factors
-        targets = path_tensors(str(per_channel_in), str(self.irreps_sh), str(self.per_channel_out),
-                               tuple((i, j, k, mode, True) for i, j, k, mode, _ in instructions))
+        targets = path_tensors(*key)
         self.register_buffer("targets", (targets.sum(0, keepdim=True) if share_paths else targets).to(dtype),
                              persistent=False)
         path_of_rank = torch.cat([torch.full((f.rank,), p, dtype=torch.long) for p, f in enumerate(self.factors)])
