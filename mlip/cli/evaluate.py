@@ -20,6 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.atomic import atomic_write_bytes
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers import iter_structures
 from mlip.data.structure import DataError
@@ -69,9 +70,7 @@ def evaluate(cfg: DictConfig) -> dict:
         audit = equivariance_audit(potential, structures, options["num_rotations"], options["seed"])
         report["equivariance"] = {"rotations": options["num_rotations"], **audit.summary()}
     output = Path(options["output"] or Path(options["model"]).with_name(Path(options["model"]).stem + "_eval.json"))
-    partial = output.with_name(output.name + ".partial")
-    partial.write_text(json.dumps(report, indent=1))
-    partial.replace(output)
+    atomic_write_bytes(output, json.dumps(report, indent=1).encode())
     report["output"] = str(output)
     return report
 

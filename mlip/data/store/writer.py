@@ -23,6 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mlip.atomic import atomic_write_bytes
 from mlip.data.graph import neighbour_list
 from mlip.data.readers import SkippedRecords, iter_structures
 from mlip.data.statistics import TrainingSetSummary, statistics_from_summary
@@ -30,15 +31,6 @@ from mlip.data.store.format import FORMAT, MANIFEST, UNITS, fingerprint, sha256_
 from mlip.data.structure import DataError, Structure
 
 log = logging.getLogger("mlip.preprocess")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def _shard_arrays(structures: list[Structure], cutoff: float) -> dict[str, np.ndarray]:
@@ -217,7 +209,7 @@ def write_store(
         "statistics": {**statistics.to_dict(), "e0s_method": e0s if isinstance(e0s, str) else dict(e0s), "cutoff": float(cutoff)},
         "summary": summary.to_dict(),
     }
-    _atomic_write_bytes(output / MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(output / MANIFEST, json.dumps(manifest, indent=1).encode())
     if skipped.count:
         log.warning("%s", skipped.summary())
     return manifest

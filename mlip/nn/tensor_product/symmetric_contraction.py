@@ -20,12 +20,13 @@ import functools
 import hashlib
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from e3nn import o3
+
+from mlip.atomic import atomic_write_bytes
 
 try:
     import cuequivariance as cue
@@ -53,9 +54,7 @@ def polynomial(irreps_in: str, irreps_out: str, correlation: int):
     value, _ = symmetric_contraction(cue.Irreps("O3", irreps_in), cue.Irreps("O3", irreps_out), range(1, correlation + 1))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as handle:
-            pickle.dump((key, value), handle)
-        os.replace(handle.name, path)
+        atomic_write_bytes(path, pickle.dumps((key, value)))
     except OSError as error:  # a read-only home: rebuild next time
         warnings.warn(f"could not cache cuequivariance's contraction in {path.parent}: {error}")
     return value
