@@ -97,25 +97,40 @@ def copy_bandwidth() -> float:
     return 2 * source.numel() * 4 / 1e9 / (ms / 1000)
 
 
-def training_rows(graphs, backend: str, dtype: torch.dtype, repeats: int) -> list[str]:
-    """Adam steps on E+F, eager and with the loss and gradients replayed from a CUDA graph."""
-    torch.set_default_dtype(dtype)
+def molecules(data_dir: Path) -> list | None:
+    """The first 32 3BPA molecules (train_300K) as graphs at r_max 5 Å, or None without the samples."""
+    path = data_dir / "3bpa" / "train_300K.xyz"
+    if not path.is_file():
+        return None
+    return [structure_to_graph(s, 5.0) for s in read_structures(path, stress_key=None, virial_key=None)[:32]]
+
+
+def training_step(graphs, backend: str, cuda_graph: bool):
+    """(step, batch): one Adam step on an E+F loss for the 128x0e+128x1o+128x2e model, eager or
+    with the loss and gradients replayed from a CUDA graph (`GraphedLoss`)."""
     elements = sorted({int(z) for g in graphs for z in g.atomic_numbers})
     n_edges = sum(g.edge_index.shape[1] for g in graphs) / sum(g.num_nodes for g in graphs)
     batch = Batch.from_data_list(graphs).to("cuda")
     loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=0.0)
+    model = potential(elements, 5.0, "128x0e+128x1o+128x2e", backend, n_edges).cuda()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    graphed = GraphedLoss(model, loss_fn) if cuda_graph else None
+
+    def step():
+        optimiser.zero_grad(set_to_none=True)
+        loss, _ = graphed(batch) if graphed else loss_fn(model(batch, create_graph=True), batch)
+        loss.backward()
+        optimiser.step()
+
+    return step, batch
+
+
+def training_rows(graphs, backend: str, dtype: torch.dtype, repeats: int) -> list[str]:
+    """Adam steps on E+F, eager and with the loss and gradients replayed from a CUDA graph."""
+    torch.set_default_dtype(dtype)
     rows = []
     for name in ("", " + CUDA graph"):
-        model = potential(elements, 5.0, "128x0e+128x1o+128x2e", backend, n_edges).cuda()
-        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-        graphed = GraphedLoss(model, loss_fn) if name else None
-
-        def step():
-            optimiser.zero_grad(set_to_none=True)
-            loss, _ = graphed(batch) if graphed else loss_fn(model(batch, create_graph=True), batch)
-            loss.backward()
-            optimiser.step()
-
+        step, batch = training_step(graphs, backend, cuda_graph=bool(name))
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         ms = cuda_ms(step, repeats)
@@ -171,18 +186,15 @@ def main() -> None:
             gigabytes, ms = floor_ms(graph, dtype, bandwidth)
             print(f"floor, Si {graph.num_nodes} {str(dtype)[6:]}: {gigabytes:.2f} GB at {bandwidth:.0f} GB/s = {ms:.2f} ms")
     print("| case | backend | dtype | ms | atom-steps/s | peak GB |\n|---|---|---|---|---|---|")
-    molecules = None
-    path = args.data_dir / "3bpa" / "train_300K.xyz"
-    if path.is_file():
-        molecules = [structure_to_graph(s, 5.0) for s in read_structures(path, stress_key=None, virial_key=None)[:32]]
+    graphs = molecules(args.data_dir)
     rows = []
     for dtype in (getattr(torch, d) for d in args.dtypes):
         for backend in args.backends:
             for graph in systems:
                 rows += inference_rows(graph, backend, dtype, args.repeats)
                 print("\n".join(rows[-2:]), flush=True)
-            if molecules is not None:
-                rows += training_rows(molecules, backend, dtype, args.repeats)
+            if graphs is not None:
+                rows += training_rows(graphs, backend, dtype, args.repeats)
                 print("\n".join(rows[-2:]), flush=True)
     if args.mace_torch_path:
         ratios(rows, mace_torch_rows(args.mace_torch_path, args))

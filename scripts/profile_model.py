@@ -14,16 +14,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from benchmark import potential, silicon
+from benchmark import molecules, potential, silicon, training_step
 from timing import cuda_ms
 from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
-from mlip.data.graph import structure_to_graph
-from mlip.data.readers import read_structures
 from mlip.models.cuda_graph import GraphedPotential
-from mlip.training.cuda_graph_loss import GraphedLoss
-from mlip.training.loss import EnergyForcesStressLoss
 
 
 def make_call(case: str, backend: str, data_dir: Path):
@@ -36,22 +32,10 @@ def make_call(case: str, backend: str, data_dir: Path):
             graphed = GraphedPotential(model)
             return lambda: graphed(batch)
         return lambda: model(batch, compute_stress=True)
-    structures = read_structures(data_dir / "3bpa" / "train_300K.xyz", stress_key=None, virial_key=None)[:32]
-    graphs = [structure_to_graph(s, 5.0) for s in structures]
-    elements = sorted({int(z) for g in graphs for z in g.atomic_numbers})
-    model = potential(elements, 5.0, "128x0e+128x1o+128x2e", backend, 10.0).cuda()
-    batch = Batch.from_data_list(graphs).to("cuda")
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=0.0)
-    graphed = GraphedLoss(model, loss_fn) if case.endswith("graph") else None
-
-    def step():
-        optimiser.zero_grad(set_to_none=True)
-        loss, _ = graphed(batch) if graphed else loss_fn(model(batch, create_graph=True), batch)
-        loss.backward()
-        optimiser.step()
-
-    return step
+    graphs = molecules(data_dir)
+    if graphs is None:
+        raise SystemExit(f"{data_dir}/3bpa/train_300K.xyz not found (--data-dir)")
+    return training_step(graphs, backend, cuda_graph=case.endswith("graph"))[0]
 
 
 def main() -> None:
