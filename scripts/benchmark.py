@@ -10,7 +10,8 @@ atom): ms per energy+forces+stress call, eager and replayed from a CUDA graph
 step (energy + forces loss) on 32 3BPA molecules with a 128x0e+128x1o+128x2e model,
 r_max 5 Å, eager and with the loss and gradients replayed from a CUDA graph
 (`GraphedLoss`). Every tensor-product backend and float32 / float64, one table;
-``--backends tdn-64`` adds the TDN of the same size (CP rank 64, shared path weights).
+``--backends tdn-64`` adds the TDN of the same size (CP rank 64, shared path weights;
+``tdn-full`` is its exact CP).
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
 scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
@@ -47,7 +48,8 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
                   max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
                   readout_mlp=16)
     if backend.startswith("tdn-"):
-        spec = {"target": "mlip.models.tdn.TDN", "kwargs": dict(kwargs, cp_rank=int(backend[4:]), cp_share_paths=True)}
+        rank = backend[4:] if backend == "tdn-full" else int(backend[4:])
+        spec = {"target": "mlip.models.tdn.TDN", "kwargs": dict(kwargs, cp_rank=rank, cp_share_paths=True)}
     else:
         spec = {"target": "mlip.models.mace.MACE", "kwargs": dict(kwargs, tp_backend=backend)}
     torch.manual_seed(0)

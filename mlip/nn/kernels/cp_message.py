@@ -98,24 +98,33 @@ if triton is not None:
         tl.store(out + e[:, None] * R + r[None, :], acc, mask=mask)
 
     @triton.jit
-    def _to_edges_w_kernel(a, b, v, starts, ia, ib, out, E, C, R, P, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
-        # ranks of one path are contiguous: starts[p]..starts[p+1]
+    def _to_edges_w_kernel(
+        a, b, v, starts, ia, ib, out, E, C, R, P,
+        BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        # [edge, channel, rank] tiles, rank fastest so loads of a and b rows are contiguous;
+        # the ranks of path p are starts[p]..starts[p+1], summed in chunks of BLOCK_R
         e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         e_ok, c_ok = e < E, c < C
-        mask = e_ok[:, None] & c_ok[None, :]
         ra = tl.load(ia + e, mask=e_ok, other=0)
         rb = tl.load(ib + e, mask=e_ok, other=0)
+        a_rows = (ra * (C * R))[:, None, None] + (c * R)[None, :, None]
+        b_rows = (rb * (C * R))[:, None, None] + (c * R)[None, :, None]
+        ec_ok = e_ok[:, None, None] & c_ok[None, :, None]
         for p in range(0, P):
             lo = tl.load(starts + p)
             hi = tl.load(starts + p + 1)
             acc = tl.zeros((BLOCK_E, BLOCK_C), dtype=out.dtype.element_ty)
-            for r in range(lo, hi):
-                av = tl.load(a + ra[:, None] * (C * R) + c[None, :] * R + r, mask=mask, other=0.0)
-                bv = tl.load(b + rb[:, None] * (C * R) + c[None, :] * R + r, mask=mask, other=0.0)
-                vv = tl.load(v + e * R + r, mask=e_ok, other=0.0)
-                acc += av * bv * vv[:, None]
-            tl.store(out + e[:, None] * (P * C) + p * C + c[None, :], acc, mask=mask)
+            for r0 in range(lo, hi, BLOCK_R):
+                r = r0 + tl.arange(0, BLOCK_R)
+                r_ok = r < hi
+                mask = ec_ok & r_ok[None, None, :]
+                av = tl.load(a + a_rows + r[None, None, :], mask=mask, other=0.0)
+                bv = tl.load(b + b_rows + r[None, None, :], mask=mask, other=0.0)
+                vv = tl.load(v + e[:, None] * R + r[None, :], mask=e_ok[:, None] & r_ok[None, :], other=0.0)
+                acc += tl.sum(av * bv * vv[:, None, :], axis=2)
+            tl.store(out + e[:, None] * (P * C) + p * C + c[None, :], acc, mask=e_ok[:, None] & c_ok[None, :])
 
 
 def _block(n: int, cap: int) -> int:
@@ -148,9 +157,11 @@ def to_edges_w_triton(a, b, v, path, ia, ib, num_paths):
     # first rank of each path (path is sorted); searchsorted, unlike bincount, needs no host sync
     starts = torch.searchsorted(path, torch.arange(num_paths + 1, device=path.device))
     out = a.new_empty(E, num_paths, C)
-    block_c = _block(C, 64)
-    grid = (triton.cdiv(E, 32), triton.cdiv(C, block_c))
-    _to_edges_w_kernel[grid](a, b, v, starts, ia, ib, out, E, C, R, num_paths, BLOCK_E=32, BLOCK_C=block_c)
+    block_c, block_r = _block(C, 16), _block(R, 32)
+    grid = (triton.cdiv(E, 8), triton.cdiv(C, block_c))
+    _to_edges_w_kernel[grid](
+        a, b, v, starts, ia, ib, out, E, C, R, num_paths, BLOCK_E=8, BLOCK_C=block_c, BLOCK_R=block_r
+    )
     return out
 
 
