@@ -32,3 +32,29 @@ def from_channels(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
         blocks.append(x[:, :, start : start + ir.dim].reshape(x.shape[0], mul * ir.dim))
         start += ir.dim
     return torch.cat(blocks, dim=-1)
+
+
+class ChannelLayout(torch.nn.Module):
+    """`to_channels` and `from_channels` as one ``index_select`` each.
+
+    The functions slice once per irrep, and each slice's backward writes a full-size
+    gradient; for irreps with many entries (a convolution's output has one per path:
+    ~100 at ℓ ≤ 6) that dominates the layer. Here the two permutations are buffers.
+    """
+
+    def __init__(self, irreps: o3.Irreps):
+        super().__init__()
+        self.irreps = o3.Irreps(irreps)
+        self.num_channels, per_channel = channel_irreps(self.irreps)
+        self.channel_dim = per_channel.dim
+        positions = torch.arange(self.irreps.dim)
+        self.register_buffer("gather", to_channels(positions[None], self.irreps).flatten(), persistent=False)
+        self.register_buffer("scatter", torch.argsort(self.gather), persistent=False)
+
+    def to_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, irreps.dim] -> [n, k, Σ(2l+1)]."""
+        return x.index_select(1, self.gather).view(x.shape[0], self.num_channels, self.channel_dim)
+
+    def from_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, k, Σ(2l+1)] -> [n, irreps.dim]."""
+        return x.reshape(x.shape[0], -1).index_select(1, self.scatter)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from e3nn import o3
 
-from mlip.nn.irreps import channel_irreps, from_channels, to_channels
+from mlip.nn.irreps import ChannelLayout, channel_irreps
 from mlip.nn.kernels.cp_message import cp_messages
 from mlip.nn.tensor_product.convolution import channelwise_instructions
 
@@ -217,6 +217,7 @@ class CPConvolution(torch.nn.Module):
         self.num_channels, per_channel_in = channel_irreps(self.irreps_in)
         _, self.per_channel_out = channel_irreps(self.irreps_out)
         self.num_paths = len(instructions)
+        self.layout_in, self.layout_out = ChannelLayout(self.irreps_in), ChannelLayout(self.irreps_out)
         key = (str(per_channel_in), str(self.irreps_sh), str(self.per_channel_out),
                tuple((i, j, k, mode, True) for i, j, k, mode, _ in instructions))
         self.factors = decompose(*key, None if rank == "full" else int(rank), share_paths)
@@ -270,8 +271,8 @@ class CPConvolution(torch.nn.Module):
 
         Weights: [E, channels] with shared paths, else e3nn's layout [E, paths x channels].
         """
-        u = (to_channels(node_feats, self.irreps_in) @ self.B).contiguous()  # [n, C, R]
+        u = (self.layout_in.to_channels(node_feats) @ self.B).contiguous()  # [n, C, R]
         v = edge_sh @ self.C  # [E, R]
         w = weights.view(weights.shape[0], len(self.factors), self.num_channels)  # [E, P, C] (P = 1 shared)
         summed = cp_messages(u, v, w, self.path_of_rank, sender, receiver, num_nodes, self.kernel)  # [n, C, R]
-        return from_channels(summed @ self.A.T, self.irreps_out)
+        return self.layout_out.from_channels(summed @ self.A.T)
