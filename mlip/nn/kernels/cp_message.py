@@ -1,4 +1,4 @@
-"""The edge step of a CP tensor product (TDN) as one fused gather-multiply-scatter.
+"""The edge step of a CP tensor product (TDN) as one fused gather-multiply-sum.
 
 With node projections ``u = x B`` [N, C, R], edge projections ``v = y C`` [E, R] and
 radial weights ``w`` [E, P, C] (P paths, rank r belonging to path p(r)), the
@@ -6,8 +6,10 @@ messages summed at each receiver are
 
     out[i, c, r] = Σ_{e: receiver(e) = i} u[sender(e), c, r] · v[e, r] · w[e, p(r), c].
 
-Done in plain torch this writes an [E, C, R] tensor. Here it is one of three
-primitives, each the gradient of one slot of the multilinear form
+Done in plain torch this writes an [E, C, R] tensor. The kernel instead groups the
+edges by receiver (one sort) and sums each node's messages in registers: no [E, C, R]
+tensor, no atomics, and the same bits on every run. It is one of three primitives,
+each the gradient of one slot of the multilinear form
 
     T(a, b, v, w) = Σ_e Σ_{c,r} a[ia(e), c, r] · b[ib(e), c, r] · v[e, r] · w[e, p(r), c]:
 
@@ -65,24 +67,34 @@ def to_edges_w_torch(a, b, v, path, ia, ib, num_paths):
 if triton is not None:
 
     @triton.jit
-    def _to_nodes_kernel(b, v, w, path, ib, ia, out, E, C, R, P, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
-        # programs over (edge block, flattened (c, r) block); atomic sums at ia
-        e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    def _to_nodes_kernel(
+        b, v, w, path, ib, order, rowptr, out, C, R, P, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr
+    ):
+        # one program per (target node, block of flattened (c, r)): it sums the node's edges
+        # (order[rowptr[n]:rowptr[n+1]]) in registers and stores once: no atomics, deterministic
+        node = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-        e_ok, k_ok = e < E, k < C * R
+        k_ok = k < C * R
         c, r = k // R, k % R
-        mask = e_ok[:, None] & k_ok[None, :]
-        src = tl.load(ib + e, mask=e_ok, other=0)
-        dst = tl.load(ia + e, mask=e_ok, other=0)
         p = tl.load(path + r, mask=k_ok, other=0)
-        bv = tl.load(b + src[:, None] * (C * R) + k[None, :], mask=mask, other=0.0)
-        vv = tl.load(v + e[:, None] * R + r[None, :], mask=mask, other=0.0)
-        wv = tl.load(w + e[:, None] * (P * C) + p[None, :] * C + c[None, :], mask=mask, other=0.0)
-        tl.atomic_add(out + dst[:, None] * (C * R) + k[None, :], bv * vv * wv, mask=mask)
+        lo = tl.load(rowptr + node)
+        hi = tl.load(rowptr + node + 1)
+        acc = tl.zeros((BLOCK_K,), dtype=out.dtype.element_ty)
+        for j0 in range(lo, hi, BLOCK_E):
+            j = j0 + tl.arange(0, BLOCK_E)
+            j_ok = j < hi
+            e = tl.load(order + j, mask=j_ok, other=0)
+            src = tl.load(ib + e, mask=j_ok, other=0)
+            mask = j_ok[:, None] & k_ok[None, :]
+            bv = tl.load(b + src[:, None] * (C * R) + k[None, :], mask=mask, other=0.0)
+            vv = tl.load(v + e[:, None] * R + r[None, :], mask=mask, other=0.0)
+            wv = tl.load(w + e[:, None] * (P * C) + p[None, :] * C + c[None, :], mask=mask, other=0.0)
+            acc += tl.sum(bv * vv * wv, axis=0)
+        tl.store(out + node * (C * R) + k, acc, mask=k_ok)
 
     @triton.jit
     def _to_edges_v_kernel(a, b, w, path, ia, ib, out, E, C, R, P, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
-        e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+        e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
         r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
         e_ok, r_ok = e < E, r < R
         mask = e_ok[:, None] & r_ok[None, :]
@@ -104,7 +116,7 @@ if triton is not None:
     ):
         # [edge, channel, rank] tiles, rank fastest so loads of a and b rows are contiguous;
         # the ranks of path p are starts[p]..starts[p+1], summed in chunks of BLOCK_R
-        e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+        e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         e_ok, c_ok = e < E, c < C
         ra = tl.load(ia + e, mask=e_ok, other=0)
@@ -133,11 +145,14 @@ def _block(n: int, cap: int) -> int:
 
 def to_nodes_triton(b, v, w, path, ib, ia, num_nodes):
     b, v, w = b.contiguous(), v.contiguous(), w.contiguous()
-    (E, R), (C, P) = v.shape, (b.shape[1], w.shape[1])
-    out = b.new_zeros(num_nodes, C, R)
+    R, (C, P) = v.shape[1], (b.shape[1], w.shape[1])
+    # edges grouped by target node (CSR); sort and searchsorted need no host sync
+    targets, order = torch.sort(ia)
+    rowptr = torch.searchsorted(targets, torch.arange(num_nodes + 1, device=ia.device))
+    out = b.new_empty(num_nodes, C, R)
     block_k = _block(C * R, 128)
-    grid = (triton.cdiv(E, 32), triton.cdiv(C * R, block_k))
-    _to_nodes_kernel[grid](b, v, w, path, ib, ia, out, E, C, R, P, BLOCK_E=32, BLOCK_K=block_k)
+    grid = (num_nodes, triton.cdiv(C * R, block_k))
+    _to_nodes_kernel[grid](b, v, w, path, ib, order, rowptr, out, C, R, P, BLOCK_E=16, BLOCK_K=block_k)
     return out
 
 
