@@ -99,3 +99,13 @@ def potential_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> 
     prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in checkpoint["state_dict"]) else "potential."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     return potential_from_state(checkpoint["mlip_model_spec"], state)
+
+
+def load_potential(path: str | os.PathLike, device: str = "cpu", dtype: str = "float64") -> Potential:
+    """A model file (``.safetensors``) or a training checkpoint (``.ckpt``, EMA weights), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file or checkpoint")
+    if path.suffix == ".ckpt":
+        return potential_from_checkpoint(path).to(device=device, dtype=getattr(torch, dtype)).eval()
+    return load_model(path, device=device, dtype=dtype)

@@ -25,23 +25,13 @@ from mlip.data.graph import structure_to_graph
 from mlip.data.readers import iter_structures
 from mlip.data.structure import DataError
 from mlip.evaluation.equivariance import equivariance_audit
-from mlip.export import load_model, potential_from_checkpoint
+from mlip.export import load_potential
 from mlip.models.potential import Potential, UnknownElementError
 from mlip.training.metrics import PotentialMetrics
 
 # its own folder: configs/ has model/ and data/ groups, and here model= and data= are paths
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 AUDITS = ("none", "equivariance")
-
-
-def load_potential(path: str | os.PathLike, device: str, dtype: str) -> Potential:
-    """A model file (``.safetensors``) or a training checkpoint (``.ckpt``, EMA weights)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file or checkpoint")
-    if path.suffix == ".ckpt":
-        return potential_from_checkpoint(path).to(device=device, dtype=getattr(torch, dtype)).eval()
-    return load_model(path, device=device, dtype=dtype)
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -78,3 +78,17 @@ def structure_from_atoms(
         source=source,
         info=info,
     )
+
+
+def atoms_from_structure(structure: Structure) -> ase.Atoms:
+    """The inverse of `structure_from_atoms` for geometry: tags kept, fixed atoms as `FixAtoms`."""
+    atoms = ase.Atoms(
+        numbers=structure.atomic_numbers, positions=structure.positions, cell=structure.cell, pbc=structure.pbc
+    )
+    if structure.tags is not None:
+        atoms.set_tags(structure.tags)
+    if structure.fixed is not None and structure.fixed.any():
+        atoms.set_constraint(FixAtoms(mask=structure.fixed))
+    atoms.info.update({k: v for k, v in structure.info.items() if isinstance(v, (str, int, float, bool))})
+    atoms.info["source"] = structure.source
+    return atoms
