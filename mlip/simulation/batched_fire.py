@@ -23,7 +23,7 @@ from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.potential import Potential
 from mlip.nn.scatter import scatter_sum
-from mlip.simulation.relax import CONVERGED, FAILED, NOT_CONVERGED, RelaxResult
+from mlip.simulation.relax import CONVERGED, FAILED, NOT_CONVERGED, RelaxResult, with_results
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ class BatchedFIRE:
             add_batch_edges(batch, self.potential.r_max)
             out = self.potential(batch, compute_forces=True)
             energy = out["energy"].detach()
-            forces = out["forces"].detach() * free[:, None]
+            raw_forces = out["forces"].detach()
+            forces = raw_forces * free[:, None]  # FixAtoms: fixed atoms feel no force
             finite = torch.isfinite(energy) & (scatter_sum((~torch.isfinite(forces)).any(1).to(energy.dtype),
                                                            batch.batch, dim_size=len(active)) == 0)
             fmax = torch.zeros_like(energy).scatter_reduce(0, batch.batch, forces.norm(dim=1), "amax")
@@ -119,7 +120,7 @@ class BatchedFIRE:
                 else:
                     continue
                 done.append(k)
-                results[slot.index] = self._result(slot, status, positions, batch, k, fmax_host[k])
+                results[slot.index] = self._result(slot, status, positions, raw_forces, batch, k, fmax_host[k])
                 if progress is not None:
                     progress.update(1)
             positions, velocity, state = self._step(positions, velocity, state, forces, batch.batch, len(active))
@@ -159,7 +160,7 @@ class BatchedFIRE:
         dr = dr * (p.maxstep / norm.clamp_min(p.maxstep))[batch, None]
         return x + dr, v, torch.stack([dt, a, n, torch.ones_like(started)], dim=1)
 
-    def _result(self, slot: _Slot, status: str, positions, batch, k: int, fmax: float) -> RelaxResult:
+    def _result(self, slot: _Slot, status: str, positions, forces, batch, k: int, fmax: float) -> RelaxResult:
         atoms = slot.atoms.copy()
         volume = float(atoms.get_volume()) if atoms.pbc.all() else 0.0
         result = RelaxResult(slot.index, slot.source, atoms.get_chemical_formula(), status, steps=slot.steps,
@@ -167,8 +168,9 @@ class BatchedFIRE:
         if status == FAILED:
             result.message = f"energy or forces became non-finite at step {slot.steps}"
             return result
-        start = int(batch.ptr[k])
-        atoms.positions = positions[start : start + len(atoms)].detach().cpu().double().numpy()
+        atom_range = slice(int(batch.ptr[k]), int(batch.ptr[k]) + len(atoms))
+        atoms.positions = positions[atom_range].cpu().double().numpy()
         result.energy_final, result.fmax_final, result.max_force = slot.energies[-1], fmax, fmax
-        result.volume_final, result.atoms = volume, atoms
+        result.volume_final = volume
+        result.atoms = with_results(atoms, result.energy_final, forces[atom_range].cpu().double().numpy())
         return result

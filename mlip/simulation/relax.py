@@ -22,6 +22,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.filters import FrechetCellFilter
 from ase.io.trajectory import Trajectory
 from ase.optimize import BFGS, FIRE, LBFGS
@@ -79,6 +80,16 @@ def _largest_force(forces: np.ndarray) -> float:
     return float(np.sqrt((forces**2).sum(axis=1).max())) if len(forces) else 0.0
 
 
+def with_results(atoms: Atoms, energy: float, forces: np.ndarray, stress: np.ndarray | None = None) -> Atoms:
+    """A copy of ``atoms`` carrying its own results (a shared calculator's change with the next call)."""
+    atoms = atoms.copy()
+    results = {"energy": energy, "free_energy": energy, "forces": forces}
+    if stress is not None:
+        results["stress"] = stress
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
 def relax(
     atoms: Atoms,
     calculator,
@@ -128,7 +139,8 @@ def relax(
         result.max_force = _largest_force(atoms.get_forces())
         result.energy_final = float(atoms.get_potential_energy())
         result.volume_final = _volume(atoms)
-        result.atoms = atoms
+        result.atoms = with_results(atoms, result.energy_final, atoms.get_forces(apply_constraint=False),
+                                    atoms.get_stress() if atoms.pbc.all() else None)
     except (RelaxationError, ValueError, RuntimeError, FloatingPointError) as exc:
         result.message = str(exc)
     finally:
