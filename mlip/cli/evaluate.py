@@ -1,68 +1,124 @@
-"""``mlip-eval``: score a trained model on structures, with an equivariance audit.
+"""``mlip-eval``: score trained models on labelled datasets, side by side.
 
     mlip-eval model=outputs/run/model.safetensors data=test.xyz
-    mlip-eval model=outputs/run/checkpoints/last.ckpt data=oc20_val.lmdb audit=equivariance num_rotations=16
+    mlip-eval "model=[runA/model.safetensors,runB/checkpoints/last.ckpt]" "data=[test_300K.xyz,test_600K.xyz,test_1200K.xyz,test_dih.xyz]"
+    mlip-eval model=model.safetensors data=oc20_val.lmdb audit=equivariance predictions=true
 
-Prints and writes (``output``, JSON) the errors against the labels the structures
-carry (energy per atom, forces, stress: MAE and RMSE) and, with
-``audit=equivariance``, the rotation equivariance errors (mean and max,
-`mlip.evaluation.equivariance`), so approximate models show both side by side.
+Every (model, dataset) pair is one row: energy (total and per atom), force and stress
+MAE/RMSE, force cosine and EFwT (`mlip.evaluation.scores`), and with
+``audit=equivariance`` the rotation equivariance errors (`mlip.evaluation.equivariance`),
+so approximate models show both. A list of 3BPA files (temperatures, dihedral scans)
+gives the 3BPA table. Written atomically into ``output_dir``: ``report.json``,
+``metrics.csv`` (the table), ``per_element.csv`` (force errors by element), PNG parity
+plots and error histograms, and with ``predictions=true`` extxyz files with
+``MLIP_energy``/``MLIP_forces``/``MLIP_stress`` beside the labels.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
-import os
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.atomic import atomic_write_bytes
-from mlip.data.graph import structure_to_graph
 from mlip.data.readers import iter_structures
 from mlip.data.structure import DataError
 from mlip.evaluation.equivariance import equivariance_audit
+from mlip.evaluation.plots import error_histogram, parity_plot
+from mlip.evaluation.predict import predict, predictions_extxyz
+from mlip.evaluation.scores import score
 from mlip.export import load_potential
-from mlip.models.potential import Potential, UnknownElementError
-from mlip.training.metrics import PotentialMetrics
+from mlip.models.potential import UnknownElementError
 
 # its own folder: configs/ has model/ and data/ groups, and here model= and data= are paths
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 AUDITS = ("none", "equivariance")
+TABLE = [("energy_per_atom_mae", "E/atom MAE meV", 1e3), ("energy_per_atom_rmse", "E/atom RMSE meV", 1e3),
+         ("energy_mae", "E MAE meV", 1e3), ("forces_mae", "F MAE meV/Å", 1e3), ("forces_rmse", "F RMSE meV/Å", 1e3),
+         ("force_cosine", "F cos", 1.0), ("stress_rmse", "S RMSE meV/Å³", 1e3), ("efwt", "EFwT", 1.0)]
+
+
+def _as_list(value) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def unique_names(paths: list[str]) -> list[str]:
+    """Short names for files: the stem, or ``folder-stem`` where stems repeat (``run1-model``)."""
+    stems = [Path(p).name.split(".")[0] for p in paths]
+    return [f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+
+
+def _csv(rows: list[dict]) -> bytes:
+    out = io.StringIO()
+    if rows:
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue().encode()
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg`` (configs/eval/eval.yaml); returns the report."""
-    options = OmegaConf.to_container(cfg, resolve=True)
-    if options["audit"] not in AUDITS:
-        raise ValueError(f"audit must be one of {AUDITS}, got {options['audit']!r}")
-    potential = load_potential(options["model"], options["device"], options["dtype"])
-    potential.requires_grad_(False)
-    files = options["data"] if isinstance(options["data"], list) else [options["data"]]
-    structures = list(itertools.islice(
-        itertools.chain.from_iterable(iter_structures(f, options["format"], **(options["reader"] or {})) for f in files),
-        options["max_structures"],
-    ))
-    if not structures:
-        raise DataError(f"{', '.join(map(str, files))}: holds no structures")
-    metrics = PotentialMetrics()
-    for structure in structures:
-        graph = structure_to_graph(structure, potential.r_max).to(options["device"])
-        periodic = bool(structure.pbc.all())
-        pred = potential(graph, compute_forces=True, compute_stress=periodic)
-        metrics.update({k: v.detach().cpu() for k, v in pred.items()}, graph.cpu())
-    report = {"model": str(options["model"]), "data": [str(f) for f in files], "structures": len(structures),
-              "errors": metrics.compute()}
-    if options["audit"] == "equivariance":
-        audit = equivariance_audit(potential, structures, options["num_rotations"], options["seed"])
-        report["equivariance"] = {"rotations": options["num_rotations"], **audit.summary()}
-    output = Path(options["output"] or Path(options["model"]).with_name(Path(options["model"]).stem + "_eval.json"))
-    atomic_write_bytes(output, json.dumps(report, indent=1).encode())
-    report["output"] = str(output)
+    o = OmegaConf.to_container(cfg, resolve=True)
+    if o["audit"] not in AUDITS:
+        raise ValueError(f"audit must be one of {AUDITS}, got {o['audit']!r}")
+    models, files = _as_list(o["model"]), _as_list(o["data"])
+    output_dir = Path(o["output_dir"] or Path(models[0]).with_name(Path(models[0]).name.split(".")[0] + "_eval"))
+    datasets = {}
+    for name, path in zip(unique_names(files), files):
+        structures = list(itertools.islice(iter_structures(path, o["format"], **(o["reader"] or {})), o["max_structures"]))
+        if not structures:
+            raise DataError(f"{path}: holds no structures")
+        datasets[name] = structures
+    report = {"models": {}, "data": dict(zip(datasets, files)), "output_dir": str(output_dir)}
+    outputs: dict[str, bytes] = {}
+    rows, element_rows = [], []
+    for model_name, model_path in zip(unique_names(models), models):
+        potential = load_potential(model_path, o["device"], o["dtype"]).requires_grad_(False)
+        entry = report["models"][model_name] = {"path": model_path, "datasets": {}}
+        for data_name, structures in datasets.items():
+            predictions = predict(potential, structures)
+            metrics = score(predictions)
+            result = entry["datasets"][data_name] = {"errors": metrics}
+            if o["audit"] == "equivariance":
+                audit = equivariance_audit(potential, structures, o["num_rotations"], o["seed"])
+                result["equivariance"] = {"rotations": o["num_rotations"], **audit.summary()}
+            per_element = metrics.pop("per_element", {})
+            result["per_element"] = per_element
+            flat = {f"equivariance_{k}": v for k, v in result.get("equivariance", {}).items()}
+            rows.append({"model": model_name, "data": data_name, **metrics, **flat})
+            element_rows += [{"model": model_name, "data": data_name, "element": el, **v} for el, v in per_element.items()]
+            stem = f"{model_name}_{data_name}"
+            if o["plots"]:
+                outputs[f"{stem}_parity.png"] = parity_plot(predictions, f"{model_name} on {data_name}")
+                outputs[f"{stem}_errors.png"] = error_histogram(predictions, f"{model_name} on {data_name}")
+            if o["predictions"]:
+                outputs[f"{stem}_predictions.extxyz"] = predictions_extxyz(structures, predictions)
+    outputs["report.json"] = json.dumps(report, indent=1).encode()
+    outputs["metrics.csv"] = _csv(rows)
+    outputs["per_element.csv"] = _csv(element_rows)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in outputs.items():
+        atomic_write_bytes(output_dir / name, content)
+    report["rows"], report["files"] = rows, sorted(outputs)
     return report
+
+
+def format_table(rows: list[dict]) -> str:
+    """The comparison table: one line per (model, dataset), errors in meV units."""
+    columns = [(key, title, factor) for key, title, factor in TABLE if any(key in row for row in rows)]
+    width = max([len(r["model"]) + len(r["data"]) + 3 for r in rows] + [12])
+    lines = [f"{'model / data':<{width}}" + "".join(f"{title:>16}" for _, title, _ in columns)]
+    for row in rows:
+        cells = "".join(f"{row[key] * factor:>16.4g}" if key in row else f"{'-':>16}" for key, _, factor in columns)
+        lines.append(f"{row['model'] + ' / ' + row['data']:<{width}}" + cells)
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
@@ -71,11 +127,12 @@ def _hydra_main(cfg: DictConfig) -> None:
         report = evaluate(cfg)
     except (DataError, UnknownElementError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"mlip-eval: {exc}") from None
-    print(f"{report['structures']} structures from {', '.join(report['data'])}")
-    for section in ("errors", "equivariance"):
-        for name, value in report.get(section, {}).items():
-            print(f"  {section:>12} {name:<28} {value:.3e}" if isinstance(value, float) else f"  {section:>12} {name:<28} {value}")
-    print(f"report: {report['output']}")
+    print(format_table(report["rows"]))
+    for row in report["rows"]:
+        audit = {k: v for k, v in row.items() if k.startswith("equivariance_") and k.endswith("max_eV/A")}
+        if audit:
+            print(f"{row['model']} / {row['data']}: " + ", ".join(f"{k[13:]} {v:.2e}" for k, v in audit.items()))
+    print(f"wrote {len(report['files'])} files to {report['output_dir']}")
 
 
 def main() -> None:

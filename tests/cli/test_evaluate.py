@@ -25,18 +25,20 @@ def test_audit_separates_exact_from_approximate_models(tmp_path, emt_file, exact
     potential = make_tiny_potential(correlation=2) if exact else _tdn(cp_rank=3, cp_share_paths=True)
     model = save_model(potential, tmp_path / "model.safetensors")
     report = evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=4", "audit=equivariance",
-                              "num_rotations=3"))
-    assert report["structures"] == 4
-    assert {"energy_mae", "forces_rmse", "stress_rmse"} <= set(report["errors"])
-    audit = report["equivariance"]
+                              "num_rotations=3", "plots=false"))
+    result = report["models"]["model"]["datasets"]["emt"]
+    assert result["errors"]["structures"] == 4
+    assert {"energy_mae", "forces_rmse", "stress_rmse"} <= set(result["errors"])
+    audit = result["equivariance"]
     assert audit["structures"] == 4 and audit["rotations"] == 3
     assert audit["forces_max_eV/A"] >= audit["forces_mean_eV/A"]
     if exact:
         assert max(audit["energy_max_eV/atom"], audit["forces_max_eV/A"], audit["stress_max_eV/A^3"]) < 1e-10
     else:
         assert audit["forces_max_eV/A"] > 1e-8
-    written = json.loads((tmp_path / "model_eval.json").read_text())
-    assert written["equivariance"] == audit and not list(tmp_path.glob("*.partial"))
+    written = json.loads((tmp_path / "model_eval" / "report.json").read_text())
+    assert written["models"]["model"]["datasets"]["emt"]["equivariance"] == audit
+    assert not list(tmp_path.rglob("*.partial"))
 
 
 def test_unknown_elements_and_missing_files_are_named(tmp_path):
@@ -47,3 +49,59 @@ def test_unknown_elements_and_missing_files_are_named(tmp_path):
         evaluate(_config(f"model={model}", f"data={path}"))
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
         evaluate(_config(f"model={tmp_path / 'nothing.safetensors'}", f"data={path}"))
+
+
+def test_models_side_by_side_on_several_datasets(tmp_path, dataset_dir, monkeypatch, capsys):
+    """Two models on two 3BPA-style files: one table, plots, predictions written back."""
+    import sys
+
+    from ase.io import read
+
+    from mlip.cli.evaluate import main
+    from mlip.data.readers import read_structures
+    from mlip.evaluation.predict import predict
+
+    molecules = read(dataset_dir / "3bpa" / "train_300K.xyz", ":6")
+    write(tmp_path / "test_300K.xyz", molecules[:3])
+    write(tmp_path / "test_dih.xyz", molecules[3:])
+    elements = sorted({int(z) for a in molecules for z in a.numbers})
+    for k in (1, 2):
+        (tmp_path / f"run{k}").mkdir()
+        save_model(_molecule_model(elements, seed=k), tmp_path / f"run{k}" / "model.safetensors")
+    args = [f"model=[{tmp_path}/run1/model.safetensors,{tmp_path}/run2/model.safetensors]",
+            f"data=[{tmp_path}/test_300K.xyz,{tmp_path}/test_dih.xyz]", "predictions=true",
+            f"output_dir={tmp_path}/eval", "reader={energy_key: energy, forces_key: forces}"]
+    report = evaluate(_config(*args))
+    assert [(r["model"], r["data"]) for r in report["rows"]] == [
+        ("run1-model", "test_300K"), ("run1-model", "test_dih"), ("run2-model", "test_300K"), ("run2-model", "test_dih")]
+    out = tmp_path / "eval"
+    for name in ("run1-model_test_dih_parity.png", "run2-model_test_300K_errors.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "metrics.csv").read_text().count("\n") == 5
+    assert {"C", "H", "N", "O"} <= set(report["models"]["run1-model"]["datasets"]["test_dih"]["per_element"])
+    # predictions written back equal a direct call, next to the labels
+    written = read(out / "run2-model_test_dih_predictions.extxyz", ":")
+    structures = read_structures(tmp_path / "test_dih.xyz")
+    from mlip.export import load_potential
+
+    direct = predict(load_potential(tmp_path / "run2" / "model.safetensors"), structures)
+    np.testing.assert_allclose([a.info["MLIP_energy"] for a in written], direct.energy, rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate([a.arrays["MLIP_forces"] for a in written]), direct.forces, atol=1e-7)  # extxyz: 8 decimals
+    np.testing.assert_allclose(written[0].arrays["REF_forces"], structures[0].forces)
+    monkeypatch.setattr(sys, "argv", ["mlip-eval", *args, "plots=false", "predictions=false"])
+    main()
+    printed = capsys.readouterr().out
+    assert "run2-model / test_dih" in printed and "F cos" in printed
+
+
+def _molecule_model(elements, seed):
+    """A tiny random model for ``elements``."""
+    import torch
+
+    from mlip.models.potential import Potential
+    from mlip.models.registry import build_model
+    from tests.conftest import tiny_model_spec
+
+    torch.manual_seed(seed)
+    spec = tiny_model_spec(num_elements=len(elements))
+    return Potential(build_model(spec), elements, [-1.0] * len(elements), 1.0, 0.0, model_spec=spec)

@@ -1,0 +1,61 @@
+"""Parity plots and error histograms as PNG bytes (matplotlib's object API: no pyplot state)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from mlip.evaluation.scores import Predictions
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _panels(p: Predictions) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, prediction, reference) of each labelled quantity, flattened."""
+    panels = []
+    labelled = np.isfinite(p.energy_ref)
+    if labelled.any():
+        panels.append(("energy (eV/atom)", p.energy[labelled] / p.natoms[labelled],
+                       p.energy_ref[labelled] / p.natoms[labelled]))
+    if p.forces_mask.any():
+        panels.append(("force component (eV/Å)", p.forces[p.forces_mask].ravel(), p.forces_ref[p.forces_mask].ravel()))
+    has_stress = np.isfinite(p.stress_ref).all(axis=(1, 2))
+    if has_stress.any():
+        panels.append(("stress component (eV/Å³)", p.stress[has_stress].ravel(), p.stress_ref[has_stress].ravel()))
+    return panels
+
+
+def parity_plot(p: Predictions, title: str) -> bytes:
+    """Predicted against reference, one panel per labelled quantity, with MAE in each."""
+    panels = _panels(p)
+    figure = Figure(figsize=(4 * max(len(panels), 1), 4))
+    for k, (label, pred, ref) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), k + 1)
+        ax.scatter(ref, pred, s=4, alpha=0.5, linewidths=0)
+        low, high = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+        ax.plot([low, high], [low, high], color="k", lw=0.8)
+        ax.set_xlabel(f"reference {label}")
+        ax.set_ylabel(f"predicted {label}")
+        ax.set_title(f"MAE {np.abs(pred - ref).mean():.3g}")
+        ax.set_aspect("equal", adjustable="datalim")
+    figure.suptitle(title)
+    return _png(figure)
+
+
+def error_histogram(p: Predictions, title: str) -> bytes:
+    """Histograms of the errors (prediction − reference), one panel per labelled quantity, log counts."""
+    panels = _panels(p)
+    figure = Figure(figsize=(4 * max(len(panels), 1), 3.5))
+    for k, (label, pred, ref) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), k + 1)
+        ax.hist(pred - ref, bins=60, log=True)
+        ax.set_xlabel(f"error, {label}")
+        ax.set_ylabel("count")
+    figure.suptitle(title)
+    return _png(figure)
