@@ -34,7 +34,7 @@ def _panels(p: Predictions) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def parity_plot(p: Predictions, title: str) -> bytes:
     """Predicted against reference, one panel per labelled quantity, with MAE in each."""
     panels = _panels(p)
-    figure = Figure(figsize=(4 * max(len(panels), 1), 4))
+    figure = Figure(figsize=(4.6 * max(len(panels), 1), 4.2), layout="constrained")
     for k, (label, pred, ref) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), k + 1)
         ax.scatter(ref, pred, s=4, alpha=0.5, linewidths=0)
@@ -51,7 +51,7 @@ def parity_plot(p: Predictions, title: str) -> bytes:
 def error_histogram(p: Predictions, title: str) -> bytes:
     """Histograms of the errors (prediction − reference), one panel per labelled quantity, log counts."""
     panels = _panels(p)
-    figure = Figure(figsize=(4 * max(len(panels), 1), 3.5))
+    figure = Figure(figsize=(4.6 * max(len(panels), 1), 3.6), layout="constrained")
     for k, (label, pred, ref) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), k + 1)
         ax.hist(pred - ref, bins=60, log=True)
