@@ -12,7 +12,6 @@ failed with the reason while the others carry on; the exit status is then 1.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import hydra

@@ -10,7 +10,6 @@ waiting takes its place, so thousands of small cells run at GPU speed.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
