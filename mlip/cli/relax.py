@@ -56,7 +56,8 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
 
         good = [item for item in items if not isinstance(item[2], Exception)]
         with tqdm(total=len(good), desc="relax (batched)", unit="structure", disable=not o["progress"]) as bar:
-            relaxed = BatchedFIRE(potential, o["fmax"], o["steps"], o["max_structures"], o["max_atoms"]).run(good, bar)
+            fire = BatchedFIRE(potential, o["fmax"], o["steps"], o["max_structures"], o["max_atoms"], skin=o["skin"])
+            relaxed = fire.run(good, bar)
         failed = [RelaxResult(i, source, "", FAILED, message=str(e)) for i, source, e in items if isinstance(e, Exception)]
         results = sorted(relaxed + failed, key=lambda r: r.index)
     else:

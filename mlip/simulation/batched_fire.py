@@ -62,14 +62,17 @@ class BatchedFIRE:
         steps: the most FIRE steps per structure.
         max_structures / max_atoms: the batch in flight.
         params: FIRE's parameters (ASE's defaults).
+        skin: Verlet skin of the neighbour lists (Å); 0 rebuilds them every step.
     """
 
     def __init__(self, potential: Potential, fmax: float = 0.05, steps: int = 500, max_structures: int = 64,
-                 max_atoms: int = 4096, params: FIREParameters = FIREParameters()):
+                 max_atoms: int = 4096, params: FIREParameters = FIREParameters(), skin: float = 0.0):
         self.potential = potential
         self.fmax, self.steps = fmax, steps
         self.max_structures, self.max_atoms = max_structures, max_atoms
         self.params = params
+        self.skin = skin
+        self.rebuilds = 0  # neighbour-list builds of the last run
         self.device = potential.species_of_z.device
         self.dtype = next(potential.parameters()).dtype
 
@@ -81,6 +84,7 @@ class BatchedFIRE:
         order = [index for index, _, _ in waiting]
         active: list[_Slot] = []
         batch = None
+        self.rebuilds = 0
         while waiting or active:
             if batch is None:  # membership changed: refill and rebuild
                 atoms_in_flight = sum(len(slot.atoms) for slot in active)
@@ -96,8 +100,12 @@ class BatchedFIRE:
                 velocity = torch.cat([slot.velocity for slot in active])
                 state = torch.stack([slot.state for slot in active])
                 free = ~batch.fixed.to(self.device)
+                built_at = None
             batch.positions = positions
-            add_batch_edges(batch, self.potential.r_max)
+            if built_at is None or float((positions - built_at).norm(dim=1).max()) > self.skin / 2:
+                add_batch_edges(batch, self.potential.r_max + self.skin)
+                built_at = positions
+                self.rebuilds += 1
             out = self.potential(batch, compute_forces=True)
             energy = out["energy"].detach()
             raw_forces = out["forces"].detach()

@@ -23,12 +23,13 @@ def _structures(rng):
             (3, "bulk2", random_alloy(rng, rattle=0.2))]
 
 
-@pytest.mark.parametrize("max_structures", [1, 2, 8])
-def test_batched_fire_follows_ase_fire(tiny_potential, rng, max_structures):
+@pytest.mark.parametrize("max_structures, skin", [(1, 0.0), (2, 0.0), (8, 0.0), (8, 1.0)])
+def test_batched_fire_follows_ase_fire(tiny_potential, rng, max_structures, skin):
     items = _structures(rng)
     calculator = MLIPCalculator(tiny_potential)
     reference = [relax(atoms, calculator, "fire", fmax=5e-4, steps=120, index=i) for i, _, atoms in items]
-    batched = BatchedFIRE(tiny_potential, fmax=5e-4, steps=120, max_structures=max_structures).run(items)
+    fire = BatchedFIRE(tiny_potential, fmax=5e-4, steps=120, max_structures=max_structures, skin=skin)
+    batched = fire.run(items)
     assert {r.status for r in reference} == {CONVERGED, NOT_CONVERGED}  # both endings are exercised
     for ours, theirs in zip(batched, reference):
         assert (ours.index, ours.status, ours.steps) == (theirs.index, theirs.status, theirs.steps)
@@ -37,6 +38,8 @@ def test_batched_fire_follows_ase_fire(tiny_potential, rng, max_structures):
         assert len(ours.energies) == ours.steps + 1
     fixed = batched[2].atoms
     np.testing.assert_array_equal(fixed.positions[:3], items[2][2].positions[:3])
+    steps = max(r.steps for r in batched) + 1
+    assert (fire.rebuilds < steps / 2) if skin else (fire.rebuilds >= steps)  # the skin saves rebuilds
 
 
 @pytest.mark.parametrize("optimizer", ["fire", "bfgs", "lbfgs"])
