@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.calculator import MLIPCalculator
@@ -29,12 +30,21 @@ from mlip.simulation.relax import FAILED, RelaxResult, format_summary, relax_all
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "relax"
 
 
-def read_checked(path, fmt: str, reader: dict | None, potential, min_distance: float) -> list[tuple]:
-    """(index, source, atoms or the `StructureError` that rules the structure out) for each record."""
+def read_checked(path, fmt: str, reader: dict | None, potential, min_distance: float,
+                 fix_tags: list[int] | None = None) -> list[tuple]:
+    """(index, source, atoms or the `StructureError` that rules the structure out) for each record.
+
+    ``fix_tags``: atoms with these tags are held fixed too (OC20: ``[0]``, the subsurface).
+    """
     items = []
     for index, structure in enumerate(iter_structures(path, fmt, **(reader or {}))):
         try:
             check_structure(structure, potential, min_distance)
+            if fix_tags:
+                if structure.tags is None:
+                    raise StructureError(f"{structure.source}: fix_tags={fix_tags} but the structure has no tags")
+                by_tag = np.isin(structure.tags, fix_tags)
+                structure.fixed = by_tag if structure.fixed is None else structure.fixed | by_tag
             items.append((index, structure.source, atoms_from_structure(structure)))
         except StructureError as exc:
             items.append((index, structure.source, exc))
@@ -47,7 +57,7 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
     """Relax what ``cfg`` (configs/relax/relax.yaml) names; returns the results and the written paths."""
     o = OmegaConf.to_container(cfg, resolve=True)
     potential = load_potential(o["model"], o["device"], o["dtype"]).requires_grad_(False)
-    items = read_checked(o["input"], o["format"], o["reader"], potential, o["min_distance"])
+    items = read_checked(o["input"], o["format"], o["reader"], potential, o["min_distance"], o["fix_tags"])
     output_dir = Path(o["output_dir"] or f"{Path(o['input']).name.split('.')[0]}_relax")
     if o["batched"]:
         if o["relax_cell"] or o["optimizer"] != "fire":

@@ -83,3 +83,26 @@ def test_md_command(trained_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["mlip-md", *args[:1], f"input={tmp_path / 'bad.extxyz'}"])
     with pytest.raises(SystemExit, match="Fe"):
         md_cli.main()
+
+
+def test_fix_tags_hold_the_tagged_atoms(tmp_path, rng):
+    from ase.build import fcc111
+
+    from mlip.export import save_model
+    from tests.conftest import make_tiny_potential
+
+    slab = fcc111("Cu", size=(2, 2, 4), vacuum=6.0)  # tags 1 (top) .. 4 (bottom layer)
+    slab.rattle(0.1, seed=2)
+    write(tmp_path / "slab.extxyz", [slab])
+    write(tmp_path / "untagged.extxyz", [bulk("Cu", "fcc", a=3.6, cubic=True)])
+    model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    common = [f"model={model}", "fix_tags=[3,4]", "steps=20", "fmax=1e-4", "progress=false"]
+    results, paths = relax_cli.run(_config(relax_cli, "relax", *common, f"input={tmp_path / 'slab.extxyz'}",
+                                           f"output_dir={tmp_path / 'out'}"))
+    relaxed, start = read(paths["relaxed"]), read(tmp_path / "slab.extxyz")  # both rounded alike by extxyz
+    held = slab.get_tags() >= 3
+    np.testing.assert_array_equal(relaxed.positions[held], start.positions[held])
+    assert np.abs(relaxed.positions[~held] - start.positions[~held]).max() > 1e-4 and results[0].steps == 20
+    results, _ = relax_cli.run(_config(relax_cli, "relax", *common, f"input={tmp_path / 'untagged.extxyz'}",
+                                       f"output_dir={tmp_path / 'out2'}"))
+    assert results[0].status == "failed" and "has no tags" in results[0].message
