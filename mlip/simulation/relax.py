@@ -178,13 +178,16 @@ def write_results(results: list[RelaxResult], output_dir: str | os.PathLike) -> 
     return paths
 
 
-def format_summary(results: list[RelaxResult]) -> str:
-    """A plain-text table: one line per structure, and a count of each status with the failures' reasons."""
+def format_summary(results: list[RelaxResult], max_rows: int = 50) -> str:
+    """A plain-text table: one line per structure (the first ``max_rows``; the files hold all),
+    then a count of each status and every failure with its reason."""
     head = f"{'#':>4} {'structure':<28} {'status':<14} {'steps':>5} {'ΔE eV':>10} {'fmax eV/Å':>10} {'ΔV %':>7}"
     lines = [head, "-" * len(head)]
-    for r in results:
+    for r in results[:max_rows]:
         lines.append(f"{r.index:>4} {r.source[-28:]:<28} {r.status:<14} {r.steps:>5} {r.energy_change:>10.4f} "
                      f"{r.fmax_final:>10.4f} {100 * r.volume_change:>7.2f}")
+    if len(results) > max_rows:
+        lines.append(f"... {len(results) - max_rows} more rows in summary.csv")
     counts = {status: sum(r.status == status for r in results) for status in (CONVERGED, NOT_CONVERGED, FAILED)}
     lines.append(", ".join(f"{n} {status}" for status, n in counts.items()))
     lines += [f"  failed: {r.source}: {r.message}" for r in results if r.status == FAILED]
