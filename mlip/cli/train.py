@@ -25,7 +25,7 @@ from mlip.data.structure import DataError
 from mlip.export import save_model
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
-from mlip.training.checkpoint_io import AtomicCheckpointIO
+from mlip.training.checkpoint_io import AtomicCheckpointIO, newest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 log = logging.getLogger("mlip.train")
@@ -43,12 +43,16 @@ def build_potential(model_cfg: DictConfig, statistics) -> Potential:
 
 
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
-    """``None``, an explicit path, or ``"auto"``: ``last.ckpt`` in this run's folder if it exists."""
+    """``None``, an explicit path, or ``"auto"``: the newest readable of this run folder's
+    ``last.ckpt`` (epoch end) and ``step.ckpt`` (every N steps), if any."""
     if resume is None:
         return None
+    if checkpoint_dir.is_dir():  # a killed run's half-written checkpoint temporaries (AtomicCheckpointIO)
+        for stale in checkpoint_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     if resume == "auto":
-        last = checkpoint_dir / "last.ckpt"
-        return str(last) if last.is_file() else None
+        newest = newest_checkpoint(checkpoint_dir)
+        return None if newest is None else str(newest)
     if not Path(resume).is_file():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint")
     return str(resume)
@@ -81,10 +85,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("statistics: %s", json.dumps(datamodule.statistics.to_dict()))
 
     checkpoint = instantiate(cfg.checkpoint)
+    callbacks = [checkpoint, LearningRateMonitor()]
+    if cfg.get("step_checkpoint") is not None:
+        callbacks.append(instantiate(cfg.step_checkpoint))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    trainer = instantiate(
-        cfg.trainer, callbacks=[checkpoint, LearningRateMonitor()], logger=loggers, plugins=[AtomicCheckpointIO()]
-    )
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, Path(checkpoint.dirpath)))
 
     best = "best" if checkpoint.best_model_path else None

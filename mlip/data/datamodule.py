@@ -18,12 +18,12 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import Dataset, Subset
-from mlip.data.loader import GraphLoader
+from torch.utils.data import BatchSampler, Dataset, Subset
 
+from mlip.data.loader import GraphLoader
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers import SkippedRecords, iter_structures
-from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler
+from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler, ResumableBatchSampler
 from mlip.data.statistics import DatasetStatistics, TrainingSetSummary, statistics_from_summary
 from mlip.data.store.dataset import StoreDataset
 from mlip.data.structure import DataError, Structure
@@ -163,14 +163,24 @@ class GraphDataModule(L.LightningDataModule):
         common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         if budget is not None and shuffle:
             sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
-            sampler = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
-            return GraphLoader(self.datasets[split], batch_sampler=sampler, **common)
-        batch_size = self.batch_size if shuffle else self.val_batch_size
-        sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
-        return GraphLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, **common)
+            batches = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
+        else:
+            batch_size = self.batch_size if shuffle else self.val_batch_size
+            sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
+            batches = BatchSampler(sampler, batch_size, drop_last=False)
+        return GraphLoader(self.datasets[split], batch_sampler=ResumableBatchSampler(batches), **common)
 
     def train_dataloader(self) -> GraphLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        # a run resumed from a mid-epoch checkpoint starts its epoch after the batches it has
+        # trained on (processed: optimiser step done; the checkpoint is taken after it). After
+        # the epoch's last batch Lightning draws nothing more, and an empty iterator would end the fit.
+        trainer = self.trainer
+        if trainer is not None and trainer.fit_loop.restarting:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if done < len(loader.batch_sampler):
+                loader.batch_sampler.skip_next(done)
+        return loader
 
     def val_dataloader(self) -> GraphLoader:
         return self._loader("val", shuffle=False)

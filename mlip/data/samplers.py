@@ -106,3 +106,35 @@ class BudgetBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(len(self.batches()) / self.num_replicas)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """A batch sampler whose next epoch can start part-way through, for mid-epoch resumes.
+
+    Wraps a batch sampler (our `BudgetBatchSampler`, or torch's ``BatchSampler`` over an
+    `EpochShuffleSampler`). ``skip_next(k)`` drops the first k batches of the next epoch
+    it yields, as index lists, without loading them: a run resumed from a checkpoint
+    taken after k batches sees exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, batch_sampler):
+        self.batch_sampler = batch_sampler
+        # what Lightning calls set_epoch on (it looks at ``loader.batch_sampler.sampler``)
+        self.sampler = getattr(batch_sampler, "sampler", batch_sampler)
+        self._skip = 0
+
+    def skip_next(self, batches: int) -> None:
+        self._skip = int(batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0
+        iterator = iter(self.batch_sampler)
+        for _ in range(skip):
+            next(iterator, None)
+        return iterator
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -21,3 +24,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class StepCheckpoint(Callback):
+    """``step.ckpt`` every ``every_n_train_steps`` optimiser steps, within epochs.
+
+    A file of its own: ``last.ckpt`` belongs to the epoch-end `ModelCheckpoint`, which
+    versions the name (``last-v1.ckpt``) when another writer touched it. The epoch's last
+    batch is skipped: a checkpoint there, before the epoch's validation, resumes without
+    that validation (Lightning counts the epoch as done) and a plateau scheduler would miss
+    one observation; the epoch-end checkpoint follows it. `newest_checkpoint` picks
+    between the two on ``resume=auto``.
+    """
+
+    FILENAME = "step.ckpt"
+
+    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int):
+        if every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be at least 1, got {every_n_train_steps}")
+        self.path = Path(dirpath) / self.FILENAME
+        self.every = int(every_n_train_steps)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0 and not trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            trainer.save_checkpoint(self.path)
+
+
+def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
+    """The readable checkpoint of ``last.ckpt`` and ``step.ckpt`` with the most optimiser
+    steps (``last.ckpt`` on a tie), or None; an unreadable one is skipped with a warning."""
+    best, best_step = None, -1
+    for name in ("last.ckpt", StepCheckpoint.FILENAME):
+        path = Path(checkpoint_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            step = int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        except Exception as exc:  # a damaged file must not stop the resume from the other one
+            warnings.warn(f"{path}: unreadable checkpoint skipped ({type(exc).__name__}: {exc})", stacklevel=2)
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    return best

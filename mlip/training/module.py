@@ -92,7 +92,10 @@ class PotentialModule(L.LightningModule):
             self.log(f"train_loss_{name}", value, batch_size=size, on_step=False, on_epoch=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: checkpoint callbacks run before the module's
+        # hooks there, and a step checkpoint must hold the EMA of the step it records
         if self.ema is not None:
             self.ema.update(self.potential)
 
@@ -116,6 +119,15 @@ class PotentialModule(L.LightningModule):
         for name, value in metrics.compute().items():
             self.log(f"{stage}_{name}", value, prog_bar=name == "forces_rmse")
         metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        # Lightning skips the epoch-interval schedulers (plateau) at the end of the epoch a run
+        # was resumed in part-way, because it is still "restarting". The epoch has run whole
+        # from here on, with its validation, so end the restart: the schedulers then step at
+        # their usual place, after the epoch-end checkpoint, as in an uninterrupted run.
+        fit_loop = self.trainer.fit_loop
+        if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
+            fit_loop.restarting = False
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")

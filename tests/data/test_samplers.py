@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
 
-from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from torch.utils.data import BatchSampler
+
+from mlip.data.loader import GraphLoader
+from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler, ResumableBatchSampler
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch():
@@ -63,3 +67,18 @@ def test_budget_batches_split_evenly_across_ranks(sizes):
     every = samplers[0].batches()
     dealt = [b for k in range(len(shares[0])) for s in shares for b in [s[k]]]
     assert dealt[: len(every)] == every  # rank r takes batches r, r + world, ...
+
+
+@pytest.mark.parametrize("kind", ["fixed", "budget"])
+def test_resumable_batches_reach_lightnings_set_epoch_and_skip(kind):
+    inner = (BatchSampler(EpochShuffleSampler(30, seed=1), 4, drop_last=False) if kind == "fixed"
+             else BudgetBatchSampler(np.arange(1, 31), budget=40, seed=1))
+    loader = GraphLoader(list(range(30)), batch_sampler=ResumableBatchSampler(inner))
+    _set_sampler_epoch(loader, 0)  # what Lightning calls at each epoch
+    first = list(loader.batch_sampler)
+    _set_sampler_epoch(loader, 1)
+    second = list(loader.batch_sampler)
+    assert second != first and sorted(sum(first, [])) == sorted(sum(second, []))
+    loader.batch_sampler.skip_next(3)  # a resume after 3 batches of epoch 1
+    assert list(loader.batch_sampler) == second[3:]
+    assert list(loader.batch_sampler) == second and len(loader.batch_sampler) == len(second)  # one epoch only

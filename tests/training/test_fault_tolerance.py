@@ -1,0 +1,67 @@
+"""A training run killed (SIGKILL) at a random step and resumed equals an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlip.cli.train import train
+from mlip.training.checkpoint_io import newest_checkpoint
+from tests.conftest import compose_train_config
+
+ROOT = Path(__file__).resolve().parents[2]
+# 32 training structures in batches of 4: 8 steps per epoch, 16 in all; last.ckpt after every step
+OVERRIDES = ["trainer.max_epochs=2", "dtype=float64", "step_checkpoint.every_n_train_steps=1"]
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _kill_at_step(run_dir: Path, emt_file: str, step: int) -> dict:
+    """Start a training in a subprocess and SIGKILL it once a checkpoint has reached ``step``."""
+    code = ("import sys; sys.path.insert(0, {root!r}); from tests.conftest import compose_train_config; "
+            "from mlip.cli.train import train; train(compose_train_config({run!r}, {emt!r}, *{over!r}))").format(
+        root=str(ROOT), run=str(run_dir), emt=emt_file, over=OVERRIDES)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            newest = newest_checkpoint(run_dir / "checkpoints")  # files are renamed into place whole
+            if newest is not None and _load(newest)["global_step"] >= step:
+                break
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    state = _load(newest_checkpoint(run_dir / "checkpoints"))
+    assert state["global_step"] < 16, "the run finished before it could be killed"
+    return state
+
+
+@pytest.mark.parametrize("when", ["random", "epoch boundary"])
+def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_path, emt_file, when):
+    # a random step each run, and around the end of epoch 0 (its last batch is not step-checkpointed)
+    step = int(np.random.default_rng(int.from_bytes(os.urandom(2), "little")).integers(2, 14)) if when == "random" else 8
+    killed = _kill_at_step(tmp_path / "killed", emt_file, step)
+    print(f"killed at step {killed['global_step']} (asked for {step})")
+    (tmp_path / "killed" / "checkpoints" / ".step.ckpt.99999.tmp").write_bytes(b"torn")  # as a kill mid-write leaves
+    train(compose_train_config(tmp_path / "killed", emt_file, *OVERRIDES, "resume=auto"))
+    assert not list((tmp_path / "killed").rglob("*.tmp")), "a resume clears the dead run's temporary files"
+    train(compose_train_config(tmp_path / "straight", emt_file, *OVERRIDES))
+    resumed = _load(tmp_path / "killed" / "checkpoints" / "last.ckpt")
+    reference = _load(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == reference["global_step"] == 16
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    for key, value in reference["state_dict"].items():  # live weights, EMA weights and EMA counter
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-12, atol=1e-12, msg=key)
+    for a, b in zip(resumed["optimizer_states"][0]["state"].values(), reference["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-12, atol=1e-15)
+    assert resumed["lr_schedulers"] == reference["lr_schedulers"]
