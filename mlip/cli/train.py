@@ -26,6 +26,7 @@ from mlip.export import save_model
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.training.checkpoint_io import AtomicCheckpointIO, newest_checkpoint
+from mlip.training.module import NonFiniteLossError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 log = logging.getLogger("mlip.train")
@@ -86,8 +87,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = instantiate(cfg.checkpoint)
     callbacks = [checkpoint, LearningRateMonitor()]
-    if cfg.get("step_checkpoint") is not None:
-        callbacks.append(instantiate(cfg.step_checkpoint))
+    for extra in ("step_checkpoint", "preemption"):
+        if cfg.get(extra) is not None:
+            callbacks.append(instantiate(cfg[extra]))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, Path(checkpoint.dirpath)))
@@ -117,6 +119,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         train(cfg)
     except DataError as exc:
         raise SystemExit(f"mlip-train: data error: {exc}") from None
+    except NonFiniteLossError as exc:
+        raise SystemExit(f"mlip-train: {exc}") from None
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,7 +17,13 @@ from mlip.training.loss import EnergyForcesStressLoss
 from mlip.training.metrics import PotentialMetrics
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+NONFINITE_CHECKPOINT = "nonfinite-stop.ckpt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many training steps in a row had a non-finite loss or gradient."""
 SCHEDULERS = ("plateau", "cosine", "constant")
+log = logging.getLogger(__name__)
 
 
 class PotentialModule(L.LightningModule):
@@ -34,6 +42,12 @@ class PotentialModule(L.LightningModule):
             per bucket of padded batch sizes (`mlip.training.cuda_graph_loss.GraphedLoss`):
             much faster for batches of small structures, at the memory of one captured step
             per bucket (up to ``cuda_graph_buckets``). Ignored on the CPU.
+        max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped (no
+            weight or EMA update; it still counts in ``global_step``, so schedules go on) with
+            a warning and counted (``skipped_steps``); this many in a row stop the run with
+            `NonFiniteLossError` after writing the weights of the last good step to
+            ``nonfinite-stop.ckpt`` beside the other checkpoints. The check reads one
+            number per step on the host, on every rank alike.
     """
 
     def __init__(
@@ -52,6 +66,7 @@ class PotentialModule(L.LightningModule):
         ema_decay: float | None = 0.99,
         cuda_graphs: bool = False,
         cuda_graph_buckets: int = 4,
+        max_nonfinite_steps: int = 10,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -65,6 +80,9 @@ class PotentialModule(L.LightningModule):
         self.val_metrics = PotentialMetrics()
         self.test_metrics = PotentialMetrics()
         self.graphed_loss: GraphedLoss | None = None  # built at the first CUDA step
+        self.skipped_steps = 0  # non-finite steps skipped in this process
+        self._nonfinite_in_a_row = 0
+        self._step_skipped = False
 
     # -- which weights answer ------------------------------------------------------------
     def evaluation_potential(self) -> Potential:
@@ -86,14 +104,53 @@ class PotentialModule(L.LightningModule):
         else:
             pred = self.potential(batch, create_graph=True, **self._wants())
             loss, terms = self.loss(pred, batch)
+        if not self._finite_on_all_ranks(loss):
+            self._skip_step(f"loss {float(loss.detach())}")
+            return None  # no backward; the optimiser finds no gradients and moves nothing
         size = int(batch.num_graphs)
         self.log("train_loss", loss, batch_size=size, prog_bar=True, on_step=True, on_epoch=True)
         for name, value in terms.items():
             self.log(f"train_loss_{name}", value, batch_size=size, on_step=False, on_epoch=True)
         return loss
 
+    # -- non-finite steps ----------------------------------------------------------------
+    def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
+        flag = torch.isfinite(value.detach()).all().to(torch.float32)
+        return bool(self.trainer.strategy.reduce(flag, reduce_op="min") > 0)
+
+    def _skip_step(self, what: str) -> None:
+        self._step_skipped = True
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        log.warning("step %d: non-finite %s, step skipped (%d skipped so far, %d in a row)",
+                    self.global_step, what, self.skipped_steps, self._nonfinite_in_a_row)
+        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+            path = Path(self.trainer.default_root_dir) / "checkpoints" / NONFINITE_CHECKPOINT
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteLossError(
+                f"{self._nonfinite_in_a_row} training steps in a row had a non-finite {what.split()[0]} "
+                f"(at step {self.global_step}); the weights of the last good step are in {path}. "
+                "Lower the learning rate, check the labels for outliers, or use module.loss.kind=huber."
+            )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        parameters = [p for p in self.potential.parameters() if p.grad is not None]
+        if not parameters:  # a skipped step: Lightning still calls this without gradients
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
+        if not self._finite_on_all_ranks(norm):
+            for p in parameters:  # Adam leaves parameters without a gradient (and their state) alone
+                p.grad = None
+            self._skip_step(f"gradient norm {float(norm)}")
+            return
+        self._nonfinite_in_a_row = 0
+        self.log("grad_norm", norm, on_step=True, on_epoch=False)
+
     def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+        super().optimizer_step(*args, **kwargs)  # runs training_step and backward (the closure), then steps
+        if self._step_skipped:  # nothing moved: the EMA stays too (the step still counts in global_step)
+            self._step_skipped = False
+            return
         # here, not in on_train_batch_end: checkpoint callbacks run before the module's
         # hooks there, and a step checkpoint must hold the EMA of the step it records
         if self.ema is not None:

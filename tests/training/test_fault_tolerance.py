@@ -65,3 +65,28 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     for a, b in zip(resumed["optimizer_states"][0]["state"].values(), reference["optimizer_states"][0]["state"].values()):
         torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-12, atol=1e-15)
     assert resumed["lr_schedulers"] == reference["lr_schedulers"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_saves_mid_epoch_and_the_resume_is_exact(tmp_path, emt_file, signum):
+    over = ["trainer.max_epochs=3", "dtype=float64", "step_checkpoint=null"]
+    code = ("import sys; sys.path.insert(0, {root!r}); from tests.conftest import compose_train_config; "
+            "from mlip.cli.train import train; train(compose_train_config({run!r}, {emt!r}, *{over!r}))").format(
+        root=str(ROOT), run=str(tmp_path / "run"), emt=emt_file, over=over)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=open(tmp_path / "stderr.txt", "w"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)  # during epoch 1 (epoch 0 has ended: last.ckpt exists)
+    assert process.wait(timeout=300) >= 0, "the run died of the signal instead of stopping"
+    saved = _load(tmp_path / "run" / "checkpoints" / "step.ckpt")
+    assert 8 <= saved["global_step"] < 24
+    train(compose_train_config(tmp_path / "run", emt_file, *over, "resume=auto"))
+    train(compose_train_config(tmp_path / "straight", emt_file, *over))
+    resumed = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    reference = _load(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == reference["global_step"] == 24
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-12, atol=1e-12, msg=key)
