@@ -91,7 +91,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get(extra) is not None:
             callbacks.append(instantiate(cfg[extra]))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    plugins = [AtomicCheckpointIO(), *instantiate(cfg.trainer.get("plugins") or [])]  # e.g. SLURMEnvironment
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, Path(checkpoint.dirpath)))
 
     best = "best" if checkpoint.best_model_path else None

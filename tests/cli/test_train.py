@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +61,25 @@ def test_training_without_a_test_split_reports_validation_errors(tmp_path, emt_f
     cfg = compose_train_config(tmp_path / "run", emt_file, "data.test_fraction=0.0", "trainer.max_epochs=1")
     metrics = train(cfg)
     assert "val_forces_mae" in metrics and not any(k.startswith("test_") for k in metrics)
+
+
+def test_cluster_trainer_configs_and_the_sbatch_example_compose():
+    """trainer=ddp/slurm compose, and the overrides in scripts/slurm/train.sbatch are valid."""
+    import re
+    import shlex
+
+    from hydra.utils import instantiate
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    ddp = compose_train_config("/tmp/run", "x.xyz", "trainer=ddp").trainer
+    assert (ddp.accelerator, ddp.strategy, ddp.devices) == ("gpu", "ddp", -1)
+    sbatch = (Path(__file__).resolve().parents[2] / "scripts" / "slurm" / "train.sbatch").read_text()
+    command = re.search(r"srun mlip-train(.*?)\n\n?(?:$|\S)", sbatch.replace("\\\n", " ") + "\n", re.S).group(1)
+    values = {"SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NAME": "job", "RUN_DIR": "runs/job"}
+    command = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], command)
+    overrides = [o for o in shlex.split(command) if not o.startswith("hydra.")]
+    cfg = compose_train_config("/tmp/run", None, *overrides)
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.resume) == (2, 4, "auto")
+    (environment,) = instantiate(cfg.trainer.plugins)
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    assert cfg.preemption.requeue and cfg.step_checkpoint.every_n_train_steps == 500
