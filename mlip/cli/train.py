@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.atomic import atomic_write_bytes
 from mlip.data.structure import DataError
 from mlip.export import save_model
 from mlip.models.potential import Potential
@@ -102,12 +103,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     evaluate = trainer.test if split == "test" else trainer.validate
     results = evaluate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+    if not trainer.is_global_zero:  # every rank has the same weights and metrics; one writes them
+        return metrics
     save_model(
         module.evaluation_potential(),
         cfg.model_file,
         extra={"statistics": datamodule.statistics.to_dict(), "test_metrics": metrics},
     )
-    (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_bytes(output_dir / "test_metrics.json", json.dumps(metrics, indent=2).encode())
     print(f"\n{split} set ({datamodule.split_size(split)} structures, EMA weights of the best checkpoint):")
     print(format_metrics(metrics, split))
     print(f"model file: {cfg.model_file}\ncheckpoints: {checkpoint.dirpath}\n")

@@ -23,7 +23,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return torch.randperm(n, generator=generator).numpy()
 
 
-def _share(items: list, num_replicas: int, rank: int) -> list:
+def _share(items: list, num_replicas: int, rank: int, pad: bool = True) -> list:
+    """This rank's items: every num_replicas-th; ``pad`` wraps around so all ranks have as many."""
+    if not pad:
+        return items[rank::num_replicas]
     total = math.ceil(len(items) / num_replicas) * num_replicas if items else 0
     padded = items + [items[k % len(items)] for k in range(total - len(items))]
     return padded[rank:total:num_replicas]
@@ -50,9 +53,12 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = epoch_permutation(self.num_samples, self.seed, self.epoch) if self.shuffle else np.arange(self.num_samples)
-        return iter(_share(order.tolist(), self.num_replicas, self.rank))
+        # evaluation (no shuffle) is not padded: a duplicate would count twice in the metrics
+        return iter(_share(order.tolist(), self.num_replicas, self.rank, pad=self.shuffle))
 
     def __len__(self) -> int:
+        if not self.shuffle:
+            return len(range(self.rank, self.num_samples, self.num_replicas))
         return math.ceil(self.num_samples / self.num_replicas)
 
 

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
@@ -18,8 +19,8 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     def experiment(self):
-        if self._experiment is not None:
-            return self._experiment
+        if self._experiment is not None or rank_zero_only.rank > 0:  # other ranks get Lightning's dummy
+            return super().experiment
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         previous = path.read_text() if path.is_file() else None
         writer = super().experiment

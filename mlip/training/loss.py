@@ -4,9 +4,16 @@
 
 ρ is the square (``mse``) or the Huber function with threshold ``delta``. Each mean
 runs only over entries that carry the label (``has_energy`` ...).
+
+Under data parallelism each rank holds part of the batch. With ``sum_over_ranks`` (an
+all-reduce sum) the denominators are the counts of the whole global batch, and each
+rank's term is scaled by the world size, so DDP's gradient average equals the gradient
+of the single-process loss on the global batch, up to summation order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,9 +21,9 @@ from torch import nn
 from mlip.training.errors import label_errors
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_sum_and_count(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = mask.to(values.dtype).expand_as(values)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(), mask.sum()
 
 
 class EnergyForcesStressLoss(nn.Module):
@@ -39,15 +46,24 @@ class EnergyForcesStressLoss(nn.Module):
             return error**2
         return nn.functional.huber_loss(error, torch.zeros_like(error), reduction="none", delta=self.huber_delta)
 
-    def forward(self, pred: dict[str, torch.Tensor], batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its weighted terms (only the terms with a non-zero weight)."""
+    def forward(
+        self, pred: dict[str, torch.Tensor], batch, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        world_size: int = 1,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its weighted terms (only the terms with a non-zero weight).
+
+        ``sum_over_ranks``/``world_size``: normalise by the global batch's counts (module docstring).
+        """
         errors = label_errors(pred, batch)
         missing = [name for name, weight in self.weights.items() if weight and name not in errors]
         assert not missing, f"the loss weights {missing} but the prediction has only {sorted(pred)}"
-        terms = {
-            name: self.weights[name] * _masked_mean(self._rho(error), mask)
-            for name, (error, mask) in errors.items()
-            if self.weights[name]
-        }
+        sums, counts = {}, {}
+        for name, (error, mask) in errors.items():
+            if self.weights[name]:
+                sums[name], counts[name] = _masked_sum_and_count(self._rho(error), mask)
+        if sum_over_ranks is not None and counts:
+            global_counts = sum_over_ranks(torch.stack(list(counts.values())).detach())  # one all-reduce
+            counts = {name: count / world_size for name, count in zip(counts, global_counts)}
+        terms = {name: self.weights[name] * sums[name] / counts[name].clamp(min=1.0 / world_size) for name in sums}
         total = sum(terms.values()) if terms else torch.zeros((), dtype=pred["energy"].dtype)
         return total, terms

@@ -103,7 +103,11 @@ class PotentialModule(L.LightningModule):
             loss, terms = self.graphed_loss(batch)
         else:
             pred = self.potential(batch, create_graph=True, **self._wants())
-            loss, terms = self.loss(pred, batch)
+            world = self.trainer.world_size
+            if world > 1:  # normalise by the global batch: DDP's mean gradient is then the 1-process one
+                loss, terms = self.loss(pred, batch, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), world)
+            else:
+                loss, terms = self.loss(pred, batch)
         if not self._finite_on_all_ranks(loss):
             self._skip_step(f"loss {float(loss.detach())}")
             return None  # no backward; the optimiser finds no gradients and moves nothing
@@ -163,7 +167,8 @@ class PotentialModule(L.LightningModule):
             pred = self.evaluation_potential()(batch, compute_forces=True, compute_stress=True)
         pred = {k: v.detach() for k, v in pred.items()}
         loss, _ = self.loss(pred, batch)
-        self.log(f"{stage}_loss", loss, batch_size=int(batch.num_graphs), prog_bar=stage == "val")
+        # every rank must see the same val_loss (checkpointing and the plateau scheduler follow it)
+        self.log(f"{stage}_loss", loss, batch_size=int(batch.num_graphs), prog_bar=stage == "val", sync_dist=True)
         metrics.update(pred, batch)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -37,6 +37,7 @@ class PreemptionCheckpoint(Callback):
         self.path = Path(dirpath) / StepCheckpoint.FILENAME
         self.requeue = requeue
         self.signalled: int | None = None
+        self.saved = False
         self._previous = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -51,17 +52,20 @@ class PreemptionCheckpoint(Callback):
         if callable(previous):
             previous(signum, frame)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signalled is None and not trainer.received_sigterm:
-            return
+    def _save_and_requeue(self, trainer) -> None:
         name = signal.Signals(self.signalled or signal.SIGTERM).name
         trainer.save_checkpoint(self.path)
+        self.saved = True
         log.warning("%s received: saved %s at step %d, stopping", name, self.path, trainer.global_step)
         job = os.environ.get("SLURM_JOB_ID")
         if self.requeue and job and trainer.is_global_zero:
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             log.warning("scontrol requeue %s: %s", job, (result.stdout + result.stderr).strip() or f"exit {result.returncode}")
-        self.signalled = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signalled is None and not trainer.received_sigterm:
+            return
+        self._save_and_requeue(trainer)
         # exit now, as Lightning does on SIGTERM: a graceful stop would run the epoch's end and
         # write a last.ckpt that counts this epoch as done
         raise SIGTERMException()
@@ -70,6 +74,10 @@ class PreemptionCheckpoint(Callback):
         self._restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        # a SIGTERM between batches (validation, epoch end): Lightning exits at the epoch's end,
+        # whose state is whole, so that is what is saved
+        if isinstance(exception, SIGTERMException) and not self.saved and trainer.received_sigterm:
+            self._save_and_requeue(trainer)
         self._restore()
 
     def _restore(self) -> None:

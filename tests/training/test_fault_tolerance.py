@@ -81,7 +81,7 @@ def test_preemption_signal_saves_mid_epoch_and_the_resume_is_exact(tmp_path, emt
         time.sleep(0.02)
     process.send_signal(signum)  # during epoch 1 (epoch 0 has ended: last.ckpt exists)
     assert process.wait(timeout=300) >= 0, "the run died of the signal instead of stopping"
-    saved = _load(tmp_path / "run" / "checkpoints" / "step.ckpt")
+    saved = _load(tmp_path / "run" / "checkpoints" / "step.ckpt")  # after a batch, or at the epoch's end
     assert 8 <= saved["global_step"] < 24
     train(compose_train_config(tmp_path / "run", emt_file, *over, "resume=auto"))
     train(compose_train_config(tmp_path / "straight", emt_file, *over))

@@ -1,0 +1,42 @@
+"""Two CPU processes (DDP over gloo) train like one process on the same global batches."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMON = ["trainer.max_epochs=2", "dtype=float64", "data.val_batch_size=2", "step_checkpoint=null", "preemption=null"]
+
+
+def _run(run_dir: Path, emt_file: str, *overrides: str) -> None:
+    # a script file: Lightning's DDP launcher starts rank 1 by running the same script again
+    script = run_dir.parent / f"{run_dir.name}.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "from tests.conftest import compose_train_config\nfrom mlip.cli.train import train\n"
+        f"train(compose_train_config({str(run_dir)!r}, {emt_file!r}, *{list(COMMON + list(overrides))!r}))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, emt_file):
+    # 32 training structures: 4 per rank on 2 ranks is the same global batch of 8 as one process
+    # (each rank takes every other structure of the epoch's permutation)
+    _run(tmp_path / "one", emt_file, "data.batch_size=8")
+    _run(tmp_path / "two", emt_file, "data.batch_size=4", "trainer.devices=2", "+trainer.strategy=ddp")
+    one = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    two = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert one["global_step"] == two["global_step"] == 8
+    for key, value in one["state_dict"].items():  # gradients summed in another order only
+        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-9, atol=1e-11, msg=key)
+    # validation/test metrics: sums over structures reduced across ranks, not means of rank means
+    m1 = json.loads((tmp_path / "one" / "test_metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "test_metrics.json").read_text())
+    assert m1.keys() == m2.keys() and "test_forces_rmse" in m1
+    for key in m1:
+        if key != "test_loss":  # the logged loss is a mean of per-rank batch means
+            assert abs(m1[key] - m2[key]) <= 1e-9 * abs(m1[key]) + 1e-12, key
