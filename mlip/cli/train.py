@@ -91,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for extra in ("step_checkpoint", "preemption"):
         if cfg.get(extra) is not None:
             callbacks.append(instantiate(cfg[extra]))
+    callbacks += [instantiate(c) for c in (cfg.get("monitoring") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     plugins = [AtomicCheckpointIO(), *instantiate(cfg.trainer.get("plugins") or [])]  # e.g. SLURMEnvironment
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)

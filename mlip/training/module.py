@@ -160,7 +160,7 @@ class PotentialModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.potential)
 
-    def _evaluate(self, batch: Any, metrics: PotentialMetrics, stage: str) -> None:
+    def _evaluate(self, batch: Any, metrics: PotentialMetrics, stage: str) -> dict[str, torch.Tensor]:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("forces need autograd during evaluation: build the Trainer with inference_mode=False")
         with torch.enable_grad():
@@ -170,9 +170,10 @@ class PotentialModule(L.LightningModule):
         # every rank must see the same val_loss (checkpointing and the plateau scheduler follow it)
         self.log(f"{stage}_loss", loss, batch_size=int(batch.num_graphs), prog_bar=stage == "val", sync_dist=True)
         metrics.update(pred, batch)
+        return pred  # for callbacks (parity plots)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.val_metrics, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")

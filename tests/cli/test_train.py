@@ -26,6 +26,12 @@ def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_fil
     rows = [r for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if r.get("val_loss")]
     val_losses = [float(r["val_loss"]) for r in rows]
     assert len(val_losses) == 4
+    # monitoring: throughput and gradient norm per logged step, a parity plot per validation
+    steps = [r for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if r.get("structures_per_s")]
+    assert steps and all(float(r["structures_per_s"]) > 0 and float(r["atoms_per_s"]) > 0 for r in steps)
+    assert any(r.get("grad_norm") for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
+    plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert plots == [f"val_parity_epoch{k:03d}.png" for k in range(4)]
     assert min(val_losses[1:]) < val_losses[0], f"validation loss did not fall: {val_losses}"
 
 

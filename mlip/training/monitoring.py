@@ -1,0 +1,88 @@
+"""What a run logs beside its losses: throughput, GPU memory, and validation parity plots."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from mlip.atomic import atomic_write_bytes
+from mlip.evaluation.plots import parity_plot
+from mlip.evaluation.scores import Predictions
+
+
+class Throughput(Callback):
+    """Logs ``structures_per_s`` and ``atoms_per_s`` of training (this rank, between batch ends,
+    so GPU work queued asynchronously is counted once it bounds the loop) and, on CUDA, the
+    peak GPU memory ``gpu_memory_gb`` since the last log."""
+
+    def __init__(self):
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = None  # validation and epoch ends are not training time
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            seconds = max(now - self._last, 1e-9)
+            pl_module.log("structures_per_s", batch.num_graphs / seconds, on_step=True, on_epoch=False)
+            pl_module.log("atoms_per_s", batch.num_nodes / seconds, on_step=True, on_epoch=False)
+        self._last = now
+        if batch.positions.is_cuda and (trainer.global_step % max(trainer.log_every_n_steps, 1) == 0):
+            pl_module.log("gpu_memory_gb", torch.cuda.max_memory_allocated() / 1e9, on_step=True, on_epoch=False)
+            torch.cuda.reset_peak_memory_stats()
+
+
+class ValidationParity(Callback):
+    """A parity plot of each validation epoch (rank 0's share, up to ``max_atoms`` atoms):
+    ``plots/val_parity_epochNNN.png`` in the run folder, and an image in the loggers that
+    take one (wandb, TensorBoard)."""
+
+    def __init__(self, dirpath: str | os.PathLike, max_atoms: int = 20000):
+        self.dirpath, self.max_atoms = Path(dirpath), max_atoms
+        self._parts: list[dict[str, np.ndarray]] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._parts = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or not outputs or sum(p["natoms"].sum() for p in self._parts) >= self.max_atoms:
+            return
+        graphs = int(batch.num_graphs)
+        numpy = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+        has_stress = numpy(batch.has_stress.view(-1)).astype(bool)
+        stress_ref = numpy(batch.stress.view(graphs, 3, 3))
+        stress_ref[~has_stress] = np.nan
+        energy_ref = numpy(batch.energy.view(-1))
+        energy_ref[~numpy(batch.has_energy.view(-1)).astype(bool)] = np.nan
+        self._parts.append({
+            "natoms": numpy(batch.natoms).astype(int), "numbers": numpy(batch.atomic_numbers).astype(int),
+            "energy": numpy(outputs["energy"]), "energy_ref": energy_ref,
+            "forces": numpy(outputs["forces"]), "forces_ref": numpy(batch.forces),
+            "forces_mask": numpy(batch.forces_mask).astype(bool),
+            "stress": numpy(outputs["stress"].view(graphs, 3, 3)), "stress_ref": stress_ref,
+        })
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._parts or not trainer.is_global_zero:
+            return
+        joined = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]}
+        predictions = Predictions(sources=[], **joined)
+        png = parity_plot(predictions, f"validation, epoch {trainer.current_epoch}")
+        path = self.dirpath / f"val_parity_epoch{trainer.current_epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, png)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # wandb
+                logger.log_image("val_parity", [str(path)], step=trainer.global_step)
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+                import matplotlib.image
+
+                image = matplotlib.image.imread(str(path))[..., :3]
+                logger.experiment.add_image("val_parity", image, trainer.global_step, dataformats="HWC")
+        self._parts = []
