@@ -83,6 +83,9 @@ class PotentialModule(L.LightningModule):
         self.skipped_steps = 0  # non-finite steps skipped in this process
         self._nonfinite_in_a_row = 0
         self._step_skipped = False
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict | None = None
+        self._val_loss_sum, self._val_count = torch.zeros((), dtype=torch.float64), 0
 
     # -- which weights answer ------------------------------------------------------------
     def evaluation_potential(self) -> Potential:
@@ -170,6 +173,9 @@ class PotentialModule(L.LightningModule):
         # every rank must see the same val_loss (checkpointing and the plateau scheduler follow it)
         self.log(f"{stage}_loss", loss, batch_size=int(batch.num_graphs), prog_bar=stage == "val", sync_dist=True)
         metrics.update(pred, batch)
+        if stage == "val":  # the plateau scheduler's input: a mean over structures, all ranks
+            self._val_loss_sum += loss.detach().to(torch.float64) * int(batch.num_graphs)
+            self._val_count += int(batch.num_graphs)
         return pred  # for callbacks (parity plots)
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -183,17 +189,19 @@ class PotentialModule(L.LightningModule):
             self.log(f"{stage}_{name}", value, prog_bar=name == "forces_rmse")
         metrics.reset()
 
-    def on_train_epoch_end(self) -> None:
-        # Lightning skips the epoch-interval schedulers (plateau) at the end of the epoch a run
-        # was resumed in part-way, because it is still "restarting". The epoch has run whole
-        # from here on, with its validation, so end the restart: the schedulers then step at
-        # their usual place, after the epoch-end checkpoint, as in an uninterrupted run.
-        fit_loop = self.trainer.fit_loop
-        if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
-            fit_loop.restarting = False
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = 0
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
+        # The plateau scheduler steps here, not where Lightning would (after the epoch-end
+        # checkpoint, and not at all in an epoch resumed part-way): so last.ckpt holds the
+        # scheduler state of the epoch it records, and every resume continues it exactly.
+        if self.plateau is not None and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            totals = torch.stack([self._val_loss_sum, self._val_loss_sum.new_tensor(float(self._val_count))])
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+            self.plateau.step(float(totals[0] / totals[1].clamp(min=1.0)))
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
@@ -209,11 +217,13 @@ class PotentialModule(L.LightningModule):
         hp = self.hparams
         kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay, "amsgrad": hp.amsgrad}
         optimizer = OPTIMIZERS[hp.optimizer](self.potential.parameters(), **kwargs)
-        if hp.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        if hp.scheduler == "plateau":  # stepped by on_validation_epoch_end, saved by on_save_checkpoint
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, factor=hp.plateau_factor, patience=hp.plateau_patience, min_lr=hp.min_lr
             )
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+            if self._plateau_state is not None:
+                self.plateau.load_state_dict(self._plateau_state)
+            return {"optimizer": optimizer}
         if hp.scheduler == "cosine":
             total = max(int(self.trainer.estimated_stepping_batches), hp.warmup_steps + 1)
             floor = hp.min_lr / hp.lr
@@ -228,3 +238,10 @@ class PotentialModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mlip_model_spec"] = self.potential.model_spec
+        if self.plateau is not None:
+            checkpoint["mlip_plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("mlip_plateau")
+        if self.plateau is not None and self._plateau_state is not None:
+            self.plateau.load_state_dict(self._plateau_state)
