@@ -22,7 +22,7 @@ from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.potential import Potential
 from mlip.nn.scatter import scatter_sum
-from mlip.simulation.relax import CONVERGED, FAILED, NOT_CONVERGED, RelaxResult, with_results
+from mlip.simulation.relax import CONVERGED, FAILED, NOT_CONVERGED, RelaxResult, cell_volume, with_results
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class BatchedFIRE:
 
     def _result(self, slot: _Slot, status: str, positions, forces, batch, k: int, fmax: float) -> RelaxResult:
         atoms = slot.atoms.copy()
-        volume = float(atoms.get_volume()) if atoms.pbc.all() else 0.0
+        volume = cell_volume(atoms)
         result = RelaxResult(slot.index, slot.source, atoms.get_chemical_formula(), status, steps=slot.steps,
                              energy_initial=slot.energies[0], volume_initial=volume, energies=slot.energies)
         if status == FAILED:

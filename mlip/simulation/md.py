@@ -30,6 +30,7 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from ase.md.verlet import VelocityVerlet
 
 from mlip.atomic import atomic_write_bytes
+from mlip.simulation.relax import cell_volume
 
 ENSEMBLES = ("nve", "nvt", "npt")
 
@@ -125,7 +126,7 @@ def run_md(
         result.potential.append(float(energy))
         result.kinetic.append(float(atoms.get_kinetic_energy()))
         result.temperature.append(float(atoms.get_temperature()))
-        result.volume.append(float(atoms.get_volume()) if atoms.pbc.all() else 0.0)
+        result.volume.append(cell_volume(atoms))
         if writer is not None:
             writer.write(atoms)
 

@@ -72,7 +72,8 @@ class RelaxResult:
         return row
 
 
-def _volume(atoms: Atoms) -> float:
+def cell_volume(atoms: Atoms) -> float:
+    """Å³ of a cell periodic in all three directions, 0 otherwise (molecules, slabs with vacuum axes)."""
     return float(atoms.get_volume()) if atoms.pbc.all() else 0.0
 
 
@@ -110,7 +111,7 @@ def relax(
     atoms = atoms.copy()
     atoms.calc = calculator
     source = str(atoms.info.get("source", f"structure {index}"))
-    result = RelaxResult(index, source, atoms.get_chemical_formula(), FAILED, volume_initial=_volume(atoms))
+    result = RelaxResult(index, source, atoms.get_chemical_formula(), FAILED, volume_initial=cell_volume(atoms))
     if relax_cell and not atoms.pbc.all():
         result.message = f"relax_cell needs a cell periodic in all three directions; pbc={atoms.pbc.tolist()}"
         return result
@@ -138,7 +139,7 @@ def relax(
         result.fmax_final = _largest_force(target.get_forces())
         result.max_force = _largest_force(atoms.get_forces())
         result.energy_final = float(atoms.get_potential_energy())
-        result.volume_final = _volume(atoms)
+        result.volume_final = cell_volume(atoms)
         result.atoms = with_results(atoms, result.energy_final, atoms.get_forces(apply_constraint=False),
                                     atoms.get_stress() if atoms.pbc.all() else None)
     except (RelaxationError, ValueError, RuntimeError, FloatingPointError) as exc:

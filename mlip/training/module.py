@@ -17,13 +17,13 @@ from mlip.training.loss import EnergyForcesStressLoss
 from mlip.training.metrics import PotentialMetrics
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULERS = ("plateau", "cosine", "constant")
 NONFINITE_CHECKPOINT = "nonfinite-stop.ckpt"
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many training steps in a row had a non-finite loss or gradient."""
-SCHEDULERS = ("plateau", "cosine", "constant")
-log = logging.getLogger(__name__)
 
 
 class PotentialModule(L.LightningModule):
