@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Training throughput on 1 and N GPUs (DDP), and whether N GPUs learn what one does.
+
+    python scripts/benchmark_ddp.py --gpus 2 --data-dir data/3bpa           # on a node with 2 GPUs
+    python scripts/benchmark_ddp.py --gpus 2 --accelerator cpu --epochs 1   # a quick check of the script
+
+Three `mlip-train` runs on 3BPA train_300K (the same split, seed and model):
+
+- 1 GPU, batch B;
+- N GPUs, batch B/N each: the same global batches, so the same training up to the order
+  in which the ranks' gradients are summed; its validation errors must agree with the first;
+- N GPUs, batch B each (weak scaling): what N GPUs buy at a fixed per-GPU batch.
+
+Throughput is training structures per second over the whole run: the training steps'
+structures divided by the summed wall time of the training batches (Lightning's loop,
+data loading and gradient all-reduce included; validation excluded), from the
+``structures_per_s`` each step logs on rank 0 times the number of ranks (the ranks step
+in lock-step, each waiting for the all-reduce).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict:
+    overrides = [
+        "data=3bpa", "module.loss.stress_weight=0", f"data.batch_size={batch}", "data.val_batch_size=32",
+        f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "step_checkpoint=null", "preemption=null",
+        "monitoring.val_parity=null", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+        f"model.hidden_irreps={args.hidden}", "model.max_ell=3", f"hydra.run.dir={run_dir}",
+        "trainer=ddp" if devices > 1 else "trainer=gpu", f"trainer.devices={devices}",
+        f"trainer.accelerator={args.accelerator}",
+    ]
+    env = dict(os.environ, MLIP_3BPA_DIR=str(data_dir), WANDB_MODE="disabled")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "mlip.cli.train", *overrides], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{run_dir.name} failed:\n{result.stderr[-4000:]}")
+    rows = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    rates = np.array([float(r["structures_per_s"]) for r in rows if r.get("structures_per_s")])
+    # structures/s of a step is batch/seconds: the run's throughput is structures over summed seconds
+    seconds = float(np.sum(batch / rates))
+    val = [r for r in rows if r.get("val_forces_rmse")][-1]
+    return {
+        "structures_per_s": devices * batch * len(rates) / seconds,
+        "wall_s": wall,
+        "val_energy_mae": float(val["val_energy_mae"]),
+        "val_forces_rmse": float(val["val_forces_rmse"]),
+        "test": json.loads((run_dir / "test_metrics.json").read_text()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "3bpa")
+    parser.add_argument("--batch", type=int, default=16, help="global batch of the 1-GPU run")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--hidden", default="64x0e+64x1o")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accelerator", default="gpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_ddp")
+    args = parser.parse_args()
+    n = args.gpus
+    runs = [
+        (f"1 GPU, batch {args.batch}", 1, args.batch),
+        (f"{n} GPUs, batch {args.batch // n} each (same global batch)", n, args.batch // n),
+        (f"{n} GPUs, batch {args.batch} each", n, args.batch),
+    ]
+    results = {}
+    for k, (name, devices, batch) in enumerate(runs):
+        results[name] = train(args.out / f"run{k}", args.data_dir.resolve(), devices, batch, args)
+        print(f"{name}: {results[name]['structures_per_s']:.1f} structures/s", flush=True)
+    base = results[runs[0][0]]
+    print(f"\n{args.epochs} epochs of 3BPA, model {args.hidden}, ℓ ≤ 3\n")
+    print("| run | structures/s | vs 1 GPU | val energy MAE (meV/atom) | val force RMSE (meV/Å) | test force RMSE (meV/Å) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['structures_per_s']:.1f} | {r['structures_per_s'] / base['structures_per_s']:.2f}x | "
+              f"{1000 * r['val_energy_mae']:.3f} | {1000 * r['val_forces_rmse']:.3f} | "
+              f"{1000 * r['test']['test_forces_rmse']:.3f} |")
+    same = results[runs[1][0]]
+    gap = abs(same["test"]["test_forces_rmse"] - base["test"]["test_forces_rmse"]) / base["test"]["test_forces_rmse"]
+    print(f"\nsame global batch on {n} GPUs vs 1 GPU: test force RMSE differs by {gap:.1e} (relative)")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
