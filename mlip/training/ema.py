@@ -25,8 +25,11 @@ class ExponentialMovingAverage(nn.Module):
     def update(self, module: nn.Module) -> None:
         n = int(self.num_updates)
         decay = min(self.decay, (1.0 + n) / (10.0 + n))
-        for averaged, current in zip(self.module.parameters(), module.parameters()):
-            averaged.lerp_(current.detach(), 1.0 - decay)
-        for averaged, current in zip(self.module.buffers(), module.buffers()):
-            averaged.copy_(current)
+        # matched by name, not position: a deep copy of e3nn's fx-compiled tensor products
+        # holds its constants as extra buffers (`_tensor_constant0`) that the original lacks
+        parameters, buffers = dict(self.module.named_parameters()), dict(self.module.named_buffers())
+        for name, current in module.named_parameters():
+            parameters[name].lerp_(current.detach(), 1.0 - decay)
+        for name, current in module.named_buffers():
+            buffers[name].copy_(current)
         self.num_updates += 1

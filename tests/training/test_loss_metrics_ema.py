@@ -72,3 +72,22 @@ def test_ema_follows_the_documented_recursion():
     expected = 2 / 11 * (0.1 * start + 0.9 * (start + 1.0)) + 9 / 11 * (start + 1.0)
     assert torch.allclose(ema.module.weight, expected)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_matches_weights_by_name_on_a_deep_copied_mace():
+    # a deep copy of e3nn's compiled ℓ=3 tensor product holds two extra constant buffers,
+    # which shifted every later buffer when the EMA paired them by position
+    from tests.conftest import make_tiny_potential
+
+    model = make_tiny_potential(max_ell=3, hidden_irreps="16x0e+16x1o")
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    assert len(list(ema.module.buffers())) != len(list(model.buffers()))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # n=0: d = 0.1
+    averaged = dict(ema.module.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(averaged[name], p - 0.1, msg=name)
+    for name, b in model.named_buffers():
+        torch.testing.assert_close(dict(ema.module.named_buffers())[name], b, msg=name)
