@@ -66,7 +66,10 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
 
         good = [item for item in items if not isinstance(item[2], Exception)]
         with tqdm(total=len(good), desc="relax (batched)", unit="structure", disable=not o["progress"]) as bar:
-            fire = BatchedFIRE(potential, o["fmax"], o["steps"], o["max_structures"], o["max_atoms"], skin=o["skin"])
+            skin = o["skin"]
+            if skin == "auto":  # measured: the skin pays on CUDA, not on the CPU (docs/performance.md)
+                skin = 1.0 if str(o["device"]).startswith("cuda") else 0.0
+            fire = BatchedFIRE(potential, o["fmax"], o["steps"], o["max_structures"], o["max_atoms"], skin=float(skin))
             relaxed = fire.run(good, bar)
         failed = [RelaxResult(i, source, "", FAILED, message=str(e)) for i, source, e in items if isinstance(e, Exception)]
         results = sorted(relaxed + failed, key=lambda r: r.index)
