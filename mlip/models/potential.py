@@ -60,6 +60,16 @@ class Potential(nn.Module):
     def r_max(self) -> float:
         return float(self.model.r_max)
 
+    def training_statistics(self) -> dict[str, Any]:
+        """What this potential took from its training set: elements, E0s (eV), scale (eV),
+        shift (eV/atom) and, when the spec names it, avg_num_neighbors."""
+        kwargs = (self.model_spec or {}).get("kwargs", {})
+        return {
+            "elements": self.elements.tolist(), "e0s": self.e0s.tolist(),
+            "scale": float(self.scale), "shift": float(self.shift),
+            "avg_num_neighbors": kwargs.get("avg_num_neighbors"),
+        }
+
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Species indices [n] of atomic numbers [n]; raises `UnknownElementError` for others."""
         species = self.species_of_z[atomic_numbers.clamp(0, 118)]

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
+from mlip.data.structure import DataError
 from mlip.models.potential import Potential
 from mlip.training.cuda_graph_loss import GraphedLoss
 from mlip.training.ema import ExponentialMovingAverage
@@ -24,6 +26,21 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many training steps in a row had a non-finite loss or gradient."""
+
+
+def check_same_statistics(mine: dict[str, Any], rank0: dict[str, Any], rank: int, rtol: float = 1e-9) -> None:
+    """Raise `DataError` unless this rank's training-set statistics equal rank 0's (to ``rtol``)."""
+
+    def same(a, b) -> bool:
+        if a is None or b is None or isinstance(a, int):
+            return a == b
+        return np.shape(a) == np.shape(b) and bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol, atol=0.0))
+
+    differ = [key for key in rank0 if not same(mine.get(key), rank0[key])]
+    if differ:
+        shown = "; ".join(f"{key}: rank 0 {rank0[key]}, rank {rank} {mine.get(key)}" for key in differ)
+        raise DataError(f"rank {rank} computed other training-set statistics than rank 0 ({shown}): "
+                        "every rank must read the same training files")
 
 
 class PotentialModule(L.LightningModule):
@@ -86,6 +103,14 @@ class PotentialModule(L.LightningModule):
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._val_loss_sum, self._val_count = torch.zeros((), dtype=torch.float64), 0
+
+    # -- ranks ---------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Under DDP, rank 0's training-set statistics are the run's: each rank receives them
+        and stops with both shown if its own differ (another node read other data files)."""
+        if self.trainer.world_size > 1:
+            mine = self.potential.training_statistics()
+            check_same_statistics(mine, self.trainer.strategy.broadcast(mine, src=0), self.global_rank)
 
     # -- which weights answer ------------------------------------------------------------
     def evaluation_potential(self) -> Potential:

@@ -89,3 +89,32 @@ def test_cluster_trainer_configs_and_the_sbatch_example_compose():
     (environment,) = instantiate(cfg.trainer.plugins)
     assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
     assert cfg.preemption.requeue and cfg.step_checkpoint.every_n_train_steps == 500
+
+
+def _tensorboard_events(folder: Path) -> list:
+    """The Event records of the TensorBoard files under ``folder`` (TFRecord framing:
+    length, its CRC, the record, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in folder.rglob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            events.append(Event.FromString(data[offset + 12 : offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def test_tensorboard_logger_records_losses_monitoring_and_parity_images(tmp_path, emt_file):
+    pytest.importorskip("tensorboardX", reason="the tensorboard extra: pip install mlip[tensorboard]")
+    train(compose_train_config(tmp_path, emt_file, "logger=tensorboard", "trainer.max_epochs=2",
+                               "trainer.log_every_n_steps=1"))
+    values = [v for event in _tensorboard_events(tmp_path / "tensorboard") for v in event.summary.value]
+    tags = {v.tag for v in values}
+    assert {"train_loss_step", "val_loss", "val_forces_rmse", "grad_norm", "structures_per_s", "lr-Adam"} <= tags, tags
+    images = [v.image for v in values if v.tag == "val_parity"]
+    assert len(images) == 2 and all(im.width > 100 and im.height > 100 for im in images)
+    assert (tmp_path / "logs" / "metrics.csv").is_file()  # the CSV is always written beside

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,3 +41,17 @@ def test_two_gloo_processes_match_one_process(tmp_path, emt_file):
     for key in m1:
         if key != "test_loss":  # the logged loss is a mean of per-rank batch means
             assert abs(m1[key] - m2[key]) <= 1e-9 * abs(m1[key]) + 1e-12, key
+
+
+def test_a_rank_with_other_statistics_stops_the_run(tiny_potential):
+    from mlip.data.structure import DataError
+    from mlip.training.module import check_same_statistics
+
+    rank0 = tiny_potential.training_statistics()
+    assert rank0["avg_num_neighbors"] == 12.0 and len(rank0["e0s"]) == 3
+    check_same_statistics(dict(rank0), rank0, rank=1)  # equal: nothing happens
+    other = dict(rank0, avg_num_neighbors=12.5, e0s=[e + 1e-3 for e in rank0["e0s"]])
+    with pytest.raises(DataError, match=r"rank 1 .*avg_num_neighbors: rank 0 12.0, rank 1 12.5"):
+        check_same_statistics(other, rank0, rank=1)
+    with pytest.raises(DataError, match="elements"):
+        check_same_statistics(dict(rank0, elements=[28, 29]), rank0, rank=1)
