@@ -116,15 +116,19 @@ def compose_train_config(output_dir, emt_path, *overrides: str):
 
     from mlip.cli.train import CONFIG_DIR
 
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "mace")
+    if model.startswith("facet"):
+        tiny_model = ["model.spline_basis=8", "model.grid_hidden=8", "model.grid_resolution=3"]
+    else:
+        tiny_model = ["model.correlation=2", "model.radial_mlp=[8]"]
     tiny = [
         f"output_dir={output_dir}",
         "data.batch_size=4",
         "model.hidden_irreps=4x0e+4x1o",
         "model.max_ell=1",
-        "model.correlation=2",
         "model.r_max=4.0",
-        "model.radial_mlp=[8]",
         "model.readout_mlp=4",
+        *tiny_model,
         "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",
         "module.warmup_steps=3",

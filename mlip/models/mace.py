@@ -34,8 +34,9 @@ class MACE(nn.Module):
         radial_mlp: hidden sizes of the radial MLP.
         readout_mlp: hidden size of the last layer's non-linear readout.
         tp_backend: tensor-product backend of the interactions: "auto", "e3nn" or "cueq"
-            (see `mlip.nn.tensor_product`; the weights are the same for all), or "cp" for
-            CP-decomposed convolutions (`mlip.models.tdn.TDN`; the contraction then runs "auto").
+            (see `mlip.nn.tensor_product`; the weights are the same for all), "cp" for
+            CP-decomposed convolutions (`mlip.models.tdn.TDN`) or "grid" for the Gaunt product
+            on a sphere grid (the contraction then runs "auto").
         cp_rank: with "cp", the rank of each decomposition, or "full" (exact).
         cp_share_paths: with "cp", one radial weight per channel for all paths (path-weight sharing).
         cp_learn_factors: with "cp", train the CP factor matrices (from the fit) instead of fixing them.
@@ -83,7 +84,7 @@ class MACE(nn.Module):
                     cp_rank, cp_share_paths, cp_learn_factors,
                 )
             )
-            contraction_backend = "auto" if tp_backend == "cp" else tp_backend
+            contraction_backend = "auto" if tp_backend in ("cp", "grid") else tp_backend
             self.products.append(
                 ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements, contraction_backend)
             )

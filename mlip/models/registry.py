@@ -10,12 +10,14 @@ from typing import Any
 
 from torch import nn
 
+from mlip.models.facet import Facet
 from mlip.models.mace import MACE
 from mlip.models.tdn import TDN
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlip.models.mace.MACE": MACE,
     "mlip.models.tdn.TDN": TDN,
+    "mlip.models.facet.Facet": Facet,
 }
 
 

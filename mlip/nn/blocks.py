@@ -12,10 +12,11 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from mlip.nn.radial import NormalizedSiLU, RadialMLP
+from mlip.nn.radial import NormalizedSiLU, RadialMLP, SplineRadial
 from mlip.nn.symmetric_contraction import SymmetricContraction
 from mlip.nn.tensor_product import ChannelwiseConvolution
 from mlip.nn.tensor_product.cp import CPConvolution
+from mlip.nn.tensor_product.grid import GridConvolution
 
 
 class NodeEmbedding(nn.Module):
@@ -38,7 +39,12 @@ class InteractionBlock(nn.Module):
 
     The tensor product is channel-wise ('uvu'): each channel of ``h_j`` couples with the
     harmonics under its own radial weight per path (or, with ``tp_backend="cp"`` and
-    ``cp_share_paths``, one weight for all paths), in the form ``tp_backend`` picks.
+    ``cp_share_paths``, one weight for all paths), in the form ``tp_backend`` picks
+    (``grid``: the Gaunt product, `mlip.nn.tensor_product.grid`).
+
+    The radial weights R come from an MLP of the radial embedding (MACE), or with
+    ``spline_basis`` > 0 from learned splines of the distance (Facet; ``edge_radial`` is
+    then the edge lengths [E, 1], Å).
     """
 
     def __init__(
@@ -53,6 +59,10 @@ class InteractionBlock(nn.Module):
         cp_rank: int | str = "full",
         cp_share_paths: bool = False,
         cp_learn_factors: bool = False,
+        spline_basis: int = 0,
+        r_max: float = 0.0,
+        cutoff_power: int = 5,
+        grid_resolution: int | None = None,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -62,9 +72,14 @@ class InteractionBlock(nn.Module):
             self.convolution = CPConvolution(
                 self.irreps_in, irreps_sh, self.irreps_out, cp_rank, cp_share_paths, learn_factors=cp_learn_factors
             )
+        elif tp_backend == "grid":  # the Gaunt product on a sphere grid
+            self.convolution = GridConvolution(self.irreps_in, irreps_sh, self.irreps_out, grid_resolution)
         else:
             self.convolution = ChannelwiseConvolution(self.irreps_in, irreps_sh, self.irreps_out, tp_backend)
-        self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])
+        if spline_basis:  # Facet: the weights are splines of the distance itself
+            self.radial = SplineRadial(r_max, spline_basis, self.convolution.weight_numel, cutoff_power)
+        else:
+            self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])
         self.linear = o3.Linear(self.convolution.irreps_out, self.irreps_out)
 
     def forward(

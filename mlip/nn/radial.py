@@ -127,6 +127,9 @@ class SplineRadial(nn.Module):
         self.weights = nn.Parameter(torch.randn(num_basis, out_features))
         self.cutoff = PolynomialCutoff(r_max, cutoff_power)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        """[E] distances (Å) -> [E, out_features]."""
-        return spline_contract(r, self.weights, self.r_max, self.backend) * self.cutoff(r)[:, None]
+    def forward(self, r: torch.Tensor, output_order: torch.Tensor | None = None) -> torch.Tensor:
+        """[E] or [E, 1] distances (Å) -> [E, out_features]; ``output_order`` permutes the
+        output columns (through the coefficient columns, as `RadialMLP` does)."""
+        r = r.reshape(-1)
+        weights = self.weights if output_order is None else self.weights.index_select(1, output_order)
+        return spline_contract(r, weights, self.r_max, self.backend) * self.cutoff(r)[:, None]

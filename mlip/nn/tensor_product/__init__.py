@@ -6,7 +6,10 @@
   symmetric contraction (`symmetric_contraction.CueqContraction`: our weights mapped
   through a change of basis computed at first use). CPU tensors take the e3nn path;
 - ``auto``: cueq on CUDA when cuequivariance and its CUDA ops
-  (``cuequivariance-ops-torch-cu12``/``-cu13``) are installed, else e3nn.
+  (``cuequivariance-ops-torch-cu12``/``-cu13``) are installed, else e3nn;
+- ``cp`` (`cp.CPConvolution`, TDN) and ``grid`` (`grid.GridConvolution`, the Gaunt
+  product on a sphere grid) replace the edge convolution only, with their own weight
+  layouts; the symmetric contraction of a model built with them runs ``auto``.
 
 Backends hold no parameters and share one weight layout (e3nn's instruction order and
 our symmetric basis), so a model trained with one runs with the other.

@@ -6,7 +6,9 @@ import importlib.util
 
 import torch
 
-TP_BACKENDS = ("auto", "e3nn", "cueq", "cp")  # cp: CP-decomposed convolution only (`cp.CPConvolution`)
+# cp: CP-decomposed convolution (`cp.CPConvolution`); grid: Gaunt product on a sphere grid
+# (`grid.GridConvolution`); both serve the edge convolution only
+TP_BACKENDS = ("auto", "e3nn", "cueq", "cp", "grid")
 CUEQ = importlib.util.find_spec("cuequivariance_torch") is not None
 # cuequivariance's CUDA kernels come in a separate package; without it "auto" stays with e3nn
 CUEQ_CUDA_OPS = importlib.util.find_spec("cuequivariance_ops_torch") is not None

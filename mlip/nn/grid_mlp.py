@@ -1,0 +1,57 @@
+"""Facet's equivariant node update: an ordinary MLP applied pointwise on the sphere.
+
+Each channel of a node's features is a function on the sphere (`mlip.nn.spherical`).
+Sampled on the grid, the node holds a [G, C] table: C channel values at each of G
+directions. An MLP over channels, the same at every point, mixes channels and degrees
+non-linearly; the projection back gives features of the same irreps:
+
+    h'_i = P[ W_2 σ(W_1 S[h_i](x_g)) ]                     (Miklaucic et al. 2025)
+
+S samples, P projects (quadrature). A rotation of the features rotates the sampled
+function, and an MLP applied pointwise commutes with that; only the grid breaks the
+symmetry: without σ the map is linear, its output band-limited, and P exact (to
+round-off, on a grid exact for degree 2L); with σ the error is the aliasing of the
+out-of-band part, and falls as ``resolution`` grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from mlip.nn.irreps import ChannelLayout
+from mlip.nn.radial import NormalizedSiLU
+from mlip.nn.spherical import SphericalGrid
+
+
+class SphericalGridMLP(nn.Module):
+    """[n, irreps.dim] -> [n, irreps.dim]: sample, MLP over channels at every grid point, project.
+
+    Args:
+        irreps: node irreps, one multiplicity C, natural parity (``Cx0e+Cx1o+...``).
+        hidden: width of the MLP's hidden layer.
+        resolution: Gauss-Legendre nodes in θ (``2 resolution²`` points), or None for the
+            smallest grid exact for degree 2L (linear maps exact).
+        activation: False leaves out σ (a linear, exactly equivariant map; for tests).
+    """
+
+    def __init__(self, irreps: o3.Irreps, hidden: int, resolution: int | None = None, activation: bool = True):
+        super().__init__()
+        self.irreps = o3.Irreps(irreps)
+        self.layout = ChannelLayout(self.irreps)
+        per_channel = o3.Irreps([(1, ir) for _, ir in self.irreps])
+        self.grid = SphericalGrid(per_channel, resolution)
+        channels = self.layout.num_channels
+        self.linear_in = nn.Linear(channels, hidden, bias=False)
+        self.activation = NormalizedSiLU() if activation else nn.Identity()
+        self.linear_out = nn.Linear(hidden, channels, bias=False)
+        for linear in (self.linear_in, self.linear_out):
+            nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features))
+
+    def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
+        values = self.grid.to_grid(self.layout.to_channels(node_feats)).transpose(1, 2)  # [n, G, C]
+        mixed = self.linear_out(self.activation(self.linear_in(values)))  # the MLP, pointwise
+        return self.layout.from_channels(self.grid.from_grid(mixed.transpose(1, 2)))  # [n, C, D] -> e3nn layout
