@@ -21,16 +21,12 @@ ranks step in lock-step, each waiting for the all-reduce).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import mlip_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,18 +36,11 @@ def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict
         "data=3bpa", "module.loss.stress_weight=0", f"data.batch_size={batch}", "data.val_batch_size=32",
         f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "step_checkpoint=null", "preemption=null",
         "monitoring.val_parity=null", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        f"model.hidden_irreps={args.hidden}", "model.max_ell=3", f"hydra.run.dir={run_dir}",
+        f"model.hidden_irreps={args.hidden}", "model.max_ell=3",
         "trainer=ddp" if devices > 1 else "trainer=gpu", f"trainer.devices={devices}",
         f"trainer.accelerator={args.accelerator}",
     ]
-    env = dict(os.environ, MLIP_3BPA_DIR=str(data_dir), WANDB_MODE="disabled")
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "mlip.cli.train", *overrides], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{run_dir.name} failed:\n{result.stderr[-4000:]}")
-    rows = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    wall, rows, test = mlip_train(run_dir, overrides, {"MLIP_3BPA_DIR": str(data_dir)})
     rates = np.array([float(r["structures_per_s"]) for r in rows
                       if r.get("structures_per_s") and int(r["epoch"]) >= args.skip_epochs])
     # structures/s of a step is batch/seconds: the run's throughput is structures over summed seconds
@@ -64,7 +53,7 @@ def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict
         "wall_s": wall,
         "val_energy_mae": float(val["val_energy_mae"]),
         "val_forces_rmse": float(val["val_forces_rmse"]),
-        "test": json.loads((run_dir / "test_metrics.json").read_text()),
+        "test": test,
     }
 
 

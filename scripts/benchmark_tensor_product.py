@@ -29,6 +29,7 @@ from timing import cuda_ms
 from mlip.nn.tensor_product import ChannelwiseConvolution
 from mlip.nn.tensor_product.backend import CUEQ_CUDA_OPS
 from mlip.nn.tensor_product.cp import CPConvolution
+from mlip.nn.tensor_product.grid import GridConvolution
 
 
 def irreps_up_to(lmax: int, channels: int) -> o3.Irreps:
@@ -40,6 +41,7 @@ def layers(lmax: int, channels: int, ranks: list[str]) -> dict[str, torch.nn.Mod
     out = {"e3nn": ChannelwiseConvolution(*args, backend="e3nn")}
     if torch.cuda.is_available() and CUEQ_CUDA_OPS:
         out["cueq"] = ChannelwiseConvolution(*args, backend="cueq")
+    out["grid (Gaunt)"] = GridConvolution(*args)  # natural-parity paths only, l2-factored weights
     for rank in ranks:
         start = time.perf_counter()
         out[f"cp r={rank}"] = CPConvolution(*args, rank=rank if rank == "full" else int(rank), share_paths=True)

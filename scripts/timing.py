@@ -44,3 +44,23 @@ def case_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=10)
     return parser
+
+
+def mlip_train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None) -> tuple[float, list[dict], dict]:
+    """Run ``python -m mlip.cli.train`` into ``run_dir``; (wall seconds, metrics.csv rows, test metrics)."""
+    import csv
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "mlip.cli.train", *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=root, env=dict(os.environ, WANDB_MODE="disabled", **(env or {})),
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{run_dir.name} failed:\n{result.stderr[-4000:]}")
+    rows = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    return wall, rows, json.loads((run_dir / "test_metrics.json").read_text())
