@@ -213,8 +213,17 @@ if triton is not None:
                       mask=(offs_k[:, None] < n_basis) & mask_c[None, :])
 
 
+_PARAMS: dict[tuple, torch.Tensor] = {}
+
+
 def _params(h: float, order: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([1.0 / h, h**-order], dtype=like.dtype, device=like.device)
+    """[1/h, h^-order] on ``like``'s device and dtype (a tensor: Triton would pass a float as
+    fp32). Kept per key, so that a call under CUDA-graph capture, which cannot copy from
+    the host, finds the tensor its warm-up made."""
+    key = (h, order, like.dtype, like.device)
+    if key not in _PARAMS:
+        _PARAMS[key] = torch.tensor([1.0 / h, h**-order], dtype=like.dtype, device=like.device)
+    return _PARAMS[key]
 
 
 def evaluate_triton(r: torch.Tensor, weights: torch.Tensor, h: float, order: int) -> torch.Tensor:
