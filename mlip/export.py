@@ -22,13 +22,20 @@ from mlip.models.registry import build_model
 FORMAT = "mlip-model/1"
 
 
+def _is_codegen_constant(key: str) -> bool:
+    """e3nn's fx-compiled tensor products gain constants as buffers when deep-copied (the
+    EMA copy, for wide ℓ = 3 products); the constructor rebuilds them, so they are not weights."""
+    return "._tensor_constant" in key
+
+
 def save_model(potential: Potential, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write ``potential`` to ``path`` (atomically). ``extra`` adds JSON-able metadata."""
     if potential.model_spec is None:
         raise ValueError("this Potential has no model_spec; build it through mlip.models.registry to export it")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in potential.state_dict().items()
+               if not _is_codegen_constant(k)}
     metadata = {
         "format": FORMAT,
         "model_spec": json.dumps(potential.model_spec),
@@ -89,7 +96,7 @@ def potential_from_state(model_spec: dict[str, Any], state: dict[str, torch.Tens
         )
     finally:
         torch.set_default_dtype(previous)
-    potential.load_state_dict(state, strict=True)
+    potential.load_state_dict({k: v for k, v in state.items() if not _is_codegen_constant(k)}, strict=True)
     return potential
 
 

@@ -1,17 +1,22 @@
 """Model file round trip and the ASE calculator."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.optimize import BFGS
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mlip.calculator import MLIPCalculator
+from mlip.data.graph import structure_to_graph
+from mlip.data.readers.atoms import structure_from_atoms
 from mlip.data.structure import DataError
 from mlip.export import load_model, potential_from_checkpoint, read_metadata, save_model
 from mlip.models.potential import UnknownElementError
-from tests.conftest import random_alloy, random_cluster
+from tests.conftest import make_tiny_potential, random_alloy, random_cluster
 
 
 def _results(calc, atoms):
@@ -94,3 +99,19 @@ def test_cuda_calculator_matches_cpu(tiny_potential, rng, tmp_path):
     cpu, gpu = _results(MLIPCalculator(path), atoms), _results(MLIPCalculator(path, device="cuda"), atoms)
     for key in cpu:
         assert np.allclose(cpu[key], gpu[key], rtol=1e-8, atol=1e-10), key
+
+
+def test_the_ema_copy_of_a_wide_model_exports_and_loads(tmp_path, rng):
+    # a deep copy of e3nn's compiled ℓ=3 product holds constants as buffers; they are not
+    # weights, are not written, and an older file that holds them still loads
+    potential = make_tiny_potential(max_ell=3, hidden_irreps="16x0e+16x1o")
+    ema_copy = copy.deepcopy(potential)
+    assert any("_tensor_constant" in k for k in ema_copy.state_dict())
+    path = save_model(ema_copy, tmp_path / "model.safetensors")
+    graph = structure_to_graph(structure_from_atoms(random_alloy(rng), "t"), potential.r_max)
+    torch.testing.assert_close(load_model(path)(graph)["forces"], potential(graph)["forces"], rtol=1e-12, atol=1e-12)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    old = {k: v.contiguous() for k, v in ema_copy.state_dict().items()}  # as files written before the fix
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=metadata)
+    load_model(tmp_path / "old.safetensors")
