@@ -126,3 +126,13 @@ def test_facet_trains_on_the_3bpa_sample(tmp_path, dataset_dir):
     assert "test_forces_rmse" in metrics and np.isfinite(metrics["test_forces_rmse"])
     losses = _val_losses(tmp_path)
     assert min(losses[1:]) < losses[0], losses
+
+
+def test_the_grid_product_serves_mace_too(rng):
+    # tp_backend=grid anywhere a convolution is built: MACE's interactions take the Gaunt product
+    from tests.conftest import make_tiny_potential
+
+    potential = make_tiny_potential(correlation=2, tp_backend="grid", hidden_irreps="4x0e+4x1o")
+    assert type(potential.model.interactions[0].convolution).__name__ == "GridConvolution"
+    for rotation in (o3.rand_matrix().numpy(), -o3.rand_matrix().numpy()):
+        assert max(_rotation_errors(potential, random_alloy(rng), rotation)) < 1e-10
