@@ -7,16 +7,18 @@ Two changes to a NequIP/MACE-style network:
 - nodes are updated by an ordinary MLP applied pointwise on a spherical grid
   (`mlip.nn.grid_mlp.SphericalGridMLP`), instead of iterated tensor products or gates.
 
-Per layer t, with Y the edge harmonics and R^t the spline weights:
+Per layer t, with Y the edge harmonics (ℓ ≤ max_ell) and R^t the spline weights:
 
-    m_i     = W_m (1/avg_num_neighbors) Σ_j R^t(r_ij) Y(r̂_ij) ⊗ (W_up h_j)     message (a convolution)
-    h'_i    = W_s h_i + m_i                                                    self-connection
-    h_i^t+1 = h'_i + GridMLP(h'_i)                                             node update
+    m_i     = W_m (1/avg_num_neighbors) Σ_j R^t(r_ij) Y(r̂_ij) ⊗ (W_up h_j)     message, ℓ ≤ message_ell
+    h_i^t+1 = W_s h_i + GridMLP(m_i)                                           node update
     E_i    += readout_t(h_i^t+1)                                               invariant readout
 
-The convolution is the shared `InteractionBlock` (any ``tp_backend``, including the
-Gaunt ``grid`` product); the readouts are MACE's. Hidden irreps must have natural
-parity (``0e+1o+2e...``): they are functions on the sphere.
+The message keeps every degree of the harmonics (as MACE's atomic basis A does); the
+grid MLP samples it, acts pointwise, and projects onto the hidden degrees, so its
+activation turns products of the message's degrees into hidden features (the role of
+MACE's symmetric contraction). The convolution is the shared `InteractionBlock` (any
+``tp_backend``, including the Gaunt ``grid`` product); the readouts are MACE's. Hidden
+irreps must have natural parity (``0e+1o+2e...``): they are functions on the sphere.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ class Facet(nn.Module):
         num_interactions: number of message-passing layers.
         grid_hidden: hidden width of the grid MLPs.
         grid_resolution: Gauss-Legendre nodes in θ of the node-update grid (``2 n²`` points);
-            None: the smallest grid on which a linear update is exact (see docs for its error).
+            None: the smallest grid on which a linear update is exact (max_ell + ℓ_hidden).
         readout_mlp: hidden size of the last layer's non-linear readout.
         tp_backend: the convolution's backend: "auto", "e3nn", "cueq" or "grid".
         conv_grid_resolution: with tp_backend "grid", its grid (None: exact for the product).
+        message_ell: highest degree of the messages (None: max_ell); lower is cheaper, and
+            the message then carries less of the neighbours' angular structure.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Facet(nn.Module):
         readout_mlp: int = 16,
         tp_backend: str = "auto",
         conv_grid_resolution: int | None = None,
+        message_ell: int | None = None,
     ):
         super().__init__()
         self.r_max = float(r_max)
@@ -78,15 +83,17 @@ class Facet(nn.Module):
         self.spherical_harmonics = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
         self.interactions, self.self_connections = nn.ModuleList(), nn.ModuleList()
         self.updates, self.readouts = nn.ModuleList(), nn.ModuleList()
+        message_ell = max_ell if message_ell is None else message_ell
+        irreps_message = o3.Irreps([(num_channels, (l, (-1) ** l)) for l in range(message_ell + 1)])
         irreps_node = scalars
         for t in range(num_interactions):
             last = t == num_interactions - 1
             self.interactions.append(InteractionBlock(
-                irreps_node, irreps_sh, hidden, 0, (), avg_num_neighbors, tp_backend,
+                irreps_node, irreps_sh, irreps_message, 0, (), avg_num_neighbors, tp_backend,
                 spline_basis=spline_basis, r_max=r_max, cutoff_power=cutoff_power, grid_resolution=conv_grid_resolution,
             ))
             self.self_connections.append(o3.Linear(irreps_node, hidden))
-            self.updates.append(SphericalGridMLP(hidden, grid_hidden, grid_resolution))
+            self.updates.append(SphericalGridMLP(irreps_message, grid_hidden, grid_resolution, irreps_out=hidden))
             self.readouts.append(NonLinearReadout(hidden, readout_mlp) if last else LinearReadout(hidden))
             irreps_node = hidden
 
@@ -100,7 +107,6 @@ class Facet(nn.Module):
             self.interactions, self.self_connections, self.updates, self.readouts
         ):
             message = interaction(node_feats, edge_sh, lengths, edge_index)  # spline-weighted convolution
-            node_feats = self_connection(node_feats) + message
-            node_feats = node_feats + update(node_feats)  # the grid MLP
+            node_feats = self_connection(node_feats) + update(message)  # the grid MLP
             node_energy = node_energy + readout(node_feats)
         return node_energy

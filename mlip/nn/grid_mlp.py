@@ -7,10 +7,12 @@ non-linearly; the projection back gives features of the same irreps:
 
     h'_i = P[ W_2 σ(W_1 S[h_i](x_g)) ]                     (Miklaucic et al. 2025)
 
-S samples, P projects (quadrature). A rotation of the features rotates the sampled
+S samples, P projects (quadrature), possibly onto other degrees than came in: the
+activation makes products of the input degrees, so invariants such as Σ_m h_2m h_2m
+reach the ℓ = 0 output (what MACE's symmetric contraction builds explicitly). A rotation of the features rotates the sampled
 function, and an MLP applied pointwise commutes with that; only the grid breaks the
 symmetry: without σ the map is linear, its output band-limited, and P exact (to
-round-off, on a grid exact for degree 2L); with σ the error is the aliasing of the
+round-off, on a grid exact for degree L_in + L_out); with σ the error is the aliasing of the
 out-of-band part, and falls as ``resolution`` grows.
 """
 
@@ -28,30 +30,33 @@ from mlip.nn.spherical import SphericalGrid
 
 
 class SphericalGridMLP(nn.Module):
-    """[n, irreps.dim] -> [n, irreps.dim]: sample, MLP over channels at every grid point, project.
+    """[n, irreps.dim] -> [n, irreps_out.dim]: sample, MLP over channels at every grid point, project.
 
     Args:
-        irreps: node irreps, one multiplicity C, natural parity (``Cx0e+Cx1o+...``).
+        irreps: input irreps, one multiplicity C, natural parity (``Cx0e+Cx1o+...``).
         hidden: width of the MLP's hidden layer.
         resolution: Gauss-Legendre nodes in θ (``2 resolution²`` points), or None for the
-            smallest grid exact for degree 2L (linear maps exact).
+            smallest grid exact for linear maps (degree L_in + L_out).
         activation: False leaves out σ (a linear, exactly equivariant map; for tests).
+        irreps_out: output irreps, one multiplicity, natural parity (default ``irreps``).
     """
 
-    def __init__(self, irreps: o3.Irreps, hidden: int, resolution: int | None = None, activation: bool = True):
+    def __init__(self, irreps: o3.Irreps, hidden: int, resolution: int | None = None, activation: bool = True,
+                 irreps_out: o3.Irreps | None = None):
         super().__init__()
         self.irreps = o3.Irreps(irreps)
-        self.layout = ChannelLayout(self.irreps)
-        per_channel = o3.Irreps([(1, ir) for _, ir in self.irreps])
-        self.grid = SphericalGrid(per_channel, resolution)
-        channels = self.layout.num_channels
-        self.linear_in = nn.Linear(channels, hidden, bias=False)
+        self.irreps_out = o3.Irreps(irreps_out) if irreps_out is not None else self.irreps
+        self.layout, self.layout_out = ChannelLayout(self.irreps), ChannelLayout(self.irreps_out)
+        per_channel = lambda irreps: o3.Irreps([(1, ir) for _, ir in irreps])  # noqa: E731
+        degree = self.irreps.lmax + self.irreps_out.lmax
+        self.grid = SphericalGrid(per_channel(self.irreps), resolution, degree, irreps_out=per_channel(self.irreps_out))
+        self.linear_in = nn.Linear(self.layout.num_channels, hidden, bias=False)
         self.activation = NormalizedSiLU() if activation else nn.Identity()
-        self.linear_out = nn.Linear(hidden, channels, bias=False)
+        self.linear_out = nn.Linear(hidden, self.layout_out.num_channels, bias=False)
         for linear in (self.linear_in, self.linear_out):
             nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features))
 
     def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
         values = self.grid.to_grid(self.layout.to_channels(node_feats)).transpose(1, 2)  # [n, G, C]
         mixed = self.linear_out(self.activation(self.linear_in(values)))  # the MLP, pointwise
-        return self.layout.from_channels(self.grid.from_grid(mixed.transpose(1, 2)))  # [n, C, D] -> e3nn layout
+        return self.layout_out.from_channels(self.grid.from_grid(mixed.transpose(1, 2)))  # [n, C', D'] -> e3nn

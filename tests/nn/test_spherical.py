@@ -83,3 +83,22 @@ def test_grid_mlp_is_smooth_and_differentiable_twice():
     layer = SphericalGridMLP(irreps, 4, 4)
     x = irreps.randn(3, -1).requires_grad_(True)
     assert torch.autograd.gradcheck(layer, (x,)) and torch.autograd.gradgradcheck(layer, (x,))
+
+
+def test_grid_mlp_onto_other_degrees_builds_invariants_from_higher_ones():
+    # ℓ ≤ 3 in, ℓ ≤ 1 out: linear maps stay exact; the activation makes Σ_m h_2m h_2m-like
+    # invariants, so features of degree 2 alone reach the ℓ = 0 output
+    irreps_in, irreps_out = o3.Irreps("4x0e+4x1o+4x2e+4x3o"), o3.Irreps("4x0e+4x1o")
+    torch.manual_seed(0)
+    linear = SphericalGridMLP(irreps_in, 8, activation=False, irreps_out=irreps_out)
+    assert linear.grid.exact_degree >= 4
+    x = torch.randn(6, irreps_in.dim)
+    rotation = o3.rand_matrix()
+    D_in, D_out = irreps_in.D_from_matrix(rotation), irreps_out.D_from_matrix(rotation)
+    torch.testing.assert_close(linear(x @ D_in.T), linear(x) @ D_out.T, rtol=0, atol=1e-12)
+    only_l2 = torch.zeros(6, irreps_in.dim)
+    only_l2[:, irreps_in.slices()[2]] = torch.randn(6, 20)
+    scalars = irreps_out.slices()[0]
+    assert linear(only_l2)[:, scalars].abs().max() < 1e-12  # linear: degrees do not mix
+    nonlinear = SphericalGridMLP(irreps_in, 8, resolution=8, irreps_out=irreps_out)
+    assert nonlinear(only_l2)[:, scalars].abs().max() > 1e-2
