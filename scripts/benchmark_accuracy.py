@@ -38,13 +38,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_accuracy")
     args = parser.parse_args()
     minutes, seconds = divmod(args.seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    max_time = f"{hours // 24:02d}:{hours % 24:02d}:{minutes:02d}:{seconds:02d}"  # Lightning's DD:HH:MM:SS
     results = {}
     for name in args.models:
         overrides = MODELS[name] + [
             "data=3bpa", "module.loss.stress_weight=0", f"data.batch_size={args.batch}", "data.val_batch_size=32",
             f"model.hidden_irreps={args.hidden}", "model.max_ell=3", "model.r_max=5.0",
             "trainer=gpu", f"trainer.accelerator={args.accelerator}", "trainer.max_epochs=100000",
-            f"+trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "step_checkpoint=null", "preemption=null",
+            f"+trainer.max_time={max_time}", "step_checkpoint=null", "preemption=null",
             "monitoring.val_parity=null", "trainer.enable_progress_bar=false",
         ]
         wall, rows, test = mlip_train(args.out / name, overrides, {"MLIP_3BPA_DIR": str(args.data_dir.resolve())})

@@ -43,13 +43,12 @@ def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict
     wall, rows, test = mlip_train(run_dir, overrides, {"MLIP_3BPA_DIR": str(data_dir)})
     rates = np.array([float(r["structures_per_s"]) for r in rows
                       if r.get("structures_per_s") and int(r["epoch"]) >= args.skip_epochs])
-    # structures/s of a step is batch/seconds: the run's throughput is structures over summed seconds
-    seconds = float(np.sum(batch / rates))
+    step_seconds = batch / rates  # a step logs batch/seconds; the run is structures over summed seconds
     shutil.copy(run_dir / "logs" / "metrics.csv", run_dir.parent / f"{run_dir.name}_metrics.csv")
     val = [r for r in rows if r.get("val_forces_rmse")][-1]
     return {
-        "structures_per_s": devices * batch * len(rates) / seconds,
-        "median_step_ms": float(1000 * np.median(batch / rates)),
+        "structures_per_s": devices * batch * len(rates) / float(step_seconds.sum()),
+        "median_step_ms": float(1000 * np.median(step_seconds)),
         "wall_s": wall,
         "val_energy_mae": float(val["val_energy_mae"]),
         "val_forces_rmse": float(val["val_forces_rmse"]),

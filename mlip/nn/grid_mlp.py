@@ -3,17 +3,19 @@
 Each channel of a node's features is a function on the sphere (`mlip.nn.spherical`).
 Sampled on the grid, the node holds a [G, C] table: C channel values at each of G
 directions. An MLP over channels, the same at every point, mixes channels and degrees
-non-linearly; the projection back gives features of the same irreps:
+non-linearly, and the projection back gives features of the output irreps:
 
     h'_i = P[ W_2 σ(W_1 S[h_i](x_g)) ]                     (Miklaucic et al. 2025)
 
 S samples, P projects (quadrature), possibly onto other degrees than came in: the
 activation makes products of the input degrees, so invariants such as Σ_m h_2m h_2m
-reach the ℓ = 0 output (what MACE's symmetric contraction builds explicitly). A rotation of the features rotates the sampled
-function, and an MLP applied pointwise commutes with that; only the grid breaks the
-symmetry: without σ the map is linear, its output band-limited, and P exact (to
-round-off, on a grid exact for degree L_in + L_out); with σ the error is the aliasing of the
-out-of-band part, and falls as ``resolution`` grows.
+reach the ℓ = 0 output (what MACE's symmetric contraction builds explicitly).
+
+A rotation of the features rotates the sampled function, and an MLP applied pointwise
+commutes with that; only the grid breaks the symmetry. Without σ the map is linear,
+its output band-limited, and P exact (to round-off, on a grid exact for degree
+L_in + L_out); with σ the error is the aliasing of the out-of-band part, and falls as
+``resolution`` grows.
 """
 
 from __future__ import annotations

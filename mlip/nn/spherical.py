@@ -88,7 +88,6 @@ class SphericalGrid(nn.Module):
         harmonics = lambda ls: torch.cat(  # noqa: E731  [G, Σ(2l+1)] in the irreps' own order
             [o3.spherical_harmonics(l, points, normalize=True, normalization="integral") for l in ls], dim=-1)
         self.register_buffer("points", points.to(dtype), persistent=False)
-        self.register_buffer("weights", weights.to(dtype), persistent=False)
         self.register_buffer("sample", harmonics(ls_in).T.contiguous().to(dtype), persistent=False)  # [D_in, G]
         self.register_buffer("project", (harmonics(ls_out) * weights[:, None]).contiguous().to(dtype),
                              persistent=False)  # [G, D_out]
