@@ -11,8 +11,9 @@ step (energy + forces loss) on 32 3BPA molecules with a 128x0e+128x1o+128x2e mod
 r_max 5 Å, eager and with the loss and gradients replayed from a CUDA graph
 (`GraphedLoss`). Every tensor-product backend and float32 / float64, one table;
 ``--backends tdn-64`` adds the TDN of the same size (CP rank 64, shared path weights;
-``tdn-full`` is its exact CP); ``facet`` the Facet of the same width (spline radial
-weights, grid-MLP node updates, convolution on cuequivariance), ``facet-grid`` with the
+``tdn-full`` is its exact CP); ``facet`` the Facet of the same channels as tuned on 3BPA
+(node features to ℓ = 2, grid MLP twice the channels wide; spline radial weights,
+grid-MLP node updates, convolution on cuequivariance), ``facet-grid`` with the
 Gaunt grid product as its convolution.
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
@@ -50,11 +51,12 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
     kwargs = dict(num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
                   max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
                   readout_mlp=16)
-    if backend.startswith("facet"):
+    if backend.startswith("facet"):  # as tuned on 3BPA (scripts/benchmark_accuracy.py): ℓ ≤ 2 nodes, grid MLP 2C wide
+        channels = int(hidden.split("x")[0])
         spec = {"target": "mlip.models.facet.Facet", "kwargs": dict(
             num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, spline_basis=16, max_ell=3,
-            hidden_irreps=hidden, num_interactions=2, grid_hidden=int(hidden.split("x")[0]), grid_resolution=6,
-            readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto")}
+            hidden_irreps=f"{channels}x0e+{channels}x1o+{channels}x2e", num_interactions=2, grid_hidden=2 * channels,
+            grid_resolution=6, readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto")}
     elif backend.startswith("tdn-"):
         rank = backend[4:] if backend == "tdn-full" else int(backend[4:])
         spec = {"target": "mlip.models.tdn.TDN", "kwargs": dict(kwargs, cp_rank=rank, cp_share_paths=True)}

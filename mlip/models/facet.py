@@ -10,7 +10,7 @@ Two changes to a NequIP/MACE-style network:
 Per layer t, with Y the edge harmonics (ℓ ≤ max_ell) and R^t the spline weights:
 
     m_i     = W_m (1/avg_num_neighbors) Σ_j R^t(r_ij) Y(r̂_ij) ⊗ (W_up h_j)     message, ℓ ≤ message_ell
-    h_i^t+1 = W_s h_i + GridMLP(m_i)                                           node update
+    h_i^t+1 = W_s h_i + GridMLP(m_i)         (W_s per element with element_skip)    node update
     E_i    += readout_t(h_i^t+1)                                               invariant readout
 
 The message keeps every degree of the harmonics (as MACE's atomic basis A does); the
@@ -23,11 +23,13 @@ irreps must have natural parity (``0e+1o+2e...``): they are functions on the sph
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from e3nn import o3
 from torch import nn
 
-from mlip.nn.blocks import InteractionBlock, LinearReadout, NodeEmbedding, NonLinearReadout
+from mlip.nn.blocks import ElementLinear, InteractionBlock, LinearReadout, NodeEmbedding, NonLinearReadout
 from mlip.nn.grid_mlp import SphericalGridMLP
 from mlip.nn.spherical import natural_parity_ls
 
@@ -44,7 +46,7 @@ class Facet(nn.Module):
         max_ell: highest degree of the edge spherical harmonics.
         hidden_irreps: node features, one multiplicity, natural parity (e.g. ``"64x0e+64x1o+64x2e"``).
         num_interactions: number of message-passing layers.
-        grid_hidden: hidden width of the grid MLPs.
+        grid_hidden: hidden width of the grid MLPs, or a list of widths for several hidden layers.
         grid_resolution: Gauss-Legendre nodes in θ of the node-update grid (``2 n²`` points);
             None: the smallest grid on which a linear update is exact (max_ell + ℓ_hidden).
         readout_mlp: hidden size of the last layer's non-linear readout.
@@ -52,6 +54,8 @@ class Facet(nn.Module):
         conv_grid_resolution: with tp_backend "grid", its grid (None: exact for the product).
         message_ell: highest degree of the messages (None: max_ell); lower is cheaper, and
             the message then carries less of the neighbours' angular structure.
+        element_skip: the self-connection's weights depend on the node's element (``W_{z_i} h_i``,
+            as MACE's residual); False: one linear map for all elements.
     """
 
     def __init__(
@@ -64,15 +68,17 @@ class Facet(nn.Module):
         max_ell: int = 3,
         hidden_irreps: str = "32x0e+32x1o",
         num_interactions: int = 2,
-        grid_hidden: int = 64,
+        grid_hidden: int | Sequence[int] = 64,
         grid_resolution: int | None = 6,
         readout_mlp: int = 16,
         tp_backend: str = "auto",
         conv_grid_resolution: int | None = None,
         message_ell: int | None = None,
+        element_skip: bool = False,
     ):
         super().__init__()
         self.r_max = float(r_max)
+        self.element_skip = element_skip
         hidden = o3.Irreps(hidden_irreps)
         natural_parity_ls(hidden)  # a clear error for pseudo-tensors
         num_channels = hidden[0].mul
@@ -92,7 +98,9 @@ class Facet(nn.Module):
                 irreps_node, irreps_sh, irreps_message, 0, (), avg_num_neighbors, tp_backend,
                 spline_basis=spline_basis, r_max=r_max, cutoff_power=cutoff_power, grid_resolution=conv_grid_resolution,
             ))
-            self.self_connections.append(o3.Linear(irreps_node, hidden))
+            self.self_connections.append(
+                ElementLinear(irreps_node, hidden, num_elements) if element_skip else o3.Linear(irreps_node, hidden)
+            )
             self.updates.append(SphericalGridMLP(irreps_message, grid_hidden, grid_resolution, irreps_out=hidden))
             self.readouts.append(NonLinearReadout(hidden, readout_mlp) if last else LinearReadout(hidden))
             irreps_node = hidden
@@ -107,6 +115,7 @@ class Facet(nn.Module):
             self.interactions, self.self_connections, self.updates, self.readouts
         ):
             message = interaction(node_feats, edge_sh, lengths, edge_index)  # spline-weighted convolution
-            node_feats = self_connection(node_feats) + update(message)  # the grid MLP
+            skip = self_connection(node_feats, species) if self.element_skip else self_connection(node_feats)
+            node_feats = skip + update(message)  # the grid MLP
             node_energy = node_energy + readout(node_feats)
         return node_energy

@@ -32,6 +32,22 @@ class NodeEmbedding(nn.Module):
         return self.linear(one_hot)
 
 
+class ElementLinear(o3.FullyConnectedTensorProduct):
+    """``W_{z_i} h_i``: an equivariant linear map whose weights depend on the node's element.
+
+    [n, irreps_in.dim], species [n] -> [n, irreps_out.dim]; the product with the one-hot
+    element vector (MACE's element-dependent residual, Eq. 11).
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, num_elements: int):
+        super().__init__(o3.Irreps(irreps_in), o3.Irreps(f"{num_elements}x0e"), o3.Irreps(irreps_out))
+        self.num_elements = num_elements
+
+    def forward(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(species, self.num_elements).to(node_feats.dtype)
+        return super().forward(node_feats, one_hot)
+
+
 class InteractionBlock(nn.Module):
     """Eqs. 8-9: the atomic basis ``A_i`` from neighbour features, radial weights and edge harmonics.
 
@@ -119,14 +135,12 @@ class ProductBlock(nn.Module):
         irreps_out = o3.Irreps(irreps_out)
         num_channels = irreps_out[0].mul
         contraction_out = o3.Irreps([(num_channels, ir) for _, ir in irreps_out])
-        self.num_elements = num_elements
         self.contraction = SymmetricContraction(irreps_in, contraction_out, correlation, num_elements, tp_backend)
         self.linear = o3.Linear(contraction_out, irreps_out)
-        self.skip = o3.FullyConnectedTensorProduct(irreps_node, o3.Irreps(f"{num_elements}x0e"), irreps_out)
+        self.skip = ElementLinear(irreps_node, irreps_out, num_elements)
 
     def forward(self, basis: torch.Tensor, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        one_hot = nn.functional.one_hot(species, self.num_elements).to(node_feats.dtype)
-        return self.linear(self.contraction(basis, species)) + self.skip(node_feats, one_hot)
+        return self.linear(self.contraction(basis, species)) + self.skip(node_feats, species)
 
 
 class LinearReadout(nn.Module):

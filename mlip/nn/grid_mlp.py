@@ -21,6 +21,7 @@ L_in + L_out); with σ the error is the aliasing of the out-of-band part, and fa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -36,15 +37,15 @@ class SphericalGridMLP(nn.Module):
 
     Args:
         irreps: input irreps, one multiplicity C, natural parity (``Cx0e+Cx1o+...``).
-        hidden: width of the MLP's hidden layer.
+        hidden: width of the MLP's hidden layer, or the widths of several.
         resolution: Gauss-Legendre nodes in θ (``2 resolution²`` points), or None for the
             smallest grid exact for linear maps (degree L_in + L_out).
         activation: False leaves out σ (a linear, exactly equivariant map; for tests).
         irreps_out: output irreps, one multiplicity, natural parity (default ``irreps``).
     """
 
-    def __init__(self, irreps: o3.Irreps, hidden: int, resolution: int | None = None, activation: bool = True,
-                 irreps_out: o3.Irreps | None = None):
+    def __init__(self, irreps: o3.Irreps, hidden: int | Sequence[int], resolution: int | None = None,
+                 activation: bool = True, irreps_out: o3.Irreps | None = None):
         super().__init__()
         self.irreps = o3.Irreps(irreps)
         self.irreps_out = o3.Irreps(irreps_out) if irreps_out is not None else self.irreps
@@ -52,13 +53,15 @@ class SphericalGridMLP(nn.Module):
         per_channel = lambda irreps: o3.Irreps([(1, ir) for _, ir in irreps])  # noqa: E731
         degree = self.irreps.lmax + self.irreps_out.lmax
         self.grid = SphericalGrid(per_channel(self.irreps), resolution, degree, irreps_out=per_channel(self.irreps_out))
-        self.linear_in = nn.Linear(self.layout.num_channels, hidden, bias=False)
-        self.activation = NormalizedSiLU() if activation else nn.Identity()
-        self.linear_out = nn.Linear(hidden, self.layout_out.num_channels, bias=False)
-        for linear in (self.linear_in, self.linear_out):
+        widths = [self.layout.num_channels, *([hidden] if isinstance(hidden, int) else hidden)]
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(width_in, width_out, bias=False), NormalizedSiLU() if activation else nn.Identity()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], self.layout_out.num_channels, bias=False))
+        for linear in self.mlp[::2]:
             nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features))
 
     def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
         values = self.grid.to_grid(self.layout.to_channels(node_feats)).transpose(1, 2)  # [n, G, C]
-        mixed = self.linear_out(self.activation(self.linear_in(values)))  # the MLP, pointwise
+        mixed = self.mlp(values)  # the MLP, pointwise
         return self.layout_out.from_channels(self.grid.from_grid(mixed.transpose(1, 2)))  # [n, C', D'] -> e3nn
