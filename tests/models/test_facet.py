@@ -61,6 +61,19 @@ def test_with_linear_grid_updates_and_the_grid_product_it_is_equivariant_to_roun
             assert max(_rotation_errors(potential, random_alloy(rng), rotation)) < 1e-10, backend
 
 
+def test_element_skip_is_equivariant_and_its_weights_depend_on_the_element(rng, monkeypatch):
+    from mlip.nn import grid_mlp
+
+    monkeypatch.setattr(grid_mlp, "NormalizedSiLU", torch.nn.Identity)
+    potential = _facet(grid_resolution=None, element_skip=True, grid_hidden=[8, 6])
+    for rotation in (o3.rand_matrix().numpy(), -o3.rand_matrix().numpy()):
+        assert max(_rotation_errors(potential, random_alloy(rng), rotation)) < 1e-10
+    skip = potential.model.self_connections[1]
+    features = torch.randn(1, skip.irreps_in1.dim, dtype=torch.float64).repeat(2, 1)
+    out = skip(features, torch.tensor([0, 1]))  # the same features on two elements
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
 def test_translation_and_permutation_leave_predictions_unchanged(rng):
     potential, atoms = _facet(), random_alloy(rng)
     ref = predict(potential, atoms)

@@ -61,10 +61,13 @@ def _equivariance_error(layer, irreps):
     return max(errors)
 
 
-def test_grid_mlp_without_activation_is_equivariant_to_round_off():
+@pytest.mark.parametrize("hidden", [16, [16, 12]])
+def test_grid_mlp_without_activation_is_equivariant_to_round_off(hidden):
     irreps = o3.Irreps("8x0e+8x1o+8x2e")
     torch.manual_seed(0)
-    assert _equivariance_error(SphericalGridMLP(irreps, 16, activation=False), irreps) < 1e-13
+    layer = SphericalGridMLP(irreps, hidden, activation=False)
+    assert len(layer.mlp) == 2 * (1 if isinstance(hidden, int) else len(hidden)) + 1  # every hidden layer is built
+    assert _equivariance_error(layer, irreps) < 1e-13
 
 
 def test_grid_mlp_equivariance_error_falls_as_the_grid_is_refined():
