@@ -42,19 +42,19 @@ MODELS = {
 }
 
 
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``name=model:key=value,key=value`` -> (name, that model's overrides followed by these)."""
+def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
+    """``name=model:key=value,key=value`` -> (name, (model, these overrides))."""
     name, _, spec = text.partition("=")
     base, _, extra = spec.partition(":")
     if not name or base not in MODELS:
         raise SystemExit(f"--variant {text!r}: expected name=model:key=value,... with model one of {list(MODELS)}")
-    return name, [f"@{base}"] + [item for item in re.split(r",(?![^\[]*\])", extra) if item]  # not inside [..]
+    return name, (base, [item for item in re.split(r",(?![^\[]*\])", extra) if item])  # not inside [..]
 
 
-def merged(overrides: list[str], channels: int) -> list[str]:
-    """Hydra overrides with ``@model`` expanded and repeated keys resolved: the last value of each key wins."""
+def merged(overrides: list[str]) -> list[str]:
+    """Hydra overrides with repeated keys resolved: the last value of each key wins."""
     by_key: dict[str, str] = {}
-    for item in [x for o in overrides for x in (MODELS[o[1:]](channels) if o.startswith("@") else [o])]:
+    for item in overrides:
         by_key[item.split("=", 1)[0]] = item
     return list(by_key.values())
 
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.parallel > 1 and args.epochs is None:
         raise SystemExit("--parallel needs --epochs: trainings that share the GPU cannot be compared at equal time")
-    runs = {name: [f"@{name}"] for name in args.models} | dict(parse_variant(v) for v in args.variant)
+    runs = {name: (name, []) for name in args.models} | dict(parse_variant(v) for v in args.variant)
     if args.epochs is not None:
         budget, label = [f"trainer.max_epochs={args.epochs}"], f"{args.epochs} epochs"
     else:
@@ -86,20 +86,21 @@ def main() -> None:
     threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
 
     def train(name: str) -> dict:
+        base, extra = runs[name]
         overrides = merged([
             "data=3bpa", "module.loss.stress_weight=0", f"data.batch_size={args.batch}", "data.val_batch_size=32",
             f"model.hidden_irreps={args.channels}x0e+{args.channels}x1o", f"module.lr={args.lr}",
             "model.max_ell=3", "model.r_max=5.0",
             "trainer=gpu", f"trainer.accelerator={args.accelerator}", *budget,
             "step_checkpoint=null", "preemption=null", "monitoring.val_parity=null", "trainer.enable_progress_bar=false",
-            *runs[name],
-        ], args.channels)
+            *MODELS[base](args.channels), *extra,
+        ])
         env = {"MLIP_3BPA_DIR": str(args.data_dir.resolve()), "OMP_NUM_THREADS": threads}
         wall, rows, test = mlip_train(args.out / name, overrides, env)
         epochs = max(int(r["epoch"]) for r in rows if r.get("val_loss")) + 1  # validated epochs (the test row has one more)
         print(f"{name}: {epochs} epochs, {wall:.0f} s, test force RMSE {1000 * test['test_forces_rmse']:.1f} meV/Å",
               flush=True)
-        return {"epochs": epochs, "wall_s": wall, "overrides": runs[name], **test}
+        return {"epochs": epochs, "wall_s": wall, "model": base, "overrides": extra, **test}
 
     with ThreadPoolExecutor(args.parallel) as pool:
         results = dict(zip(runs, pool.map(train, runs)))
