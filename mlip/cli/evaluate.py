@@ -26,6 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.atomic import atomic_write_bytes
+from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
 from mlip.data.structure import DataError
 from mlip.evaluation.equivariance import equivariance_audit
@@ -36,7 +37,7 @@ from mlip.export import load_potential
 from mlip.models.potential import UnknownElementError
 
 # its own folder: configs/ has model/ and data/ groups, and here model= and data= are paths
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+CONFIG_DIR = config_dir("eval")
 AUDITS = ("none", "equivariance")
 TABLE = [("energy_per_atom_mae", "E/atom MAE meV", 1e3), ("energy_per_atom_rmse", "E/atom RMSE meV", 1e3),
          ("energy_mae", "E MAE meV", 1e3), ("forces_mae", "F MAE meV/Å", 1e3), ("forces_rmse", "F RMSE meV/Å", 1e3),
@@ -121,7 +122,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(version_base="1.3", config_path=search_path("eval"), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         report = evaluate(cfg)

@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.calculator import MLIPCalculator
+from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
 from mlip.data.readers.atoms import atoms_from_structure
 from mlip.data.structure import DataError
@@ -25,7 +26,7 @@ from mlip.export import load_potential
 from mlip.simulation.checks import StructureError, check_structure
 from mlip.simulation.md import MDResult, run_md, write_md
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "md"
+CONFIG_DIR = config_dir("md")
 
 
 def run(cfg: DictConfig) -> tuple[MDResult, Path]:
@@ -46,7 +47,7 @@ def run(cfg: DictConfig) -> tuple[MDResult, Path]:
     return result, output_dir
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="md")
+@hydra.main(version_base="1.3", config_path=search_path("md"), config_name="md")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         result, output_dir = run(cfg)

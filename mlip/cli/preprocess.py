@@ -16,10 +16,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.configs import config_dir, search_path
 from mlip.data.store.writer import write_store
 from mlip.data.structure import DataError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir("preprocess")
 
 
 def preprocess(cfg: DictConfig) -> dict:
@@ -39,7 +40,7 @@ def preprocess(cfg: DictConfig) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="preprocess")
+@hydra.main(version_base="1.3", config_path=search_path("preprocess"), config_name="preprocess")
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("mlip").setLevel(logging.INFO)
     try:

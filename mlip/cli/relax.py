@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.calculator import MLIPCalculator
+from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
 from mlip.data.readers.atoms import atoms_from_structure
 from mlip.data.structure import DataError
@@ -27,7 +28,7 @@ from mlip.simulation.batched_fire import BatchedFIRE
 from mlip.simulation.checks import StructureError, check_structure
 from mlip.simulation.relax import FAILED, RelaxResult, format_summary, relax_all, write_results
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "relax"
+CONFIG_DIR = config_dir("relax")
 
 
 def read_checked(path, fmt: str, reader: dict | None, potential, min_distance: float,
@@ -87,7 +88,7 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
     return results, write_results(results, output_dir)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="relax")
+@hydra.main(version_base="1.3", config_path=search_path("relax"), config_name="relax")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         results, paths = run(cfg)

@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.atomic import atomic_write_bytes
+from mlip.cli.console import quiet_lightning
+from mlip.configs import config_dir, search_path
 from mlip.data.structure import DataError
 from mlip.export import save_model
 from mlip.models.potential import Potential
@@ -29,7 +31,7 @@ from mlip.models.registry import build_model
 from mlip.training.checkpoint_io import AtomicCheckpointIO, newest_checkpoint
 from mlip.training.module import NonFiniteLossError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir("train")
 log = logging.getLogger("mlip.train")
 
 
@@ -75,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns the test metrics (validation without a test split; eV units)."""
     L.seed_everything(cfg.seed, workers=True)
     torch.set_default_dtype(getattr(torch, cfg.dtype))
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
@@ -118,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=search_path("train"), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         train(cfg)
@@ -129,6 +132,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    quiet_lightning()
     _hydra_main()
 
 

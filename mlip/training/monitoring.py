@@ -86,3 +86,39 @@ class ValidationParity(Callback):
                 image = matplotlib.image.imread(str(path))[..., :3]
                 logger.experiment.add_image("val_parity", image, trainer.global_step, dataformats="HWC")
         self._parts = []
+
+
+class EpochSummary(Callback):
+    """One line per epoch on the console when the progress bar is off (clusters, log files):
+    epoch, training and validation loss, validation errors (meV units), learning rate, time."""
+
+    UNITS = (("energy", "meV/atom"), ("forces", "meV/Å"), ("stress", "meV/Å³"))
+
+    def __init__(self, always: bool = False):
+        self.always = always
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning runs the epoch's validation before this hook, so its errors are current
+        if not trainer.is_global_zero:
+            return
+        if trainer.progress_bar_callback is not None and not self.always:
+            return
+        print(self.line(trainer), flush=True)
+
+    def line(self, trainer) -> str:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key, label in (("train_loss_epoch", "train_loss"), ("val_loss", "val_loss")):
+            if key in metrics:
+                parts.append(f"{label} {metrics[key]:.4g}")
+        for quantity, unit in self.UNITS:
+            if f"val_{quantity}_rmse" in metrics:
+                parts.append(f"val {quantity} RMSE {1000 * metrics[f'val_{quantity}_rmse']:.2f} {unit}")
+        if trainer.optimizers:
+            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}")
+        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        return "  ".join(parts)

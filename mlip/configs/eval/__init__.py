@@ -1,0 +1,1 @@
+"""Primary config folder of mlip-eval (found by Hydra as a package)."""

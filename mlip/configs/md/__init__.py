@@ -1,0 +1,1 @@
+"""Primary config folder of mlip-md (found by Hydra as a package)."""

@@ -1,0 +1,1 @@
+"""Primary config folder of mlip-preprocess (found by Hydra as a package)."""

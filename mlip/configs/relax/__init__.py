@@ -1,0 +1,1 @@
+"""Primary config folder of mlip-relax (found by Hydra as a package)."""

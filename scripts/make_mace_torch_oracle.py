@@ -1,0 +1,108 @@
+"""Small seeded mace-torch models and their predictions: the oracle of `mlip-convert`'s tests.
+
+Runs in mace-torch's own environment (it pins e3nn 0.4.4, so never in ours):
+
+    python -m venv /tmp/macevenv && /tmp/macevenv/bin/pip install torch==2.13.0 mace-torch==0.3.16
+    /tmp/macevenv/bin/python scripts/make_mace_torch_oracle.py --out tests/data/mace_torch
+
+Writes one ``<name>.model`` per variant (a pickled mace-torch module, as ``mace_run_train``
+saves it), ``structures.extxyz`` (molecules and periodic cells of H, C, N, O) and
+``references.json``: energies (eV), forces (eV/Å) and stress (eV/Å³, ASE's Voigt order)
+from ``mace.calculators.MACECalculator`` in float64, per model and structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import write
+
+ELEMENTS = [1, 6, 7, 8]
+E0S = [-13.6, -1029.8, -1484.9, -2041.8]
+# name: (class, first interaction, correlation, hidden irreps, num_interactions, max_ell, dtype)
+VARIANTS = {
+    "scaleshift_residual_nu3_l1_f64": ("ScaleShiftMACE", "Residual", 3, "8x0e+8x1o", 2, 3, "float64"),
+    "scaleshift_residual_nu2_l2_f32": ("ScaleShiftMACE", "Residual", 2, "6x0e+6x1o+6x2e", 2, 2, "float32"),
+    "mace_plain_first_nu1_l0_f64": ("MACE", "Plain", 1, "8x0e", 2, 2, "float64"),
+    "mace_plain_first_nu3_l1_3layers_f64": ("MACE", "Plain", [3, 2, 1], "6x0e+6x1o", 3, 2, "float64"),
+}
+
+
+def structures(rng: np.random.Generator) -> list[Atoms]:
+    """Three molecules and two periodic cells with all four elements, no two atoms closer than 0.9 Å."""
+    out = []
+    for n, cell in ((7, None), (12, None), (5, None), (10, 5.5), (16, 6.5)):
+        while True:
+            box = cell if cell is not None else 1.3 * n ** (1 / 3) + 1.0
+            positions = rng.uniform(0, box, size=(n, 3))
+            atoms = Atoms(numbers=rng.choice(ELEMENTS, size=n), positions=positions)
+            if cell is not None:
+                atoms.set_cell(np.diag([cell, cell * 1.1, cell * 0.95]) + rng.normal(0, 0.2, (3, 3)))
+                atoms.pbc = True
+            distances = atoms.get_all_distances(mic=cell is not None)
+            if (distances[np.triu_indices(n, 1)] > 0.9).all() and len(set(atoms.numbers)) >= 3:
+                break
+        out.append(atoms)
+    return out
+
+
+def build(variant, seed: int):
+    from e3nn import o3
+    from mace import modules
+
+    cls, first, correlation, hidden, layers, max_ell, dtype = variant
+    torch.set_default_dtype(getattr(torch, dtype))
+    torch.manual_seed(seed)
+    kwargs = dict(
+        r_max=4.5, num_bessel=6, num_polynomial_cutoff=5, max_ell=max_ell,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes[f"RealAgnostic{'Residual' if first == 'Residual' else ''}InteractionBlock"],
+        num_interactions=layers, num_elements=len(ELEMENTS), hidden_irreps=o3.Irreps(hidden),
+        MLP_irreps=o3.Irreps("4x0e"), atomic_energies=np.array(E0S), avg_num_neighbors=7.3,
+        atomic_numbers=ELEMENTS, correlation=correlation, gate=torch.nn.functional.silu, radial_MLP=[8, 8],
+    )
+    if cls == "ScaleShiftMACE":
+        model = modules.ScaleShiftMACE(atomic_inter_scale=0.83, atomic_inter_shift=-0.21, **kwargs)
+    else:
+        model = modules.MACE(**kwargs)
+    with torch.no_grad():  # every weight matters: mace-torch initialises some to small values
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p) * (p.std() if p.numel() > 1 else 1.0))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("tests/data/mace_torch"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from mace.calculators import MACECalculator
+
+    atoms_list = structures(np.random.default_rng(7))
+    write(args.out / "structures.extxyz", atoms_list)
+    references = {}
+    for k, (name, variant) in enumerate(VARIANTS.items()):
+        model = build(variant, seed=k)
+        path = args.out / f"{name}.model"
+        torch.save(model, path)
+        calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+        rows = []
+        for atoms in atoms_list:
+            atoms = atoms.copy()
+            atoms.calc = calc
+            row = {"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().tolist()}
+            if atoms.pbc.all():
+                row["stress"] = atoms.get_stress().tolist()
+            rows.append(row)
+        references[name] = {"variant": list(variant), "predictions": rows}
+        print(f"{name}: {path.stat().st_size / 1024:.0f} KiB, energies {[round(r['energy'], 4) for r in rows]}")
+    (args.out / "references.json").write_text(json.dumps(references, indent=1))
+
+
+if __name__ == "__main__":
+    main()
