@@ -11,6 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip uninstall -q -y mlip 2>/dev/null || true  # this venv's install from before the rename to mlip-forge
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 

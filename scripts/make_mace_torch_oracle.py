@@ -3,7 +3,7 @@
 Runs in mace-torch's own environment (it pins e3nn 0.4.4, so never in ours):
 
     python -m venv /tmp/macevenv && /tmp/macevenv/bin/pip install torch==2.13.0 mace-torch==0.3.16
-    /tmp/macevenv/bin/python scripts/make_mace_torch_oracle.py --out tests/data/mace_torch
+    /tmp/macevenv/bin/python scripts/make_mace_torch_oracle.py --out tests/convert/mace_torch_oracle
 
 Writes one ``<name>.model`` per variant (a pickled mace-torch module, as ``mace_run_train``
 saves it), ``structures.extxyz`` (molecules and periodic cells of H, C, N, O) and
@@ -24,12 +24,13 @@ from ase.io import write
 
 ELEMENTS = [1, 6, 7, 8]
 E0S = [-13.6, -1029.8, -1484.9, -2041.8]
-# name: (class, first interaction, correlation, hidden irreps, num_interactions, max_ell, dtype)
+# name: (class, first interaction, correlation, hidden irreps, num_interactions, max_ell, dtype[, heads])
 VARIANTS = {
-    "scaleshift_residual_nu3_l1_f64": ("ScaleShiftMACE", "Residual", 3, "8x0e+8x1o", 2, 3, "float64"),
+    "scaleshift_residual_nu3_l1_f64": ("ScaleShiftMACE", "Residual", 3, "8x0e+8x1o", 2, 2, "float64"),
     "scaleshift_residual_nu2_l2_f32": ("ScaleShiftMACE", "Residual", 2, "6x0e+6x1o+6x2e", 2, 2, "float32"),
     "mace_plain_first_nu1_l0_f64": ("MACE", "Plain", 1, "8x0e", 2, 2, "float64"),
     "mace_plain_first_nu3_l1_3layers_f64": ("MACE", "Plain", [3, 2, 1], "6x0e+6x1o", 3, 2, "float64"),
+    "scaleshift_two_heads_nu2_l1_f64": ("ScaleShiftMACE", "Residual", 2, "6x0e+6x1o", 2, 1, "float64", ["pbe", "r2scan"]),
 }
 
 
@@ -55,7 +56,9 @@ def build(variant, seed: int):
     from e3nn import o3
     from mace import modules
 
-    cls, first, correlation, hidden, layers, max_ell, dtype = variant
+    cls, first, correlation, hidden, layers, max_ell, dtype, *heads = variant
+    heads = heads[0] if heads else None
+    e0s = np.array(E0S) if heads is None else np.array([E0S, [e + 1.7 for e in E0S]])
     torch.set_default_dtype(getattr(torch, dtype))
     torch.manual_seed(seed)
     kwargs = dict(
@@ -63,11 +66,12 @@ def build(variant, seed: int):
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes[f"RealAgnostic{'Residual' if first == 'Residual' else ''}InteractionBlock"],
         num_interactions=layers, num_elements=len(ELEMENTS), hidden_irreps=o3.Irreps(hidden),
-        MLP_irreps=o3.Irreps("4x0e"), atomic_energies=np.array(E0S), avg_num_neighbors=7.3,
+        MLP_irreps=o3.Irreps("4x0e"), atomic_energies=e0s, avg_num_neighbors=7.3, heads=heads,
         atomic_numbers=ELEMENTS, correlation=correlation, gate=torch.nn.functional.silu, radial_MLP=[8, 8],
     )
     if cls == "ScaleShiftMACE":
-        model = modules.ScaleShiftMACE(atomic_inter_scale=0.83, atomic_inter_shift=-0.21, **kwargs)
+        scale, shift = (0.83, -0.21) if heads is None else ([0.83, 1.21], [-0.21, 0.05])
+        model = modules.ScaleShiftMACE(atomic_inter_scale=scale, atomic_inter_shift=shift, **kwargs)
     else:
         model = modules.MACE(**kwargs)
     with torch.no_grad():  # every weight matters: mace-torch initialises some to small values
@@ -78,7 +82,7 @@ def build(variant, seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("tests/data/mace_torch"))
+    parser.add_argument("--out", type=Path, default=Path("tests/convert/mace_torch_oracle"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from mace.calculators import MACECalculator
@@ -90,17 +94,22 @@ def main() -> None:
         model = build(variant, seed=k)
         path = args.out / f"{name}.model"
         torch.save(model, path)
-        calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
-        rows = []
-        for atoms in atoms_list:
-            atoms = atoms.copy()
-            atoms.calc = calc
-            row = {"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().tolist()}
-            if atoms.pbc.all():
-                row["stress"] = atoms.get_stress().tolist()
-            rows.append(row)
-        references[name] = {"variant": list(variant), "predictions": rows}
-        print(f"{name}: {path.stat().st_size / 1024:.0f} KiB, energies {[round(r['energy'], 4) for r in rows]}")
+        heads = variant[7] if len(variant) > 7 else [None]
+        for head in heads:
+            options = {} if head is None else {"head": head}
+            calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64", **options)
+            rows = []
+            for atoms in atoms_list:
+                atoms = atoms.copy()
+                atoms.calc = calc
+                row = {"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().tolist()}
+                if atoms.pbc.all():
+                    row["stress"] = atoms.get_stress().tolist()
+                rows.append(row)
+            references[name if head is None else f"{name}@{head}"] = {
+                "model": f"{name}.model", "head": head, "variant": list(variant), "predictions": rows
+            }
+            print(f"{name} {head or ''}: {path.stat().st_size / 1024:.0f} KiB, energies {[round(r['energy'], 4) for r in rows]}")
     (args.out / "references.json").write_text(json.dumps(references, indent=1))
 
 

@@ -79,3 +79,10 @@ def test_installed_commands_run_away_from_the_checkout(installed):
     _run([bin_dir / "mlip-relax", f"model={model}", f"input={cell}", "output_dir=relaxed", "fmax=0.5", "steps=20"],
          work, env)
     assert (work / "relaxed" / "relaxed.extxyz").is_file()
+
+    oracle = ROOT / "tests" / "convert" / "mace_torch_oracle" / "scaleshift_residual_nu3_l1_f64.model"
+    out = _run([bin_dir / "mlip-convert", f"input={oracle}", "output=converted.safetensors"], work, env).stdout
+    assert "model file: converted.safetensors" in out and (work / "converted.safetensors").is_file()
+    failed = subprocess.run([bin_dir / "mlip-convert", f"input={cell}"], cwd=work, env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().count("\n") == 0 and "cell.extxyz" in failed.stderr

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from mlip import __version__
 
-TOOLS = ("train", "preprocess", "eval", "relax", "md")
+TOOLS = ("train", "preprocess", "eval", "relax", "md", "convert")
 
 # ${mlip_version:} in the configs' help text
 OmegaConf.register_new_resolver("mlip_version", lambda: __version__, replace=True)

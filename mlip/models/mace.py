@@ -29,7 +29,7 @@ class MACE(nn.Module):
         cutoff_power: p of the polynomial cutoff envelope.
         max_ell: highest degree of the edge spherical harmonics and of the atomic basis A.
         hidden_irreps: node features between layers, e.g. ``"32x0e+32x1o"`` (one multiplicity).
-        correlation: ν, the body order of the symmetric product minus one.
+        correlation: ν, the body order of the symmetric product minus one; or one ν per layer.
         num_interactions: number of message-passing layers T.
         radial_mlp: hidden sizes of the radial MLP.
         readout_mlp: hidden size of the last layer's non-linear readout.
@@ -40,6 +40,9 @@ class MACE(nn.Module):
         cp_rank: with "cp", the rank of each decomposition, or "full" (exact).
         cp_share_paths: with "cp", one radial weight per channel for all paths (path-weight sharing).
         cp_learn_factors: with "cp", train the CP factor matrices (from the fit) instead of fixing them.
+        residual_first: the first layer's update adds the element-dependent residual of the
+            embedding (Eq. 11); False is mace-torch's ``RealAgnosticInteractionBlock`` first:
+            no residual, and the atomic basis A mapped by an element-dependent linear instead.
     """
 
     def __init__(
@@ -51,7 +54,7 @@ class MACE(nn.Module):
         cutoff_power: int = 5,
         max_ell: int = 3,
         hidden_irreps: str = "32x0e+32x1o",
-        correlation: int = 3,
+        correlation: int | Sequence[int] = 3,
         num_interactions: int = 2,
         radial_mlp: Sequence[int] = (64, 64, 64),
         readout_mlp: int = 16,
@@ -59,8 +62,12 @@ class MACE(nn.Module):
         cp_rank: int | str = "full",
         cp_share_paths: bool = False,
         cp_learn_factors: bool = False,
+        residual_first: bool = True,
     ):
         super().__init__()
+        correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
+        if len(correlations) != num_interactions:
+            raise ValueError(f"correlation: {len(correlations)} values for {num_interactions} interactions")
         self.r_max = float(r_max)
         hidden = o3.Irreps(hidden_irreps)
         num_channels = hidden[0].mul
@@ -78,15 +85,18 @@ class MACE(nn.Module):
         for t in range(num_interactions):
             last = t == num_interactions - 1
             irreps_out = scalars if last else hidden  # only invariants are read after the last layer
+            residual = residual_first or t > 0
             self.interactions.append(
                 InteractionBlock(
                     irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend,
-                    cp_rank, cp_share_paths, cp_learn_factors,
+                    cp_rank, cp_share_paths, cp_learn_factors, element_out=0 if residual else num_elements,
                 )
             )
             contraction_backend = "auto" if tp_backend in ("cp", "grid") else tp_backend
             self.products.append(
-                ProductBlock(irreps_basis, irreps_node, irreps_out, correlation, num_elements, contraction_backend)
+                ProductBlock(
+                    irreps_basis, irreps_node, irreps_out, correlations[t], num_elements, contraction_backend, residual
+                )
             )
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))
             irreps_node = irreps_out
@@ -99,7 +109,7 @@ class MACE(nn.Module):
         node_feats = self.embedding(species)
         node_energy = torch.zeros_like(node_feats[:, 0])
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            basis = interaction(node_feats, edge_sh, edge_radial, edge_index)
+            basis = interaction(node_feats, edge_sh, edge_radial, edge_index, species)
             node_feats = product(basis, node_feats, species)
             node_energy = node_energy + readout(node_feats)
         return node_energy

@@ -61,6 +61,9 @@ class InteractionBlock(nn.Module):
     The radial weights R come from an MLP of the radial embedding (MACE), or with
     ``spline_basis`` > 0 from learned splines of the distance (Facet; ``edge_radial`` is
     then the edge lengths [E, 1], Å).
+
+    With ``element_out`` > 0 (mace-torch's non-residual ``RealAgnosticInteractionBlock``),
+    ``A_i`` is mapped once more by ``W_{z_i}``, an `ElementLinear` over that many elements.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class InteractionBlock(nn.Module):
         r_max: float = 0.0,
         cutoff_power: int = 5,
         grid_resolution: int | None = None,
+        element_out: int = 0,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -97,6 +101,7 @@ class InteractionBlock(nn.Module):
         else:
             self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])
         self.linear = o3.Linear(self.convolution.irreps_out, self.irreps_out)
+        self.element_linear = ElementLinear(self.irreps_out, self.irreps_out, element_out) if element_out else None
 
     def forward(
         self,
@@ -104,6 +109,7 @@ class InteractionBlock(nn.Module):
         edge_sh: torch.Tensor,
         edge_radial: torch.Tensor,
         edge_index: torch.Tensor,
+        species: torch.Tensor | None = None,
     ) -> torch.Tensor:
         sender, receiver = edge_index
         h = self.linear_up(node_feats)
@@ -111,7 +117,10 @@ class InteractionBlock(nn.Module):
         radial_weights = self.radial(edge_radial, order)  # [n_edges, weight_numel]
         n = node_feats.shape[0]
         pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, n, order is not None)  # Eq. 8, summed
-        return self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
+        basis = self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
+        if self.element_linear is None:
+            return basis
+        return self.element_linear(basis, species)
 
 
 class ProductBlock(nn.Module):
@@ -119,7 +128,8 @@ class ProductBlock(nn.Module):
 
     B is the element-dependent symmetric contraction of order ``correlation``; the
     residual is a linear map of the previous features whose weights depend on the
-    element of the node.
+    element of the node (``residual=False`` leaves it out: mace-torch's first layer
+    after a non-residual interaction).
     """
 
     def __init__(
@@ -130,6 +140,7 @@ class ProductBlock(nn.Module):
         correlation: int,
         num_elements: int,
         tp_backend: str = "auto",
+        residual: bool = True,
     ):
         super().__init__()
         irreps_out = o3.Irreps(irreps_out)
@@ -137,10 +148,11 @@ class ProductBlock(nn.Module):
         contraction_out = o3.Irreps([(num_channels, ir) for _, ir in irreps_out])
         self.contraction = SymmetricContraction(irreps_in, contraction_out, correlation, num_elements, tp_backend)
         self.linear = o3.Linear(contraction_out, irreps_out)
-        self.skip = ElementLinear(irreps_node, irreps_out, num_elements)
+        self.skip = ElementLinear(irreps_node, irreps_out, num_elements) if residual else None
 
     def forward(self, basis: torch.Tensor, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.contraction(basis, species)) + self.skip(node_feats, species)
+        update = self.linear(self.contraction(basis, species))
+        return update if self.skip is None else update + self.skip(node_feats, species)
 
 
 class LinearReadout(nn.Module):

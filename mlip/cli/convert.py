@@ -1,0 +1,56 @@
+"""``mlip-convert``: another framework's model file as our model file.
+
+    mlip-convert input=MACE.model output=mace.safetensors
+    mlip-convert input=multihead.model head=pbe_mp
+
+mace-torch ``.model`` files (``MACE`` and ``ScaleShiftMACE`` of mace-torch 0.3.x) are read
+without mace-torch and without running their pickle (`mlip.convert.mace_torch`); what
+our MACE cannot express exactly is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mlip.configs import config_dir, search_path
+from mlip.convert.mace_torch import ConversionError, convert_mace_torch
+from mlip.export import save_model
+
+CONFIG_DIR = config_dir("convert")
+FRAMEWORKS = ("mace-torch",)
+
+
+def convert(cfg: DictConfig) -> Path:
+    """Convert ``cfg.input`` and write our model file; returns its path."""
+    if cfg.framework not in FRAMEWORKS:
+        raise ConversionError(f"framework={cfg.framework!r}: one of {FRAMEWORKS}")
+    source = Path(cfg.input)
+    output = Path(cfg.output) if cfg.output else source.with_suffix(".safetensors")
+    potential = convert_mace_torch(source, head=cfg.head)
+    extra = {"converted_from": {"framework": cfg.framework, "file": source.name, "head": cfg.head}}
+    return save_model(potential, output, extra=extra)
+
+
+@hydra.main(version_base="1.3", config_path=search_path("convert"), config_name="convert")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        output = convert(cfg)
+    except (ConversionError, FileNotFoundError) as exc:
+        raise SystemExit(f"mlip-convert: {exc}") from None
+    from mlip.export import read_metadata
+
+    spec = read_metadata(output)["model_spec"]["kwargs"]
+    shown = ", ".join(f"{k}={spec[k]}" for k in ("hidden_irreps", "max_ell", "correlation", "num_interactions", "r_max"))
+    print(f"converted {cfg.input} ({cfg.framework}{f', head {cfg.head}' if cfg.head else ''}): MACE {shown}")
+    print(f"model file: {output}")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

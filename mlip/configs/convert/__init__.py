@@ -1,0 +1,1 @@
+"""Primary config folder of mlip-convert (found by Hydra as a package)."""

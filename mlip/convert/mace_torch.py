@@ -1,0 +1,360 @@
+"""mace-torch models (``.model`` files of mace-torch 0.3.x) as our `MACE`, weight for weight.
+
+The file is read by `read_pickled_module` (nothing of mace-torch or e3nn 0.4.4 is imported
+or run). Each of its blocks maps onto ours:
+
+| mace-torch                                    | ours                                         |
+|-----------------------------------------------|----------------------------------------------|
+| ``node_embedding.linear``                     | ``embedding.linear``                         |
+| ``radial_embedding`` (Bessel x polynomial)    | ``radial_embedding`` (frequencies copied)    |
+| ``interactions.t.linear_up / linear``         | ``interactions.t.linear_up / linear``        |
+| ``interactions.t.conv_tp_weights`` (e3nn MLP) | ``interactions.t.radial`` (1/sqrt(fan-in) and the activation constant folded into the weights; rows in our path order) |
+| ``interactions.t.skip_tp`` (residual)         | ``products.t.skip``                          |
+| ``interactions.0.skip_tp`` (non-residual)     | ``interactions.0.element_linear``            |
+| ``products.t.symmetric_contractions``         | ``products.t.contraction`` (its U tensors projected onto our orthonormal basis) |
+| ``products.t.linear``, ``readouts``           | ``products.t.linear``, ``readouts``          |
+| ``atomic_energies_fn``, ``scale_shift``       | the `Potential`'s E0s, scale and shift       |
+
+What we cannot express exactly is refused by `ConversionError`, naming it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from e3nn import o3
+
+from mlip.convert.pickled_module import PickledModuleError, Record, read_pickled_module
+from mlip.models.potential import Potential
+from mlip.models.registry import build_model
+from mlip.nn.irreps import channel_irreps
+from mlip.nn.radial import NormalizedSiLU
+from mlip.nn.symmetric_contraction import product_basis
+
+MODEL_KINDS = {"mace.modules.models.MACE": "MACE", "mace.modules.models.ScaleShiftMACE": "ScaleShiftMACE"}
+RESIDUAL = "mace.modules.blocks.RealAgnosticResidualInteractionBlock"
+PLAIN = "mace.modules.blocks.RealAgnosticInteractionBlock"
+KNOWN_CHILDREN = {"node_embedding", "radial_embedding", "spherical_harmonics", "atomic_energies_fn",
+                  "interactions", "products", "readouts", "scale_shift"}
+# options of mace-torch's MACE that change the architecture when set
+REFUSED_FLAGS = {"use_so3": False, "use_agnostic_product": False, "use_last_readout_only": False,
+                 "pair_repulsion": False, "lammps_mliap": False, "apply_cutoff": True, "edge_irreps": None}
+SILU = "torch.nn.functional.silu"
+# the part of a U tensor outside the symmetric equivariant space, relative to its largest entry, that
+# counts as round-off of the stored U (a float32 file's U carries ~1e-7)
+PROJECTION_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+class ConversionError(ValueError):
+    """A mace-torch file holding something our MACE cannot express exactly (or not a mace-torch model)."""
+
+
+def irreps(record: Any) -> o3.Irreps:
+    """An e3nn ``Irreps`` from its pickled record (a tuple of ``(mul, (l, p))``)."""
+    if isinstance(record, (str, o3.Irreps)):
+        return o3.Irreps(record)
+    if not isinstance(record, Record) or not record.kind.endswith("_irreps.Irreps"):
+        raise ConversionError(f"expected e3nn Irreps, found {record!r}")
+    items = []
+    for mul_ir in record.args[0]:
+        mul, ir = mul_ir.args[0] if isinstance(mul_ir, Record) else mul_ir
+        l, p = ir.args[0] if isinstance(ir, Record) else ir
+        items.append((int(mul), (int(l), int(p))))
+    return o3.Irreps(items)
+
+
+def _kind_name(value: Any) -> str:
+    return value.kind if isinstance(value, Record) else getattr(value, "kind", type(value).__name__)
+
+
+def activation_constant(act: Record, where: str) -> float:
+    """The constant of e3nn's ``normalize2mom(silu)`` stored in the file (SiLU only)."""
+    if not act.kind.endswith("normalize2mom"):
+        raise ConversionError(f"{where}: activation {act.kind} is not e3nn's normalised SiLU")
+    function = act.attr("f")
+    if _kind_name(function) != SILU:
+        raise ConversionError(f"{where}: activation {_kind_name(function)} is not SiLU")
+    return float(act.attr("cst"))
+
+
+def radial_weights(mlp: Record, row_order: list[int], mul: int, where: str) -> list[torch.Tensor]:
+    """Our `RadialMLP` weights [out, in] from e3nn's ``FullyConnectedNet`` with SiLU.
+
+    e3nn's layer: ``x @ W / sqrt(h_in var_in)``, then ``c act(.) sqrt(var_out)`` on hidden layers;
+    ours: ``x @ W.T`` and ``c' act(.)``. The factors c sqrt(var_out) / c' go into the next layer.
+    ``row_order[p]`` is the mace-torch path of our path p; each path has ``mul`` columns.
+    """
+    layers = [mlp.child(f"layer{k}") for k in range(len(mlp.children))]
+    weights, carried = [], 1.0
+    for k, layer in enumerate(layers):
+        h_in, var_in, var_out = layer.attr("h_in"), layer.attr("var_in"), layer.attr("var_out")
+        weight = layer.tensor("weight").to(torch.float64)
+        last = k == len(layers) - 1
+        acts = layer.children.get("act")
+        if last != (acts is None):
+            raise ConversionError(f"{where}: a radial MLP with an activation after its last layer (out_act)")
+        if last:
+            weight = weight / math.sqrt(h_in * var_in / var_out)
+        else:
+            weight = weight / math.sqrt(h_in * var_in)
+        weight = (weight * carried).T.contiguous()
+        if not last:
+            carried = activation_constant(acts, where) * math.sqrt(var_out) / NormalizedSiLU.SCALE
+        weights.append(weight)
+    rows = torch.tensor([p * mul + c for p in row_order for c in range(mul)])
+    weights[-1] = weights[-1].index_select(0, rows)
+    return weights
+
+
+def path_order(conv_tp: Record, ours: list[tuple], where: str) -> list[int]:
+    """For each of our convolution paths, the index of the same path in mace-torch's tensor product."""
+    theirs = [tuple(int(v) for v in ins.args[:3]) for ins in conv_tp.attr("instructions")]
+    modes = {ins.args[3] for ins in conv_tp.attr("instructions")}
+    if modes != {"uvu"}:
+        raise ConversionError(f"{where}: tensor-product paths of mode {sorted(modes)}, ours are channel-wise (uvu)")
+    keys = [tuple(ins[:3]) for ins in ours]
+    if sorted(keys) != sorted(theirs):
+        raise ConversionError(f"{where}: its convolution paths {theirs} differ from ours {keys}")
+    return [theirs.index(key) for key in keys]
+
+
+def contraction_weights(contraction: Record, ours, i_out: int, where: str) -> dict[str, torch.Tensor]:
+    """Our symmetric-contraction weights of output irrep ``i_out`` from one mace-torch ``Contraction``.
+
+    mace-torch contracts ν copies of A against U^ν[M, a_1..a_ν, k] with weights w[z, k, c]; only
+    the part of U symmetric in the a's acts. That part is projected onto our orthonormal basis
+    (`product_basis`): ``w_ours[z, c, p] = Σ_k w[z, k, c] <U_ours[p], Sym U[..., k]>``, and the
+    remainder of the projection must vanish.
+    """
+    correlation = int(contraction.attr("correlation"))
+    _, per_channel = channel_irreps(ours.irreps_in)
+    ir_out = ours.per_channel_out[i_out].ir
+    parameters = contraction.child("weights").parameters
+    weights_by_nu = {correlation: contraction.tensor("weights_max")}
+    for j in range(correlation - 1):
+        weights_by_nu[correlation - 1 - j] = parameters[str(j)]
+    names = {nu: name for nu, name in ours.paths[i_out]}
+    out: dict[str, torch.Tensor] = {}
+    for nu in range(1, correlation + 1):
+        stored = contraction.tensor(f"U_matrix_{nu}")
+        u = stored.to(torch.float64)
+        u = u.reshape(ir_out.dim, *([per_channel.dim] * nu), u.shape[-1]).movedim(-1, 0)  # [k, M, a..]
+        axes = list(range(2, 2 + nu))
+        symmetric = sum(u.permute(0, 1, *perm) for perm in itertools.permutations(axes)) / math.factorial(nu)
+        symmetric = symmetric.reshape(symmetric.shape[0], -1)
+        scale = float(symmetric.abs().max()) if symmetric.numel() else 0.0
+        w = weights_by_nu[nu].to(torch.float64)  # [z, k, c]
+        if nu not in names:
+            if scale > 0 and float(w.abs().max()) > 0:
+                raise ConversionError(f"{where}: a ν={nu} path to {ir_out} that our contraction does not have")
+            continue
+        basis = product_basis(per_channel, nu, ir_out).reshape(-1, symmetric.shape[1])  # [p, M a..], orthonormal
+        coefficients = symmetric @ basis.T  # [k, p]
+        residual = float((symmetric - coefficients @ basis).abs().max()) if scale > 0 else 0.0
+        if residual > PROJECTION_TOLERANCE.get(stored.dtype, 1e-3) * max(scale, 1.0):
+            raise ConversionError(
+                f"{where}: its ν={nu} coupling to {ir_out} lies outside the symmetric equivariant space "
+                f"(projection residual {residual:.2e})"
+            )
+        out[names[nu]] = torch.einsum("zkc,kp->zcp", w, coefficients)
+    return out
+
+
+def check_supported(model: Record) -> None:
+    """Refuse what our MACE does not express, naming it."""
+    if model.kind not in MODEL_KINDS:
+        raise ConversionError(f"a {model.kind}, not one of mace-torch's {sorted(MODEL_KINDS)}")
+    extra = set(model.children) - KNOWN_CHILDREN
+    if extra:
+        raise ConversionError(f"parts our MACE does not have: {sorted(extra)}")
+    for flag, plain in REFUSED_FLAGS.items():
+        value = model.attr(flag, plain)
+        if value != plain and not (plain is None and value is None):
+            raise ConversionError(f"{flag}={value!r} is not supported (only {plain!r})")
+    radial = model.child("radial_embedding")
+    if not radial.child("bessel_fn").kind.endswith("radial.BesselBasis"):
+        raise ConversionError(f"radial basis {radial.child('bessel_fn').kind}; only the Bessel basis is supported")
+    if "distance_transform" in radial.children:
+        raise ConversionError(f"distance_transform {radial.child('distance_transform').kind} is not supported")
+    sh = model.child("spherical_harmonics")
+    if not sh.attr("normalize", True) or sh.attr("normalization", "component") != "component":
+        raise ConversionError("spherical harmonics not normalised by component")
+    interactions = model.child("interactions").children
+    if len(interactions) < 2:
+        raise ConversionError("a single interaction (its readout is linear; ours is an MLP): at least 2 needed")
+    for t, block in interactions.items():
+        allowed = (RESIDUAL, PLAIN) if t == "0" else (RESIDUAL,)
+        if block.kind not in allowed:
+            raise ConversionError(f"interactions.{t} is a {block.kind.rsplit('.', 1)[-1]}; supported: "
+                                  f"{[a.rsplit('.', 1)[-1] for a in allowed]}")
+        if block.attr("cueq_config", None) is not None or block.attr("oeq_config", None) is not None:
+            raise ConversionError(f"interactions.{t} was saved with cuequivariance/openequivariance layouts; "
+                                  "convert the model back to e3nn in mace-torch first (mace_cueq_to_e3nn)")
+    readouts = model.child("readouts").children
+    for t, readout in readouts.items():
+        expected = "NonLinearReadoutBlock" if int(t) == len(readouts) - 1 else "LinearReadoutBlock"
+        if not readout.kind.endswith(f"blocks.{expected}"):
+            raise ConversionError(f"readouts.{t} is a {readout.kind.rsplit('.', 1)[-1]}, expected {expected}")
+
+
+def head_index(model: Record, head: str | None) -> tuple[int, int]:
+    """(index of the chosen head, number of heads)."""
+    heads = list(model.attr("heads", None) or ["Default"])
+    if head is None:
+        if len(heads) > 1:
+            raise ConversionError(f"the file has heads {heads}: choose one with head=<name>")
+        return 0, 1
+    if head not in heads:
+        raise ConversionError(f"no head {head!r}; the file has {heads}")
+    return heads.index(head), len(heads)
+
+
+def model_kwargs(model: Record, num_heads: int) -> dict[str, Any]:
+    """Our MACE's constructor arguments read off the mace-torch modules."""
+    interactions = model.child("interactions").children
+    products = model.child("products").children
+    radial = model.child("radial_embedding")
+    averages = {float(block.attr("avg_num_neighbors")) for block in interactions.values()}
+    radial_mlps = {tuple(block.attr("radial_MLP")) for block in interactions.values()}
+    if len(averages) != 1 or len(radial_mlps) != 1:
+        raise ConversionError("interactions with different avg_num_neighbors or radial MLPs")
+    hidden = irreps(interactions["1"].attr("node_feats_irreps"))
+    sh = irreps(model.child("spherical_harmonics").attr("irreps_out"))
+    correlations = [int(p.child("symmetric_contractions").child("contractions").child("0").attr("correlation"))
+                    for p in products.values()]
+    mlp_irreps = irreps(model.child("readouts").children[str(len(interactions) - 1)].child("linear_1").attr("irreps_out"))
+    return {
+        "num_elements": int(model.tensor("atomic_numbers").numel()),
+        "avg_num_neighbors": averages.pop(),
+        "r_max": float(model.tensor("r_max")),
+        "num_bessel": int(radial.child("bessel_fn").tensor("bessel_weights").numel()),
+        "cutoff_power": int(radial.child("cutoff_fn").tensor("p")),
+        "max_ell": int(sh.lmax),
+        "hidden_irreps": str(hidden),
+        "correlation": correlations,
+        "num_interactions": len(interactions),
+        "radial_mlp": list(radial_mlps.pop()),
+        "readout_mlp": mlp_irreps.dim // num_heads,
+        "tp_backend": "auto",
+        "residual_first": interactions["0"].kind == RESIDUAL,
+    }
+
+
+def _linear_weight(record: Record, expected_numel: int, where: str) -> torch.Tensor:
+    weight = record.tensor("weight")
+    if weight.numel() != expected_numel:
+        raise ConversionError(f"{where}: {weight.numel()} weights where ours has {expected_numel}")
+    return weight
+
+
+def convert_mace_torch(path: str | Path, head: str | None = None) -> Potential:
+    """Our `Potential` holding the mace-torch model at ``path`` (in the file's dtype).
+
+    ``head`` picks one head of a multi-head file (required there).
+    """
+    path = Path(path)
+    try:
+        model = read_pickled_module(path)
+        check_supported(model)
+        return _convert(model, head)
+    except (PickledModuleError, ConversionError) as exc:
+        raise ConversionError(f"{path}: {exc}") from None
+
+
+def _convert(model: Record, head: str | None) -> Potential:
+    h, num_heads = head_index(model, head)
+    kwargs = model_kwargs(model, num_heads)
+    dtype = model.child("node_embedding").child("linear").tensor("weight").dtype
+    e0s = model.child("atomic_energies_fn").tensor("atomic_energies").to(torch.float64)
+    e0s = e0s.reshape(num_heads, -1)[h] if e0s.dim() == 2 and e0s.shape[0] == num_heads and num_heads > 1 else e0s.reshape(-1)
+    scale, shift = 1.0, 0.0
+    if model.kind.endswith("ScaleShiftMACE"):
+        block = model.child("scale_shift")
+        scale = float(block.tensor("scale").reshape(-1)[h if num_heads > 1 else 0])
+        shift = float(block.tensor("shift").reshape(-1)[h if num_heads > 1 else 0])
+    spec = {"target": "mlip.models.mace.MACE", "kwargs": kwargs}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        ours = build_model(spec)
+        potential = Potential(ours, model.tensor("atomic_numbers").tolist(), e0s.tolist(), scale, shift, model_spec=spec)
+    finally:
+        torch.set_default_dtype(previous)
+    state = potential.state_dict()
+    new: dict[str, torch.Tensor] = {}
+
+    def put(key: str, value: torch.Tensor) -> None:
+        key = f"model.{key}"
+        if key not in state:
+            raise ConversionError(f"internal: our model has no {key}")
+        if state[key].numel() != value.numel():
+            raise ConversionError(f"{key}: {value.numel()} values for our {state[key].numel()}")
+        new[key] = value.reshape(state[key].shape).to(dtype)
+
+    embedding = model.child("node_embedding").child("linear")
+    put("embedding.linear.weight", _linear_weight(embedding, ours.embedding.linear.weight.numel(), "node_embedding"))
+    bessel = model.child("radial_embedding").child("bessel_fn")
+    put("radial_embedding.basis.frequencies", bessel.tensor("bessel_weights"))
+    put("radial_embedding.basis.prefactor", bessel.tensor("prefactor"))
+    cutoff_r = float(model.child("radial_embedding").child("cutoff_fn").tensor("r_max"))
+    if abs(cutoff_r - ours.r_max) > 1e-12 * ours.r_max:
+        raise ConversionError(f"cutoff r_max {cutoff_r} differs from the model's {ours.r_max}")
+
+    interactions = model.child("interactions").children
+    products = model.child("products").children
+    readouts = model.child("readouts").children
+    for t, (block, ours_block) in enumerate(zip(interactions.values(), ours.interactions)):
+        where = f"interactions.{t}"
+        put(f"{where}.linear_up.weight", _linear_weight(block.child("linear_up"), ours_block.linear_up.weight.numel(), where))
+        order = path_order(block.child("conv_tp"), ours_block.convolution.instructions, where)
+        mul = ours_block.convolution.irreps_in[0].mul
+        for k, weight in enumerate(radial_weights(block.child("conv_tp_weights"), order, mul, where)):
+            put(f"{where}.radial.net.{2 * k}.weight", weight)
+        put(f"{where}.linear.weight", _linear_weight(block.child("linear"), ours_block.linear.weight.numel(), where))
+        skip = block.child("skip_tp").tensor("weight")
+        if block.kind == RESIDUAL:
+            put(f"products.{t}.skip.weight", skip)
+        else:
+            put(f"{where}.element_linear.weight", skip)
+
+        product, ours_product = products[str(t)], ours.products[t]
+        where = f"products.{t}"
+        if bool(product.attr("use_sc", True)) != (ours_product.skip is not None) and block.kind == RESIDUAL:
+            raise ConversionError(f"{where}: use_sc={product.attr('use_sc')} with a residual interaction")
+        contractions = product.child("symmetric_contractions").child("contractions").children
+        if len(contractions) != len(ours_product.contraction.paths):
+            raise ConversionError(f"{where}: {len(contractions)} output irreps, ours {len(ours_product.contraction.paths)}")
+        for i_out, contraction in enumerate(contractions.values()):
+            for name, weight in contraction_weights(contraction, ours_product.contraction, i_out, where).items():
+                put(f"{where}.contraction.weights.{name}", weight)
+        put(f"{where}.linear.weight", _linear_weight(product.child("linear"), ours_product.linear.weight.numel(), where))
+
+        readout, where = readouts[str(t)], f"readouts.{t}"
+        last = t == len(interactions) - 1
+        if not last:
+            weight = readout.child("linear").tensor("weight").reshape(-1, num_heads)[:, h]
+            put(f"{where}.linear.weight", weight)
+        else:
+            hidden = kwargs["readout_mlp"]
+            channels = ours.readouts[t].linear_in.irreps_in.dim
+            w1 = readout.child("linear_1").tensor("weight").reshape(channels, num_heads, hidden)[:, h]
+            # with several heads each owns one block of the hidden units (mace-torch's mask_head)
+            w2 = readout.child("linear_2").tensor("weight").reshape(num_heads, hidden, num_heads)[h, :, h]
+            acts = readout.child("non_linearity").child("acts").children
+            if len(acts) != 1:
+                raise ConversionError(f"{where}: {len(acts)} activations, expected one (SiLU)")
+            constant = activation_constant(next(iter(acts.values())), where)
+            # e3nn's Linear normalises by 1/sqrt(fan_in): with one head's block the fan-in shrinks
+            fan_in_ratio = math.sqrt(hidden / (hidden * num_heads))
+            put(f"{where}.linear_in.weight", w1)
+            put(f"{where}.linear_out.weight", w2.to(torch.float64) * constant / NormalizedSiLU.SCALE * fan_in_ratio)
+    missing = {k for k in state if k.startswith("model.") and k.endswith("weight") and state[k].numel()} - set(new)
+    if missing:
+        raise ConversionError(f"internal: weights left unmapped: {sorted(missing)}")
+    state.update(new)
+    potential.load_state_dict(state, strict=True)
+    return potential.eval()

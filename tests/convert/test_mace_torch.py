@@ -1,0 +1,153 @@
+"""mace-torch models converted to ours predict what mace-torch predicts (the oracle files were
+written by scripts/make_mace_torch_oracle.py in mace-torch 0.3.16's own environment), and
+what we cannot express, or cannot read safely, is refused."""
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.io import read
+
+from mlip.calculator import MLIPCalculator
+from mlip.cli.convert import convert
+from mlip.convert.mace_torch import ConversionError, check_supported, convert_mace_torch
+from mlip.convert.pickled_module import PickledModuleError, Record, read_pickled_module, record_class
+from mlip.export import load_model, read_metadata, save_model
+
+ORACLE = Path(__file__).parent / "mace_torch_oracle"
+REFERENCES = json.loads((ORACLE / "references.json").read_text())
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def structures():
+    return read(ORACLE / "structures.extxyz", ":")
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_converted_model_predicts_what_mace_torch_predicts(name, structures, tmp_path):
+    reference = REFERENCES[name]
+    potential = convert_mace_torch(ORACLE / reference["model"], head=reference["head"])
+    path = save_model(potential, tmp_path / "converted.safetensors")
+    calc = MLIPCalculator(path, device="cpu", dtype="float64")
+    e0 = dict(zip(potential.elements.tolist(), potential.e0s.tolist()))
+    assert any(atoms.pbc.all() for atoms in structures) and any(not atoms.pbc.any() for atoms in structures)
+    for atoms, row in zip(structures, reference["predictions"]):
+        atoms = atoms.copy()
+        atoms.calc = calc
+        # relative to the interaction energy: the E0s alone would make any energy agree to 1e-6
+        interaction = row["energy"] - sum(e0[int(z)] for z in atoms.numbers)
+        assert abs(atoms.get_potential_energy() - row["energy"]) <= RTOL * abs(interaction)
+        forces = np.asarray(row["forces"])
+        assert np.abs(atoms.get_forces() - forces).max() <= RTOL * np.abs(forces).max()
+        if "stress" in row:
+            stress = np.asarray(row["stress"])
+            assert np.abs(atoms.get_stress() - stress).max() <= RTOL * np.abs(stress).max()
+
+
+def test_converted_file_keeps_hyperparameters_and_dtype(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"input": str(ORACLE / "scaleshift_residual_nu2_l2_f32.model"),
+                            "output": str(tmp_path / "m.safetensors"), "head": None, "framework": "mace-torch"})
+    path = convert(cfg)
+    metadata = read_metadata(path)
+    kwargs = metadata["model_spec"]["kwargs"]
+    assert metadata["dtype"] == "float32"
+    assert kwargs["hidden_irreps"] == "6x0e+6x1o+6x2e" and kwargs["correlation"] == [2, 2]
+    assert kwargs["max_ell"] == 2 and kwargs["residual_first"] is True
+    assert metadata["extra"]["converted_from"]["framework"] == "mace-torch"
+    assert load_model(path).elements.tolist() == [1, 6, 7, 8]
+
+
+def test_several_heads_need_a_choice():
+    model = ORACLE / "scaleshift_two_heads_nu2_l1_f64.model"
+    with pytest.raises(ConversionError, match=r"heads \['pbe', 'r2scan'\].*head=<name>"):
+        convert_mace_torch(model)
+    with pytest.raises(ConversionError, match="no head 'hse'"):
+        convert_mace_torch(model, head="hse")
+
+
+def _record(name="scaleshift_residual_nu3_l1_f64"):
+    return read_pickled_module(ORACLE / f"{name}.model")
+
+
+@pytest.mark.parametrize("flag, value", [("use_so3", True), ("pair_repulsion", True), ("apply_cutoff", False),
+                                         ("use_agnostic_product", True)])
+def test_architecture_options_we_lack_are_refused_by_name(flag, value):
+    model = _record()
+    model.state[flag] = value
+    with pytest.raises(ConversionError, match=flag):
+        check_supported(model)
+
+
+def test_unsupported_blocks_are_refused_by_name():
+    model = _record()
+    interactions = model.child("interactions")
+    block = interactions.children["1"]
+    nonlinear = record_class("mace.modules.blocks", "RealAgnosticResidualNonLinearInteractionBlock")()
+    nonlinear.state = block.state
+    interactions.state["_modules"]["1"] = nonlinear
+    with pytest.raises(ConversionError, match="RealAgnosticResidualNonLinearInteractionBlock"):
+        check_supported(model)
+    model = _record()
+    model.state["_modules"]["pair_repulsion_fn"] = record_class("mace.modules.radial", "ZBLBasis")()
+    with pytest.raises(ConversionError, match="pair_repulsion_fn"):
+        check_supported(model)
+
+
+def test_pickle_payload_in_a_model_file_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.model"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"model": Payload()}, protocol=2))
+    with pytest.raises(ConversionError, match="not a pickled module"):
+        convert_mace_torch(path)
+    assert not marker.exists()
+    # a real module with the payload inside its state: read as inert records, still nothing runs
+    buffer = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2), buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(tmp_path / "mixed.model", "w") as out:
+        for item in source.namelist():
+            data = source.read(item)
+            if item.endswith("data.pkl"):
+                data = pickle.dumps([Payload(), Payload()], protocol=2)
+            out.writestr(item, data)
+    with pytest.raises(ConversionError):
+        convert_mace_torch(tmp_path / "mixed.model")
+    assert not marker.exists()
+    assert isinstance(record_class("os", "system")("touch", str(marker)), Record) and not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file at all", b"PK\x03\x04broken"])
+def test_files_that_are_not_model_archives_are_refused(tmp_path, content):
+    path = tmp_path / "bad.model"
+    path.write_bytes(content)
+    with pytest.raises(ConversionError, match="bad.model"):
+        convert_mace_torch(path)
+
+
+def test_truncated_storage_is_refused(tmp_path):
+    source = ORACLE / "mace_plain_first_nu1_l0_f64.model"
+    path = tmp_path / "short.model"
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(path, "w") as out:
+        for item in archive.namelist():
+            data = archive.read(item)
+            if "/data/" in item and len(data) > 8:
+                data = data[: len(data) // 2]
+            out.writestr(item, data)
+    with pytest.raises(ConversionError, match="storage"):
+        convert_mace_torch(path)
+    with pytest.raises(PickledModuleError):
+        read_pickled_module(path)
