@@ -43,6 +43,9 @@ class MACE(nn.Module):
         residual_first: the first layer's update adds the element-dependent residual of the
             embedding (Eq. 11); False is mace-torch's ``RealAgnosticInteractionBlock`` first:
             no residual, and the atomic basis A mapped by an element-dependent linear instead.
+        radial_fan_in_forward: the radial MLP divides its weights by sqrt(fan-in) in the forward,
+            as mace-torch's does, instead of at initialisation (`RadialMLP`; same function,
+            slower and width-independent training of the radial weights).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class MACE(nn.Module):
         cp_share_paths: bool = False,
         cp_learn_factors: bool = False,
         residual_first: bool = True,
+        radial_fan_in_forward: bool = False,
     ):
         super().__init__()
         correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
@@ -90,6 +94,7 @@ class MACE(nn.Module):
                 InteractionBlock(
                     irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend,
                     cp_rank, cp_share_paths, cp_learn_factors, element_out=0 if residual else num_elements,
+                    radial_fan_in_forward=radial_fan_in_forward,
                 )
             )
             contraction_backend = "auto" if tp_backend in ("cp", "grid") else tp_backend

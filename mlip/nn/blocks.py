@@ -83,6 +83,7 @@ class InteractionBlock(nn.Module):
         cutoff_power: int = 5,
         grid_resolution: int | None = None,
         element_out: int = 0,
+        radial_fan_in_forward: bool = False,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -99,7 +100,7 @@ class InteractionBlock(nn.Module):
         if spline_basis:  # Facet: the weights are splines of the distance itself
             self.radial = SplineRadial(r_max, spline_basis, self.convolution.weight_numel, cutoff_power)
         else:
-            self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel])
+            self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel], radial_fan_in_forward)
         self.linear = o3.Linear(self.convolution.irreps_out, self.irreps_out)
         self.element_linear = ElementLinear(self.irreps_out, self.irreps_out, element_out) if element_out else None
 

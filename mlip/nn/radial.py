@@ -80,29 +80,36 @@ class NormalizedSiLU(nn.Module):
 class RadialMLP(nn.Module):
     """MLP without biases, so that a radial embedding of zero (r >= r_max) maps to zero weights.
 
-    Layers are variance-preserving at initialisation.
+    Layers are variance-preserving at initialisation. Two parametrisations of the same function:
+    ``fan_in_forward=False`` draws weights with std 1/sqrt(fan_in); ``True`` draws them N(0, 1) and
+    divides by sqrt(fan_in) in the forward (e3nn's ``FullyConnectedNet``, which mace-torch uses).
+    They train differently: Adam's step is about lr per weight in either, so the first moves the
+    layer's function sqrt(fan_in) times faster than the second.
     """
 
-    def __init__(self, sizes: Sequence[int]):
+    def __init__(self, sizes: Sequence[int], fan_in_forward: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
+        self.fan_in_forward = fan_in_forward
         for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             linear = nn.Linear(n_in, n_out, bias=False)
-            nn.init.normal_(linear.weight, std=1.0 / math.sqrt(n_in))
+            nn.init.normal_(linear.weight, std=1.0 if fan_in_forward else 1.0 / math.sqrt(n_in))
             layers.append(linear)
             if k < len(sizes) - 2:
                 layers.append(NormalizedSiLU())
         self.net = nn.Sequential(*layers)
 
+    def _weight(self, layer: nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor:
+        weight = layer.weight if rows is None else layer.weight.index_select(0, rows)
+        return weight / math.sqrt(layer.in_features) if self.fan_in_forward else weight
+
     def forward(self, x: torch.Tensor, output_order: torch.Tensor | None = None) -> torch.Tensor:
         """[E, sizes[0]] -> [E, sizes[-1]]; ``output_order`` permutes the output columns (through
         the last layer's weight rows, so no [E, sizes[-1]] copy is made)."""
-        if output_order is None:
-            return self.net(x)
         *hidden, last = self.net
         for layer in hidden:
-            x = layer(x)
-        return nn.functional.linear(x, last.weight.index_select(0, output_order))
+            x = nn.functional.linear(x, self._weight(layer)) if isinstance(layer, nn.Linear) else layer(x)
+        return nn.functional.linear(x, self._weight(last, output_order))
 
 
 class SplineRadial(nn.Module):

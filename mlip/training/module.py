@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ class PotentialModule(L.LightningModule):
         optimizer: ``adam`` or ``adamw``; ``amsgrad`` switches on AMSGrad.
         lr: peak learning rate.
         weight_decay: decoupled for adamw, L2 for adam.
+        weight_decay_params: regular expressions (``re.search``) over the potential's parameter
+            names that the weight decay applies to; None: all parameters. mace-torch decays the
+            interactions' output linears and the product blocks only.
         scheduler: ``plateau`` (on val_loss, per epoch), ``cosine`` (to ``min_lr`` over the
             run, per step) or ``constant``; all start with ``warmup_steps`` of linear warm-up.
         ema_decay: decay of the weight average used for validation, test and export (None: off).
@@ -75,6 +79,7 @@ class PotentialModule(L.LightningModule):
         lr: float = 0.01,
         amsgrad: bool = True,
         weight_decay: float = 0.0,
+        weight_decay_params: list[str] | None = None,
         scheduler: str = "plateau",
         warmup_steps: int = 0,
         plateau_factor: float = 0.5,
@@ -90,6 +95,8 @@ class PotentialModule(L.LightningModule):
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        # a plain list (not Hydra's ListConfig): checkpoints are read with weights_only
+        weight_decay_params = None if weight_decay_params is None else [str(p) for p in weight_decay_params]
         self.save_hyperparameters(ignore=["potential", "loss"])
         self.potential = potential
         self.loss = loss
@@ -241,7 +248,7 @@ class PotentialModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay, "amsgrad": hp.amsgrad}
-        optimizer = OPTIMIZERS[hp.optimizer](self.potential.parameters(), **kwargs)
+        optimizer = OPTIMIZERS[hp.optimizer](self.parameter_groups(), **kwargs)
         if hp.scheduler == "plateau":  # stepped by on_validation_epoch_end, saved by on_save_checkpoint
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, factor=hp.plateau_factor, patience=hp.plateau_patience, min_lr=hp.min_lr
@@ -260,6 +267,19 @@ class PotentialModule(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return {"optimizer": optimizer}
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's groups: with ``weight_decay_params``, the matching parameters decay and
+        the others do not."""
+        patterns = self.hparams.weight_decay_params
+        named = list(self.potential.named_parameters())
+        if patterns is None:
+            return [{"params": [p for _, p in named]}]
+        decay = [p for name, p in named if any(re.search(pattern, name) for pattern in patterns)]
+        if not decay:
+            raise ValueError(f"weight_decay_params {list(patterns)} match no parameter of the model")
+        chosen = {id(p) for p in decay}
+        return [{"params": decay}, {"params": [p for _, p in named if id(p) not in chosen], "weight_decay": 0.0}]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mlip_model_spec"] = self.potential.model_spec

@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""Held-out accuracy of our MACE against mace-torch's, same model, data, split and epochs.
+
+    python scripts/accuracy_parity.py prepare --data-dir ../shared/datasets --out .accuracy_data
+    python scripts/accuracy_parity.py run --sets .accuracy_data --epochs 40 --seeds 0 1 2 \
+        --recipes mlip-v1 mlip --mace-torch /tmp/site_mace:/tmp/site --gpus 0 1 --out $OUT
+    python scripts/accuracy_parity.py table $OUT/results.jsonl
+
+Three held-out sets (``prepare``): ``3bpa_random`` (3BPA train_300K, random 400/50/50:
+in distribution), ``3bpa_energy`` (the 400 lowest-energy configurations train and validate,
+the 100 highest are the test: energy extrapolation) and ``acac`` (acetylacetone train_300K
+450/50, tested on test_MD_300K). Every framework trains on the same files.
+
+The model is the issue's MACE: 128x0e+128x1o, edge ℓ ≤ 3, ν = 3, 2 layers, r_max 5 Å,
+8 Bessel functions, radial MLP [64, 64, 64], readout MLP 16; batch 10, lr 0.01, AMSGrad,
+EMA 0.99, per-atom energy weight 1, force weight 100. Ours trains through `mlip-train`
+under the named recipes (`RECIPES`); mace-torch through ``mace.cli.run_train``
+(ScaleShiftMACE) in its own environment (``--mace-torch`` is its PYTHONPATH). Each
+framework's final model is scored through its own ASE calculator by one scoring function:
+force RMSE and MAE over all components (meV/Å), energy RMSE per atom (meV/atom).
+Runs go at once, spread over ``--gpus``; each result is appended to ``results.jsonl`` as
+soon as it is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS_DEFAULT = 40
+# mace-torch's parameter groups with weight decay: the interactions' output linears and the products
+MACE_DECAY = "['^model.interactions.*.linear.weight$','^model.products.*.(contraction|linear).']"
+MACE_RECIPE = [
+    "module.plateau_factor=0.8", "module.plateau_patience=50", "module.warmup_steps=0",
+    "module.weight_decay=5e-7", f"module.weight_decay_params={MACE_DECAY}", "model.radial_fan_in_forward=true",
+]
+RECIPES = {
+    "mlip": [],  # the shipped defaults (train.yaml, model/mace.yaml), whatever they are now
+    # the defaults before issue 18: aggressive plateau, warm-up, no decay, radial weights scaled at init
+    "mlip-v1": ["module.plateau_factor=0.5", "module.plateau_patience=4", "module.warmup_steps=20",
+                "module.weight_decay=0.0", "model.radial_fan_in_forward=false"],
+    "mace-recipe": MACE_RECIPE,
+}
+# single changes from mlip-v1 (the ablation rows)
+for _name, _change in {"+scheduler": MACE_RECIPE[:2], "+no-warmup": MACE_RECIPE[2:3], "+decay": MACE_RECIPE[3:5],
+                       "+radial-fan-in": MACE_RECIPE[5:]}.items():
+    RECIPES[f"mlip-v1{_name}"] = RECIPES["mlip-v1"] + _change
+SETS = ("3bpa_random", "3bpa_energy", "acac")
+
+
+def prepare(data_dir: Path, out: Path) -> None:
+    """Write train/valid/test extxyz files and the E0 file of each set into ``out/<set>/``."""
+    from ase.io import read, write
+
+    rng = np.random.default_rng(0)
+    bpa = read(data_dir / "3bpa" / "train_300K.xyz", ":")
+    order = rng.permutation(len(bpa))
+    splits = {"3bpa_random": (order[:400], order[400:450], order[450:])}
+    by_energy = np.argsort([a.get_potential_energy() for a in bpa])
+    low = rng.permutation(by_energy[:400])
+    splits["3bpa_energy"] = (low[:360], low[360:], by_energy[400:])
+    for name, (train, valid, test) in splits.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for part, index in (("train", train), ("valid", valid), ("test", test)):
+            write(folder / f"{part}.xyz", [bpa[i] for i in index])
+        write(folder / "e0.xyz", read(data_dir / "3bpa" / "iso_atoms.xyz", ":"))
+    acac = read(data_dir / "acac" / "train_300K.xyz", ":")
+    order = rng.permutation(len(acac))
+    folder = out / "acac"
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder / "train.xyz", [acac[i] for i in order[:450]])
+    write(folder / "valid.xyz", [acac[i] for i in order[450:]])
+    write(folder / "test.xyz", read(data_dir / "acac" / "test_MD_300K.xyz", ":"))
+    write(folder / "e0.xyz", read(data_dir / "acac" / "isolated_atoms.xyz", ":"))
+    for name in SETS:
+        counts = {p: len(read(out / name / f"{p}.xyz", ":")) for p in ("train", "valid", "test")}
+        print(name, counts)
+
+
+def score(framework: str, model: str, test: str, device: str) -> dict[str, float]:
+    """Force RMSE/MAE (meV/Å) and energy RMSE (meV/atom) of ``model`` on ``test`` through its calculator."""
+    from ase.io import read
+
+    if framework == "mlip":
+        from mlip.calculator import MLIPCalculator
+
+        calc = MLIPCalculator(model, device=device, dtype="float64")
+    else:
+        from mace.calculators import MACECalculator
+
+        calc = MACECalculator(model_paths=model, device=device, default_dtype="float64")
+    force_errors, energy_errors = [], []
+    for atoms in read(test, ":"):
+        reference_e, reference_f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms = atoms.copy()
+        atoms.calc = calc
+        energy_errors.append((atoms.get_potential_energy() - reference_e) / len(atoms))
+        force_errors.append((atoms.get_forces() - reference_f).ravel())
+    f, e = np.concatenate(force_errors), np.asarray(energy_errors)
+    return {"forces_rmse": 1000 * float(np.sqrt(np.mean(f**2))), "forces_mae": 1000 * float(np.mean(np.abs(f))),
+            "energy_rmse": 1000 * float(np.sqrt(np.mean(e**2))), "n_test": len(e)}
+
+
+def e0_dict(path: Path) -> dict[int, float]:
+    from ase.io import read
+
+    return {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
+
+
+def mlip_command(folder: Path, run_dir: Path, recipe: list[str], seed: int, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "mlip.cli.train", "data=extxyz", "model=mace", "trainer=gpu",
+            f"data.train_files=[{folder / 'train.xyz'}]", f"data.val_files=[{folder / 'valid.xyz'}]",
+            f"data.test_files=[{folder / 'test.xyz'}]", "data.val_fraction=0", "data.test_fraction=0",
+            "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
+            f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=10", "data.val_batch_size=10",
+            "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.correlation=3", "model.num_interactions=2",
+            "model.r_max=5.0", "model.num_bessel=8", "model.radial_mlp=[64,64,64]", "model.readout_mlp=16",
+            "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
+            "module.loss.forces_weight=100", "module.loss.stress_weight=0", "module.cuda_graphs=true",
+            f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null", "monitoring.val_parity=null",
+            "trainer.enable_progress_bar=false", f"seed={seed}", *recipe, f"hydra.run.dir={run_dir}"]
+
+
+def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "mace.cli.run_train", "--name", "mace", f"--seed={seed}",
+            f"--work_dir={run_dir}", f"--train_file={folder / 'train.xyz'}", f"--valid_file={folder / 'valid.xyz'}",
+            f"--E0s={e0_dict(folder / 'e0.xyz')!r}", "--model=ScaleShiftMACE",
+            "--hidden_irreps=128x0e+128x1o", "--r_max=5.0", "--max_ell=3", "--correlation=3", "--num_interactions=2",
+            "--num_radial_basis=8", "--MLP_irreps=16x0e", "--radial_MLP=[64,64,64]", "--batch_size=10",
+            "--valid_batch_size=10", f"--max_num_epochs={epochs}", "--lr=0.01", "--amsgrad", "--ema",
+            "--ema_decay=0.99", "--loss=weighted", "--energy_weight=1", "--forces_weight=100",
+            "--energy_key=energy", "--forces_key=forces", "--device=cuda", "--default_dtype=float32",
+            "--eval_interval=1", "--save_cpu"]
+
+
+def run(args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    jobs = [(s, r, seed) for s in args.set_names for r in args.recipes for seed in args.seeds]
+    if args.mace_torch:
+        jobs += [(s, "mace-torch", seed) for s in args.set_names for seed in args.seeds]
+    deadline = time.time() + args.budget_s
+
+    def one(index_job) -> None:
+        index, (name, recipe, seed) = index_job
+        gpu = args.gpus[index % len(args.gpus)]
+        folder = args.sets.resolve() / name
+        run_dir = args.work / f"{name}-{recipe}-{seed}"
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), OMP_NUM_THREADS="2", WANDB_MODE="disabled")
+        if recipe == "mace-torch":
+            env.update(PYTHONPATH=args.mace_torch, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+            command, framework, model = mace_command(folder, run_dir, seed, args.epochs), "mace", run_dir / "mace.model"
+        else:
+            command, framework = mlip_command(folder, run_dir, RECIPES[recipe], seed, args.epochs), "mlip"
+            model = run_dir / "model.safetensors"
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=max(deadline - time.time(), 1))
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-1500:])
+            scored = subprocess.run([sys.executable, __file__, "score", framework, str(model), str(folder / "test.xyz")],
+                                    cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=max(deadline + 60 - time.time(), 1))
+            if scored.returncode != 0:
+                raise RuntimeError(scored.stderr[-1500:])
+            row = {"set": name, "recipe": recipe, "seed": seed, "epochs": args.epochs, "wall_s": round(wall, 1),
+                   **json.loads(scored.stdout.strip().splitlines()[-1])}
+        except Exception as exc:  # noqa: BLE001 - a failed or unfinished run is reported, the others go on
+            row = {"set": name, "recipe": recipe, "seed": seed, "error": f"{type(exc).__name__}: {str(exc)[-600:]}"}
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(one, enumerate(jobs)))
+
+
+def table(path: Path) -> str:
+    """Mean ± spread (half the range) over seeds, per set and recipe, as a markdown table."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if "error" not in row:
+            groups.setdefault((row["set"], row["recipe"]), []).append(row)
+    lines = ["| set | recipe | seeds | epochs | force RMSE meV/Å | force MAE meV/Å | energy RMSE meV/atom | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def stat(values: list[float], digits: int) -> str:
+        v = np.asarray(values)
+        return f"{v.mean():.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"
+
+    for (name, recipe), group in sorted(groups.items()):
+        lines.append(f"| {name} | {recipe} | {len(group)} | {group[0]['epochs']} | "
+                     f"{stat([g['forces_rmse'] for g in group], 1)} | {stat([g['forces_mae'] for g in group], 1)} | "
+                     f"{stat([g['energy_rmse'] for g in group], 2)} | {stat([g['wall_s'] for g in group], 0)} |")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        lines.append(f"\n{len(failed)} runs failed or did not finish: "
+                     + ", ".join(f"{r['set']}/{r['recipe']}/{r['seed']}" for r in failed))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=ROOT / ".accuracy_data")
+    p = sub.add_parser("run")
+    p.add_argument("--sets", type=Path, default=ROOT / ".accuracy_data")
+    p.add_argument("--set-names", nargs="*", default=list(SETS), choices=SETS)
+    p.add_argument("--recipes", nargs="*", default=["mlip"], choices=list(RECIPES))
+    p.add_argument("--mace-torch", help="PYTHONPATH of a mace-torch environment: adds its rows")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=EPOCHS_DEFAULT)
+    p.add_argument("--gpus", nargs="*", type=int, default=[0])
+    p.add_argument("--budget-s", type=float, default=3600, help="runs still going after this are stopped")
+    p.add_argument("--work", type=Path, default=Path("/tmp/accuracy_runs"))
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "accuracy_parity")
+    p = sub.add_parser("score")
+    p.add_argument("framework", choices=["mlip", "mace"])
+    p.add_argument("model")
+    p.add_argument("test")
+    p.add_argument("--device", default="cuda")
+    p = sub.add_parser("table")
+    p.add_argument("results", type=Path)
+    args = parser.parse_args()
+    if args.command == "prepare":
+        prepare(args.data_dir, args.out)
+    elif args.command == "run":
+        run(args)
+    elif args.command == "score":
+        print(json.dumps(score(args.framework, args.model, args.test, args.device)))
+    else:
+        print(table(args.results))
+
+
+if __name__ == "__main__":
+    main()
