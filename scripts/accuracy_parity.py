@@ -42,18 +42,23 @@ MACE_DECAY = "['^model.interactions.*.linear.weight$','^model.products.*.(contra
 MACE_RECIPE = [
     "module.plateau_factor=0.8", "module.plateau_patience=50", "module.warmup_steps=0",
     "module.weight_decay=5e-7", f"module.weight_decay_params={MACE_DECAY}", "model.radial_fan_in_forward=true",
+    "model.contraction_normalization=component",
 ]
 RECIPES = {
     "mlip": [],  # the shipped defaults (train.yaml, model/mace.yaml), whatever they are now
     # the defaults before issue 18: aggressive plateau, warm-up, no decay, radial weights scaled at init
     "mlip-v1": ["module.plateau_factor=0.5", "module.plateau_patience=4", "module.warmup_steps=20",
-                "module.weight_decay=0.0", "model.radial_fan_in_forward=false"],
+                "module.weight_decay=0.0", "model.radial_fan_in_forward=false", "model.contraction_normalization=norm"],
     "mace-recipe": MACE_RECIPE,
 }
 # single changes from mlip-v1 (the ablation rows)
 for _name, _change in {"+scheduler": MACE_RECIPE[:2], "+no-warmup": MACE_RECIPE[2:3], "+decay": MACE_RECIPE[3:5],
-                       "+radial-fan-in": MACE_RECIPE[5:]}.items():
+                       "+radial-fan-in": MACE_RECIPE[5:6], "+component": MACE_RECIPE[6:]}.items():
     RECIPES[f"mlip-v1{_name}"] = RECIPES["mlip-v1"] + _change
+# mace-torch's recipe without the component normalisation (the first parity run, 2026-11-28)
+RECIPES["mace-recipe-norm"] = MACE_RECIPE[:6] + ["model.contraction_normalization=norm"]
+# our plateau schedule with mace-torch's parametrisation (radial MLP, contraction normalisation) and decay
+RECIPES["mlip-v2"] = RECIPES["mlip-v1"] + MACE_RECIPE[3:]
 SETS = ("3bpa_random", "3bpa_energy", "acac")
 
 
@@ -117,8 +122,16 @@ def e0_dict(path: Path) -> dict[int, float]:
     return {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
 
 
+def merged(overrides: list[str]) -> list[str]:
+    """Hydra overrides with repeated keys resolved: the last value of each key wins."""
+    by_key: dict[str, str] = {}
+    for item in overrides:
+        by_key[item.split("=", 1)[0]] = item
+    return list(by_key.values())
+
+
 def mlip_command(folder: Path, run_dir: Path, recipe: list[str], seed: int, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "mlip.cli.train", "data=extxyz", "model=mace", "trainer=gpu",
+    return [sys.executable, "-m", "mlip.cli.train", *merged(["data=extxyz", "model=mace", "trainer=gpu",
             f"data.train_files=[{folder / 'train.xyz'}]", f"data.val_files=[{folder / 'valid.xyz'}]",
             f"data.test_files=[{folder / 'test.xyz'}]", "data.val_fraction=0", "data.test_fraction=0",
             "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
@@ -128,7 +141,7 @@ def mlip_command(folder: Path, run_dir: Path, recipe: list[str], seed: int, epoc
             "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
             "module.loss.forces_weight=100", "module.loss.stress_weight=0", "module.cuda_graphs=true",
             f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null", "monitoring.val_parity=null",
-            "trainer.enable_progress_bar=false", f"seed={seed}", *recipe, f"hydra.run.dir={run_dir}"]
+            "trainer.enable_progress_bar=false", f"seed={seed}", *recipe, f"hydra.run.dir={run_dir}"])]
 
 
 def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int) -> list[str]:
@@ -155,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
         index, (name, recipe, seed) = index_job
         gpu = args.gpus[index % len(args.gpus)]
         folder = args.sets.resolve() / name
-        run_dir = args.work / f"{name}-{recipe}-{seed}"
+        run_dir = args.work / f"{name}-{recipe}-{seed}-e{args.epochs}"
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), OMP_NUM_THREADS="2", WANDB_MODE="disabled")
         if recipe == "mace-torch":
             env.update(PYTHONPATH=args.mace_torch, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
@@ -190,10 +203,10 @@ def run(args: argparse.Namespace) -> None:
 def table(path: Path) -> str:
     """Mean ± spread (half the range) over seeds, per set and recipe, as a markdown table."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, int, str], list[dict]] = {}
     for row in rows:
         if "error" not in row:
-            groups.setdefault((row["set"], row["recipe"]), []).append(row)
+            groups.setdefault((row["set"], row["epochs"], row["recipe"]), []).append(row)
     lines = ["| set | recipe | seeds | epochs | force RMSE meV/Å | force MAE meV/Å | energy RMSE meV/atom | wall s |",
              "|---|---|---|---|---|---|---|---|"]
 
@@ -201,7 +214,7 @@ def table(path: Path) -> str:
         v = np.asarray(values)
         return f"{v.mean():.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"
 
-    for (name, recipe), group in sorted(groups.items()):
+    for (name, _, recipe), group in sorted(groups.items()):
         lines.append(f"| {name} | {recipe} | {len(group)} | {group[0]['epochs']} | "
                      f"{stat([g['forces_rmse'] for g in group], 1)} | {stat([g['forces_mae'] for g in group], 1)} | "
                      f"{stat([g['energy_rmse'] for g in group], 2)} | {stat([g['wall_s'] for g in group], 0)} |")

@@ -18,6 +18,10 @@ Gaunt grid product as its convolution.
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
 scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
+It also times the ASE calculators on the same weights: mace-torch saves a seeded
+ScaleShiftMACE (the Si model) and runs it through ``MACECalculator``; we convert that file
+(`mlip.convert.mace_torch`) and run it through ``MLIPCalculator`` on the same structures,
+and check that both give the same forces.
 The floor of an inference call is the bytes it cannot avoid moving (below) over the
 copy bandwidth measured here.
 """
@@ -28,10 +32,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
-from timing import case_parser, cuda_ms, silicon_atoms
+from timing import calculator_ms, case_parser, cuda_ms, silicon_atoms
 from torch_geometric.data import Batch
 
 from mlip.data.graph import structure_to_graph
@@ -153,17 +158,44 @@ def training_rows(graphs, backend: str, dtype: torch.dtype, repeats: int) -> lis
     return rows
 
 
-def mace_torch_rows(path: str, args) -> list[str]:
+def mace_torch_rows(path: str, args, calculator_model: Path | None = None) -> list[str]:
     """The same cases run by scripts/benchmark_mace_torch.py with mace-torch from ``path``."""
     env = dict(os.environ, PYTHONPATH=path, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     command = [sys.executable, str(Path(__file__).with_name("benchmark_mace_torch.py")), "--data-dir", str(args.data_dir),
                "--dtypes", *args.dtypes, "--repeats", str(args.repeats)]
+    if calculator_model is not None:
+        command += ["--calculator-model", str(calculator_model)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
     for row in rows:
         print(row, flush=True)
     if done.returncode != 0:
         print(f"mace-torch run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return rows
+
+
+def converted_calculator_rows(model_file: Path, systems, dtypes: list[str], repeats: int,
+                              device: str = "cuda") -> list[str]:
+    """``MLIPCalculator`` on the mace-torch file converted to ours, on the structures mace-torch
+    timed; each row says how far its forces are from ``MACECalculator``'s."""
+    import numpy as np
+
+    from mlip.calculator import MLIPCalculator
+    from mlip.convert.mace_torch import convert_mace_torch
+    from mlip.export import save_model
+
+    converted = save_model(convert_mace_torch(model_file), model_file.with_suffix(".safetensors"))
+    reference = np.load(model_file.with_suffix(".forces.npz"))
+    rows = []
+    for dtype in dtypes:
+        calc = MLIPCalculator(converted, device=device, dtype=dtype)
+        for atoms in systems:
+            ms, forces = calculator_ms(calc, atoms, repeats)
+            theirs = reference[f"{dtype}_{len(atoms)}"]
+            error = np.abs(forces - theirs).max() / np.abs(theirs).max()
+            rows.append(f"| Si {len(atoms)} ASE calculator | mlip MLIPCalculator (converted) | {dtype} | {ms:.2f} "
+                        f"| {len(atoms) / ms * 1000:,.0f} | 0 |")
+            print(f"converted Si {len(atoms)} {dtype}: forces differ from mace-torch's by {error:.1e} (relative)")
     return rows
 
 
@@ -209,7 +241,12 @@ def main() -> None:
                 rows += training_rows(graphs, backend, dtype, args.repeats)
                 print("\n".join(rows[-2:]), flush=True)
     if args.mace_torch_path:
-        ratios(rows, mace_torch_rows(args.mace_torch_path, args))
+        model_file = Path(tempfile.mkdtemp()) / "mace_si.model"
+        theirs = mace_torch_rows(args.mace_torch_path, args, model_file)
+        if model_file.is_file():
+            rows += converted_calculator_rows(model_file, [silicon_atoms(3), silicon_atoms(6)], args.dtypes, args.repeats)
+            print("\n".join(rows[-2 * len(args.dtypes):]), flush=True)
+        ratios(rows, theirs)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ cuequivariance rows use mace-torch's fast path (all operations, fused convolutio
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -22,7 +23,7 @@ from mace import modules
 from mace.modules.wrapper_ops import CuEquivarianceConfig
 from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
-from timing import case_parser, cuda_ms, silicon_atoms
+from timing import calculator_ms, case_parser, cuda_ms, silicon_atoms
 
 
 def batch_of(atoms_list, elements: list[int], r_max: float, device: str):
@@ -89,8 +90,30 @@ def training_row(molecules, backend: str, dtype: torch.dtype, repeats: int) -> s
     return f"| train step, 32 3BPA ({atoms} atoms) | mace-torch {backend} | {str(dtype)[6:]} | {ms:.2f} | {atoms / ms * 1000:,.0f} | {peak:.2f} |"
 
 
+def calculator_rows(systems, model_file: Path, dtypes: list[str], repeats: int, device: str = "cuda") -> list[str]:
+    """``MACECalculator`` on a seeded e3nn ScaleShiftMACE saved to ``model_file`` (which
+    scripts/benchmark.py converts and runs through ``MLIPCalculator``); forces saved beside it."""
+    from mace.calculators import MACECalculator
+
+    torch.set_default_dtype(torch.float64)
+    avg = 45.0  # about the neighbours per atom of diamond Si at 6 Å
+    model = model_of([14], 6.0, "128x0e+128x1o", "e3nn", avg, "cpu")
+    torch.save(model, model_file)
+    rows, forces = [], {}
+    for dtype in dtypes:
+        calc = MACECalculator(model_paths=str(model_file), device=device, default_dtype=dtype)
+        for atoms in systems:
+            ms, f = calculator_ms(calc, atoms, repeats)
+            forces[f"{dtype}_{len(atoms)}"] = f
+            rows.append(f"| Si {len(atoms)} ASE calculator | mace-torch MACECalculator | {dtype} | {ms:.2f} "
+                        f"| {len(atoms) / ms * 1000:,.0f} | 0 |")
+    np.savez(model_file.with_suffix(".forces.npz"), **forces)
+    return rows
+
+
 def main() -> None:
     parser = case_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--calculator-model", type=Path, help="also time MACECalculator on a model saved here")
     args = parser.parse_args()
     systems = [silicon_atoms(3), silicon_atoms(6)]
     path = args.data_dir / "3bpa" / "train_300K.xyz"
@@ -101,6 +124,9 @@ def main() -> None:
                 print(inference_row(atoms, backend, dtype, args.repeats), flush=True)
             if molecules is not None:
                 print(training_row(molecules, backend, dtype, args.repeats), flush=True)
+    if args.calculator_model is not None:
+        for row in calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats):
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

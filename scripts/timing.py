@@ -29,6 +29,18 @@ def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
+def calculator_ms(calc, atoms: Atoms, repeats: int, warmup: int = 3) -> tuple[float, np.ndarray]:
+    """Mean milliseconds of an ASE calculator's energy+forces+stress call on ``atoms`` (its
+    results come back as numpy, so each call is complete), and the forces of the last call."""
+    atoms = atoms.copy()
+    for k in range(warmup + repeats):
+        if k == warmup:
+            start = time.perf_counter()
+        atoms.positions[0, 0] += 1e-6 * (-1) ** k  # a new structure each call: no cached results
+        calc.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
+    return 1000 * (time.perf_counter() - start) / repeats, np.asarray(calc.results["forces"])
+
+
 def silicon_atoms(repeat: int, seed: int = 0) -> Atoms:
     """Diamond Si, ``repeat``³ cubic cells (8 atoms each), rattled by 0.05 Å."""
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((repeat,) * 3)

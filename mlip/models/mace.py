@@ -46,6 +46,9 @@ class MACE(nn.Module):
         radial_fan_in_forward: the radial MLP divides its weights by sqrt(fan-in) in the forward,
             as mace-torch's does, instead of at initialisation (`RadialMLP`; same function,
             slower and width-independent training of the radial weights).
+        contraction_normalization: ``"norm"`` or ``"component"`` (mace-torch's): the symmetric
+            product's basis normalised over all of its components, or per component
+            (`SymmetricContraction`; ℓ > 0 outputs sqrt(2ℓ+1) larger, and their weights learn so).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class MACE(nn.Module):
         cp_learn_factors: bool = False,
         residual_first: bool = True,
         radial_fan_in_forward: bool = False,
+        contraction_normalization: str = "norm",
     ):
         super().__init__()
         correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
@@ -100,7 +104,8 @@ class MACE(nn.Module):
             contraction_backend = "auto" if tp_backend in ("cp", "grid") else tp_backend
             self.products.append(
                 ProductBlock(
-                    irreps_basis, irreps_node, irreps_out, correlations[t], num_elements, contraction_backend, residual
+                    irreps_basis, irreps_node, irreps_out, correlations[t], num_elements, contraction_backend, residual,
+                    contraction_normalization,
                 )
             )
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))

@@ -122,10 +122,15 @@ class SymmetricContraction(nn.Module):
     Because each basis tensor is symmetric, the ν-fold product of A is only needed on
     sorted multi-indices (monomials ``A_{a_1} ... A_{a_ν}`` with a_1 <= ... <= a_ν):
     B = Σ_ν Σ_η w_η (U'_η · monomials_ν(A)), with U' the basis folded by `compress_symmetric`.
+
+    ``normalization``: each basis tensor has unit norm over its 2L+1 components and the
+    factors' indices (``"norm"``), or each component has (``"component"``: the tensors and
+    so the weights' effect scaled by sqrt(2L+1), as e3nn and mace-torch normalise irreps).
     """
 
     def __init__(
-        self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int, backend: str = "e3nn"
+        self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int, backend: str = "e3nn",
+        normalization: str = "norm",
     ):
         super().__init__()
         # cuequivariance on CUDA (mlip.nn.tensor_product.symmetric_contraction), see `uses_cueq`
@@ -144,7 +149,10 @@ class SymmetricContraction(nn.Module):
             parent, last = _monomial_recursion(per_channel_in.dim, nu)
             self.register_buffer(f"parent_{nu}", parent, persistent=False)
             self.register_buffer(f"last_{nu}", last, persistent=False)
+        if normalization not in ("norm", "component"):
+            raise ValueError(f"normalization must be 'norm' or 'component', got {normalization!r}")
         self.weights = nn.ParameterDict()
+        self.weight_scale: dict[str, float] = {}  # the basis normalisation, applied to the weights
         self.paths: list[list[tuple[int, str]]] = []  # per output irrep: (ν, name) with a non-empty basis
         for i_out, (_, ir_out) in enumerate(per_channel_out):
             paths = []
@@ -156,6 +164,7 @@ class SymmetricContraction(nn.Module):
                 self.register_buffer(f"basis_{name}", compress_symmetric(basis, nu).to(dtype))
                 weight = torch.randn(num_elements, num_channels, basis.shape[0], dtype=dtype) / basis.shape[0]
                 self.weights[name] = nn.Parameter(weight)
+                self.weight_scale[name] = math.sqrt(ir_out.dim) if normalization == "component" else 1.0
                 paths.append((nu, name))
             self.paths.append(paths)
 
@@ -174,9 +183,14 @@ class SymmetricContraction(nn.Module):
             for nu, name in paths:
                 basis = getattr(self, f"basis_{name}")  # [p, 2L+1, T_ν]
                 features = torch.einsum("nkt,pmt->nkpm", monomials[nu], basis)
-                out = out + torch.einsum("nkpm,nkp->nkm", features, self.weights[name].index_select(0, species))
+                out = out + torch.einsum("nkpm,nkp->nkm", features, self.scaled_weight(name).index_select(0, species))
             outputs.append(out)
         return from_channels(torch.cat(outputs, dim=-1), self.irreps_out)
+
+    def scaled_weight(self, name: str) -> torch.Tensor:
+        """The weights of path ``name`` times their basis normalisation: [num_elements, k, n_basis]."""
+        scale = self.weight_scale[name]
+        return self.weights[name] if scale == 1.0 else self.weights[name] * scale
 
     def forward_cueq(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """The same contraction evaluated by cuequivariance on our weights (any device it supports)."""

@@ -279,7 +279,8 @@ class PotentialModule(L.LightningModule):
         if not decay:
             raise ValueError(f"weight_decay_params {list(patterns)} match no parameter of the model")
         chosen = {id(p) for p in decay}
-        return [{"params": decay}, {"params": [p for _, p in named if id(p) not in chosen], "weight_decay": 0.0}]
+        rest = [p for _, p in named if id(p) not in chosen]
+        return [{"name": "decay", "params": decay}, {"name": "no_decay", "params": rest, "weight_decay": 0.0}]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mlip_model_spec"] = self.potential.model_spec

@@ -109,12 +109,13 @@ def _tensorboard_events(folder: Path) -> list:
 
 
 def test_tensorboard_logger_records_losses_monitoring_and_parity_images(tmp_path, emt_file):
-    pytest.importorskip("tensorboardX", reason="the tensorboard extra: pip install mlip[tensorboard]")
+    pytest.importorskip("tensorboardX", reason='the tensorboard extra: pip install "mlip-forge[tensorboard]"')
     train(compose_train_config(tmp_path, emt_file, "logger=tensorboard", "trainer.max_epochs=2",
                                "trainer.log_every_n_steps=1"))
     values = [v for event in _tensorboard_events(tmp_path / "tensorboard") for v in event.summary.value]
     tags = {v.tag for v in values}
-    assert {"train_loss_step", "val_loss", "val_forces_rmse", "grad_norm", "structures_per_s", "lr-Adam"} <= tags, tags
+    assert {"train_loss_step", "val_loss", "val_forces_rmse", "grad_norm", "structures_per_s"} <= tags, tags
+    assert {"lr-Adam/decay", "lr-Adam/no_decay"} <= tags, tags  # the weight-decay groups (train.yaml)
     images = [v.image for v in values if v.tag == "val_parity"]
     assert len(images) == 2 and all(im.width > 100 and im.height > 100 for im in images)
     assert (tmp_path / "logs" / "metrics.csv").is_file()  # the CSV is always written beside

@@ -40,3 +40,25 @@ def test_radial_mlp_emits_its_columns_in_a_given_order():
     x = torch.randn(5, 8, requires_grad=True)
     order = torch.randperm(12)
     torch.testing.assert_close(mlp(x, order), mlp(x)[:, order], rtol=1e-14, atol=1e-14)
+
+
+def test_fan_in_forward_is_the_same_function_under_another_parametrisation():
+    torch.manual_seed(0)
+    scaled_at_init = RadialMLP([8, 16, 12])
+    scaled_in_forward = RadialMLP([8, 16, 12], fan_in_forward=True)
+    with torch.no_grad():  # the same function: weights times sqrt(fan_in)
+        for a, b in zip(scaled_at_init.net, scaled_in_forward.net):
+            if isinstance(a, torch.nn.Linear):
+                b.weight.copy_(a.weight * math.sqrt(a.in_features))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    scaled_at_init.double(), scaled_in_forward.double()
+    order = torch.randperm(12)
+    torch.testing.assert_close(scaled_in_forward(x, order), scaled_at_init(x, order), rtol=1e-12, atol=1e-12)
+    # ... which trains differently: the gradient of a weight is 1/sqrt(fan_in) times smaller
+    scaled_in_forward(x).sum().backward()
+    scaled_at_init(x).sum().backward()
+    last_a, last_b = scaled_at_init.net[-1], scaled_in_forward.net[-1]
+    torch.testing.assert_close(last_b.weight.grad * math.sqrt(16), last_a.weight.grad, rtol=1e-10, atol=1e-12)
+    # initial weights are N(0, 1): the layer's output keeps unit variance either way
+    wide = RadialMLP([256, 4], fan_in_forward=True)
+    assert 0.9 < float(wide.net[0].weight.detach().std()) < 1.1

@@ -81,3 +81,21 @@ def test_compressed_contraction_equals_full_basis_sum(nu):
         outs.append(out)
     expected = from_channels(torch.cat(outs, dim=-1), irreps_out)
     assert torch.allclose(block(x, species), expected, atol=1e-12)
+
+
+def test_component_normalisation_scales_each_output_irrep_by_sqrt_of_its_dimension():
+    torch.manual_seed(0)
+    irreps_in, irreps_out = o3.Irreps("3x0e+3x1o+3x2e"), o3.Irreps("3x0e+3x1o+3x2e")
+    norm = SymmetricContraction(irreps_in, irreps_out, 2, num_elements=2).double()
+    component = SymmetricContraction(irreps_in, irreps_out, 2, num_elements=2, normalization="component").double()
+    component.load_state_dict(norm.state_dict())
+    x = torch.randn(7, irreps_in.dim, dtype=torch.float64)
+    species = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    factors = torch.cat([torch.full((mul * ir.dim,), math.sqrt(ir.dim), dtype=torch.float64) for mul, ir in irreps_out])
+    torch.testing.assert_close(component(x, species), norm(x, species) * factors, rtol=1e-12, atol=1e-12)
+    # and stays equivariant
+    rotation = o3.rand_matrix(dtype=torch.float64)
+    d_in, d_out = irreps_in.D_from_matrix(rotation), irreps_out.D_from_matrix(rotation)
+    torch.testing.assert_close(component(x @ d_in.T, species), component(x, species) @ d_out.T, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="normalization"):
+        SymmetricContraction(irreps_in, irreps_out, 2, num_elements=2, normalization="unit")

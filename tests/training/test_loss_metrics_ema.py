@@ -91,3 +91,24 @@ def test_ema_matches_weights_by_name_on_a_deep_copied_mace():
         torch.testing.assert_close(averaged[name], p - 0.1, msg=name)
     for name, b in model.named_buffers():
         torch.testing.assert_close(dict(ema.module.named_buffers())[name], b, msg=name)
+
+
+def test_weight_decay_applies_to_the_named_parameters_only():
+    from mlip.models.mace import MACE
+    from mlip.models.potential import Potential
+    from mlip.training.loss import EnergyForcesStressLoss
+    from mlip.training.module import PotentialModule
+
+    model = MACE(num_elements=2, avg_num_neighbors=4.0, hidden_irreps="4x0e+4x1o", max_ell=1, radial_mlp=[4])
+    potential = Potential(model, [1, 8], [0.0, 0.0])
+    patterns = ["^model.interactions.*.linear.weight$", "^model.products.*.(contraction|linear)."]
+    module = PotentialModule(potential, EnergyForcesStressLoss(), weight_decay=1e-3, weight_decay_params=patterns)
+    decay, rest = module.parameter_groups()
+    names = {id(p): n for n, p in potential.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    assert "model.interactions.0.linear.weight" in decayed and "model.products.1.linear.weight" in decayed
+    assert not any("linear_up" in n or "radial" in n or "skip" in n or "readouts" in n for n in decayed)
+    assert rest["weight_decay"] == 0.0 and len(decay["params"]) + len(rest["params"]) == len(names)
+    assert PotentialModule(potential, EnergyForcesStressLoss()).parameter_groups()[0]["params"].__len__() == len(names)
+    with pytest.raises(ValueError, match="match no parameter"):
+        PotentialModule(potential, EnergyForcesStressLoss(), weight_decay_params=["^nothing"]).parameter_groups()

@@ -140,6 +140,6 @@ class CueqContraction:
         self.names = [name for paths in contraction.paths for _, name in paths]
 
     def __call__(self, contraction, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        ours = torch.cat([contraction.weights[name] for name in self.names], dim=-1)  # [Z, K, P_ours]
+        ours = torch.cat([contraction.scaled_weight(name) for name in self.names], dim=-1)  # [Z, K, P_ours]
         weight = torch.einsum("qp,zkp->zqk", self.transform, ours)  # [Z, P_theirs, K]
         return self.module(weight, node_feats, species)
