@@ -10,8 +10,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mlip.data.checks import COLLAPSE_DISTANCE
 from mlip.data.graph import structure_to_graph
-from mlip.data.structure import Structure
+from mlip.data.structure import DataError, Structure
 from mlip.export import load_model
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
@@ -27,6 +28,9 @@ class MLIPCalculator(Calculator):
         cuda_graphs: on CUDA, replay each call from a CUDA graph captured at a padded size
             (`mlip.models.cuda_graph.GraphedPotential`); small systems then cost one launch
             instead of thousands. Ignored on the CPU.
+        min_distance: atoms closer than this (Å) raise `DataError` (`mlip.data.checks`): a
+            collapsed pair has no edge direction, and its energy would be NaN. A prediction
+            that is not finite raises too.
 
     Stress is given for cells periodic in all three directions. ``free_energy`` equals
     ``energy`` (no electronic entropy in the model).
@@ -40,9 +44,11 @@ class MLIPCalculator(Calculator):
         device: str = "cpu",
         dtype: str = "float64",
         cuda_graphs: bool = True,
+        min_distance: float = COLLAPSE_DISTANCE,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.min_distance = float(min_distance)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         if isinstance(model, Potential):
@@ -67,13 +73,15 @@ class MLIPCalculator(Calculator):
             pbc=atoms.pbc,
             source=f"Atoms {atoms.get_chemical_formula()} passed to MLIPCalculator",
         )
-        graph = structure_to_graph(structure, self.potential.r_max).to(self.device)
+        graph = structure_to_graph(structure, self.potential.r_max, min_distance=self.min_distance).to(self.device)
         periodic = bool(atoms.pbc.all())
         if self.graphed is not None:
             out = self.graphed(graph)
         else:
             out = self.potential(graph, compute_forces=True, compute_stress=periodic)
         energy = float(out["energy"].item())
+        if not (np.isfinite(energy) and bool(torch.isfinite(out["forces"]).all())):
+            raise DataError(f"{structure.source}: the model predicts a non-finite energy or forces")
         self.results = {
             "energy": energy,
             "free_energy": energy,

@@ -20,6 +20,38 @@ from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 
 FORMAT = "mlip-model/1"
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: the message names it and says what is wrong."""
+
+
+def check_header(path: Path) -> dict[str, Any]:
+    """The safetensors JSON header of ``path``, checked against the file size before anything
+    trusts it: 8 bytes of length, then that many bytes of JSON, then the tensors."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"{path}: not a model file ({size} bytes, too short for a safetensors header)")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise ModelFileError(f"{path}: not a model file (its header claims {length} bytes; the file has {size})")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: not a model file (header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a model file (header is a {type(header).__name__})")
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= size - 8 - length):
+            raise ModelFileError(f"{path}: tensor {key!r} lies outside the file (damaged or truncated)")
+    return header
 
 
 def _is_codegen_constant(key: str) -> bool:
@@ -53,12 +85,18 @@ def save_model(potential: Potential, path: str | os.PathLike, extra: dict[str, A
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The decoded metadata of a model file."""
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an mlip model file (format {raw.get('format')!r}, expected {FORMAT!r})")
-    return {k: (json.loads(v) if k in ("model_spec", "elements", "extra") else v) for k, v in raw.items()}
+    """The decoded metadata of a model file; `ModelFileError` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    raw = check_header(path).get("__metadata__") or {}
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise ModelFileError(f"{path}: not an mlip model file (format {found!r}, expected {FORMAT!r})")
+    try:
+        return {k: (json.loads(v) if k in ("model_spec", "elements", "extra") else v) for k, v in raw.items()}
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: damaged metadata ({exc})") from None
 
 
 def load_model(
@@ -69,12 +107,18 @@ def load_model(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     metadata = read_metadata(path)
-    tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
-    potential = potential_from_state(metadata["model_spec"], tensors)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or getattr(torch, metadata["dtype"])
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+        potential = potential_from_state(metadata["model_spec"], tensors)
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or getattr(torch, metadata["dtype"])
+    except Exception as exc:  # noqa: BLE001 - safetensors, a spec or weights that do not fit: all name the file
+        raise ModelFileError(f"{path}: cannot rebuild the model ({type(exc).__name__}: {str(exc)[:300]})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{path}: weight {name} holds NaN or inf")
     return potential.to(device=device, dtype=dtype).eval()
 
 
@@ -102,7 +146,12 @@ def potential_from_state(model_spec: dict[str, Any], state: dict[str, torch.Tens
 
 def potential_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> Potential:
     """The `Potential` of a Lightning checkpoint written by `PotentialModule` (EMA weights by default)."""
-    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for files that are not checkpoints
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "mlip_model_spec" not in checkpoint:
+        raise ModelFileError(f"{path}: not a checkpoint written by mlip-train")
     prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in checkpoint["state_dict"]) else "potential."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     return potential_from_state(checkpoint["mlip_model_spec"], state)

@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict:
         potential = load_potential(model_path, o["device"], o["dtype"]).requires_grad_(False)
         entry = report["models"][model_name] = {"path": model_path, "datasets": {}}
         for data_name, structures in datasets.items():
-            predictions = predict(potential, structures)
+            predictions = predict(potential, structures, o["min_distance"])
             metrics = score(predictions)
             result = entry["datasets"][data_name] = {"errors": metrics}
             if o["audit"] == "equivariance":

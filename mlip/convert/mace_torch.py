@@ -352,6 +352,9 @@ def _convert(model: Record, head: str | None) -> Potential:
             fan_in_ratio = math.sqrt(hidden / (hidden * num_heads))
             put(f"{where}.linear_in.weight", w1)
             put(f"{where}.linear_out.weight", w2.to(torch.float64) * constant / NormalizedSiLU.SCALE * fan_in_ratio)
+    for key, value in new.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConversionError(f"{key.removeprefix('model.')}: the file's weights hold NaN or inf")
     missing = {k for k in state if k.startswith("model.") and k.endswith("weight") and state[k].numel()} - set(new)
     if missing:
         raise ConversionError(f"internal: weights left unmapped: {sorted(missing)}")

@@ -18,6 +18,7 @@ import torch
 import vesin
 from torch_geometric.data import Data
 
+from mlip.data.checks import MIN_DISTANCE, check_overlaps
 from mlip.data.structure import Structure
 
 
@@ -107,12 +108,17 @@ def make_graph(
     return graph
 
 
-def structure_to_graph(structure: Structure, cutoff: float | None, fixed_atom_forces: bool = True) -> AtomicGraph:
-    """The `AtomicGraph` of a structure (see `make_graph`)."""
+def structure_to_graph(
+    structure: Structure, cutoff: float | None, fixed_atom_forces: bool = True, min_distance: float = MIN_DISTANCE
+) -> AtomicGraph:
+    """The `AtomicGraph` of a structure (see `make_graph`); `DataError` naming it when two atoms
+    are closer than ``min_distance`` Å (a zero-length edge has no direction: NaN everywhere)."""
     s = structure
-    return make_graph(
+    graph = make_graph(
         s.positions, s.atomic_numbers, s.cell, s.pbc, s.energy, s.forces, s.stress, s.tags, s.fixed, cutoff, fixed_atom_forces
     )
+    check_overlaps(s.source, s.positions, s.cell, graph.edge_index.numpy(), graph.shifts.numpy(), min_distance)
+    return graph
 
 
 def add_batch_edges(batch: Data, cutoff: float) -> Data:

@@ -14,6 +14,7 @@ import numpy as np
 
 MAX_ATOMIC_NUMBER = 118
 MIN_CELL_VOLUME = 1e-6  # Å³; smaller than this with pbc is a degenerate cell
+MAX_COORDINATE = 1e5  # Å; a position or lattice vector component beyond this is not a structure
 
 
 class DataError(ValueError):
@@ -97,6 +98,10 @@ class Structure:
             raise DataError(f"{where}: non-finite (NaN/inf) position for atom {atom}")
         if self.cell.shape != (3, 3) or not np.isfinite(self.cell).all():
             raise DataError(f"{where}: cell must be a finite 3x3 matrix, got {self.cell!r}")
+        for name, values in (("position", self.positions), ("cell", self.cell)):
+            if np.abs(values).max() > MAX_COORDINATE:
+                raise DataError(f"{where}: {name} component {np.abs(values).max():.3g} Å (> {MAX_COORDINATE:g} Å): "
+                                "absurd coordinates")
         if self.pbc.any():
             # Gram determinant of the periodic lattice vectors: V² for 3D, area² for 2D, length² for 1D.
             periodic_vectors = self.cell[self.pbc]

@@ -7,22 +7,31 @@ from collections.abc import Sequence
 
 import ase.io
 import numpy as np
+import torch
 
+from mlip.data.checks import MIN_DISTANCE
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import atoms_from_structure
-from mlip.data.structure import Structure
+from mlip.data.structure import DataError, Structure
 from mlip.evaluation.scores import Predictions
 from mlip.models.potential import Potential
 
 
-def predict(potential: Potential, structures: Sequence[Structure]) -> Predictions:
-    """Energy, forces and (periodic cells) stress of every structure, beside its labels."""
+def predict(potential: Potential, structures: Sequence[Structure], min_distance: float = MIN_DISTANCE) -> Predictions:
+    """Energy, forces and (periodic cells) stress of every structure, beside its labels.
+
+    A structure with atoms closer than ``min_distance`` Å, or on which the model predicts a
+    NaN or inf, raises `DataError` naming it: no such number reaches a metric.
+    """
     device = potential.e0s.device
     energy, forces, stress, masks = [], [], [], []
     for structure in structures:
-        graph = structure_to_graph(structure, potential.r_max).to(device)
+        graph = structure_to_graph(structure, potential.r_max, min_distance=min_distance).to(device)
         periodic = bool(structure.pbc.all())
         out = potential(graph, compute_forces=True, compute_stress=periodic)
+        predicted = [out["energy"], out["forces"]] + ([out["stress"]] if periodic else [])
+        if not all(bool(torch.isfinite(value).all()) for value in predicted):
+            raise DataError(f"{structure.source}: the model predicts a non-finite energy, force or stress")
         energy.append(float(out["energy"].item()))
         forces.append(out["forces"].detach().cpu().double().numpy())
         stress.append(out["stress"][0].detach().cpu().double().numpy() if periodic else np.full((3, 3), np.nan))

@@ -18,6 +18,7 @@ import torch
 from ase import Atoms
 from torch_geometric.data import Batch
 
+from mlip.data.checks import COLLAPSE_DISTANCE
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.potential import Potential
@@ -51,6 +52,7 @@ class _Slot:
         self.state = torch.tensor([params.dt, params.astart, 0.0, 0.0], device=device, dtype=dtype)  # dt, a, n, started
         self.steps = 0
         self.energies: list[float] = []
+        self.message = ""  # why it failed, when it did
 
 
 class BatchedFIRE:
@@ -63,11 +65,15 @@ class BatchedFIRE:
         max_structures / max_atoms: the batch in flight.
         params: FIRE's parameters (ASE's defaults).
         skin: Verlet skin of the neighbour lists (Å); 0 rebuilds them every step.
+        min_distance: a structure with two atoms closer than this (Å) stops as failed, as
+            `MLIPCalculator` refuses it (`mlip.data.checks.COLLAPSE_DISTANCE`).
     """
 
     def __init__(self, potential: Potential, fmax: float = 0.05, steps: int = 500, max_structures: int = 64,
-                 max_atoms: int = 4096, params: FIREParameters = FIREParameters(), skin: float = 0.0):
+                 max_atoms: int = 4096, params: FIREParameters = FIREParameters(), skin: float = 0.0,
+                 min_distance: float = COLLAPSE_DISTANCE):
         self.potential = potential
+        self.min_distance = min_distance
         self.fmax, self.steps = fmax, steps
         self.max_structures, self.max_atoms = max_structures, max_atoms
         self.params = params
@@ -113,10 +119,21 @@ class BatchedFIRE:
             finite = torch.isfinite(energy) & (scatter_sum((~torch.isfinite(forces)).any(1).to(energy.dtype),
                                                            batch.batch, dim_size=len(active)) == 0)
             fmax = torch.zeros_like(energy).scatter_reduce(0, batch.batch, forces.norm(dim=1), "amax")
+            closest = self._closest_pairs(positions, batch, len(active))
             # one host read per step: who is done
             energy_host, fmax_host, finite_host = energy.tolist(), fmax.tolist(), finite.tolist()
+            closest_host = closest.tolist()
             done = []
             for k, slot in enumerate(active):
+                if closest_host[k] < self.min_distance:  # as MLIPCalculator refuses the step (mlip.data.checks)
+                    status = FAILED
+                    slot.message = (f"two atoms are {closest_host[k]:.3f} Å apart (< {self.min_distance} Å) at step "
+                                    f"{slot.steps}: the structure collapsed")
+                    done.append(k)
+                    results[slot.index] = self._result(slot, status, positions, raw_forces, batch, k, fmax_host[k])
+                    if progress is not None:
+                        progress.update(1)
+                    continue
                 slot.energies.append(energy_host[k])
                 if not finite_host[k]:
                     status = FAILED
@@ -140,6 +157,16 @@ class BatchedFIRE:
                 active = [slot for k, slot in enumerate(active) if k not in set(done)]
                 batch = None
         return [results[index] for index in order]
+
+    @staticmethod
+    def _closest_pairs(positions: torch.Tensor, batch, num_graphs: int) -> torch.Tensor:
+        """The shortest edge of each structure (Å; inf without edges)."""
+        sender, receiver = batch.edge_index
+        graph = batch.batch[receiver]
+        shifts = torch.einsum("ei,eij->ej", batch.shifts.to(positions.dtype), batch.cell.view(-1, 3, 3)[graph])
+        lengths = (positions[sender] - positions[receiver] + shifts).norm(dim=1)
+        closest = torch.full((num_graphs,), float("inf"), dtype=positions.dtype, device=positions.device)
+        return closest.scatter_reduce(0, graph, lengths, "amin")
 
     def _step(self, x, v, state, f, batch, num_graphs):
         """One FIRE step of every structure (ase.optimize.FIRE.step, vectorised)."""
@@ -173,7 +200,7 @@ class BatchedFIRE:
         result = RelaxResult(slot.index, slot.source, atoms.get_chemical_formula(), status, steps=slot.steps,
                              energy_initial=slot.energies[0], volume_initial=volume, energies=slot.energies)
         if status == FAILED:
-            result.message = f"energy or forces became non-finite at step {slot.steps}"
+            result.message = slot.message or f"energy or forces became non-finite at step {slot.steps}"
             return result
         atom_range = slice(int(batch.ptr[k]), int(batch.ptr[k]) + len(atoms))
         atoms.positions = positions[atom_range].cpu().double().numpy()

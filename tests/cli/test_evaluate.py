@@ -1,6 +1,9 @@
 """mlip-eval: errors against labels and the equivariance audit, for exact and approximate models."""
 
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +108,36 @@ def _molecule_model(elements, seed):
     torch.manual_seed(seed)
     spec = tiny_model_spec(num_elements=len(elements))
     return Potential(build_model(spec), elements, [-1.0] * len(elements), 1.0, 0.0, model_spec=spec)
+
+
+BAD_INPUTS = {  # issue 19's five cases: each one line, naming the file (and the record)
+    "huge.xyz": (b'1000000000\nProperties=species:S:1:pos:R:3 energy=1.0 pbc="F F F"\nCu 0 0 0\n',
+                 r"huge.xyz#0: line 1: header says 1000000000 atoms, but only \d+ bytes follow"),
+    "random.xyz": (bytes(np.random.default_rng(0).integers(128, 256, 2000, dtype=np.uint8)),
+                   r"random.xyz#0: line 1 is not UTF-8 text"),
+    "overlap.xyz": (b'2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=1.0 pbc="F F F"\n'
+                    b"Cu 0 0 0 0 0 0\nCu 0 0 0 0 0 0\n", r"overlap.xyz#0: atoms 0 and 1 are 0.000 .* overlapping atoms"),
+    "unknown.xyz": (b'2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=1.0 pbc="F F F"\n'
+                    b"Xx 0 0 0 0 0 0\nCu 2 0 0 0 0 0\n", r"unknown.xyz#0: line 3: unknown element 'Xx'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS) + ["model"])
+def test_bad_input_ends_in_one_line_naming_it(tmp_path, name):
+    model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    data = tmp_path / "data.xyz"
+    data.write_bytes(BAD_INPUTS["unknown.xyz"][0].replace(b"Xx", b"Cu"))
+    if name == "model":
+        model = tmp_path / "notamodel.safetensors"
+        model.write_text("not a model")
+        expected = r"notamodel.safetensors: not a model file"
+    else:
+        data = tmp_path / name
+        data.write_bytes(BAD_INPUTS[name][0])
+        expected = BAD_INPUTS[name][1]
+    done = subprocess.run([sys.executable, "-m", "mlip.cli.evaluate", f"model={model}", f"data={data}", "plots=false"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlip-eval: "), done.stderr[-2000:]
+    assert re.search(expected, lines[0]), lines[0]

@@ -16,6 +16,20 @@ from mlip.simulation.relax import CONVERGED, FAILED, NOT_CONVERGED, relax
 from tests.conftest import random_alloy, random_cluster
 
 
+def test_collapsing_structures_fail_at_the_same_step_on_both_paths(tiny_potential, rng):
+    items = _structures(rng)
+    reference = [relax(atoms, MLIPCalculator(tiny_potential), "fire", fmax=5e-4, steps=120, index=i)
+                 for i, _, atoms in items]
+    batched = BatchedFIRE(tiny_potential, fmax=5e-4, steps=120, max_structures=8).run(items)
+    assert {r.status for r in reference} >= {CONVERGED, FAILED}
+    for ours, theirs in zip(batched, reference):
+        assert (ours.status, ours.steps) == (theirs.status, theirs.steps)
+        np.testing.assert_allclose(ours.energies, theirs.energies, rtol=0, atol=1e-9)
+        if theirs.status == FAILED:  # no collapsed structure is handed back as relaxed
+            assert ours.atoms is None and theirs.atoms is None
+            assert "apart" in ours.message and "overlapping atoms" in theirs.message
+
+
 def _structures(rng):
     slab = random_alloy(rng, repeat=(1, 1, 2), rattle=0.15)
     slab.set_constraint(FixAtoms(indices=[0, 1, 2]))
@@ -26,9 +40,11 @@ def _structures(rng):
 @pytest.mark.parametrize("max_structures, skin", [(1, 0.0), (2, 0.0), (8, 0.0), (8, 1.0)])
 def test_batched_fire_follows_ase_fire(tiny_potential, rng, max_structures, skin):
     items = _structures(rng)
-    calculator = MLIPCalculator(tiny_potential)
+    # the untrained model pulls some of these structures together until atoms nearly coincide:
+    # here the collapse check is off on both paths (min_distance=0), so FIRE itself is compared
+    calculator = MLIPCalculator(tiny_potential, min_distance=0.0)
     reference = [relax(atoms, calculator, "fire", fmax=5e-4, steps=120, index=i) for i, _, atoms in items]
-    fire = BatchedFIRE(tiny_potential, fmax=5e-4, steps=120, max_structures=max_structures, skin=skin)
+    fire = BatchedFIRE(tiny_potential, fmax=5e-4, steps=120, max_structures=max_structures, skin=skin, min_distance=0.0)
     batched = fire.run(items)
     assert {r.status for r in reference} == {CONVERGED, NOT_CONVERGED}  # both endings are exercised
     for ours, theirs in zip(batched, reference):

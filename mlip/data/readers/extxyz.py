@@ -2,53 +2,120 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ase.data import atomic_numbers
+
 from mlip.data.readers.ase_file import iter_ase_file
 from mlip.data.readers.base import MalformedFileError
-from mlip.data.structure import DataError, Structure
+from mlip.data.structure import MAX_ATOMIC_NUMBER, DataError, Structure
 
 
-def locate_malformed_frame(path: str | Path) -> tuple[int, int, str] | None:
-    """(frame, line number, reason) of the first frame whose layout is broken, or None.
+MIN_ROW_BYTES = 8  # "H 0 0 0\n": the shortest atom row
 
-    ASE indexes the whole file before yielding a frame, so its errors do not say which
-    frame failed; this walks the count lines and atom rows to find it.
+
+def _properties(comment: str) -> tuple[int, int] | None:
+    """(columns per atom row, column of the species) from a comment line's ``Properties=``;
+    None when the line names none (plain XYZ: species and three coordinates)."""
+    match = re.search(r"Properties=(\S+)", comment)
+    if match is None:
+        return None
+    fields = match.group(1).strip("\"'").split(":")
+    if len(fields) % 3:
+        raise ValueError(f"Properties={match.group(1)[:60]} is not name:type:count triples")
+    width, species = 0, None
+    for name, _, count in zip(fields[::3], fields[1::3], fields[2::3]):
+        if name == "species":
+            species = width
+        width += int(count)
+    if species is None:
+        raise ValueError("Properties names no species column")
+    return width, species
+
+
+def scan_extxyz(path: str | Path) -> int:
+    """Check an extxyz file's layout in one streaming pass, before ASE parses it; the frame count.
+
+    Each frame: an atom count no larger than the bytes left in the file allow, a comment line,
+    then that many rows of the width its ``Properties`` give, whose species are known elements.
+    Raises `MalformedFileError` naming the frame and line of the first problem. Bounded time
+    and memory: a count that claims more atoms than the file can hold stops the scan at once.
     """
-    with open(path) as handle:
-        lines = handle.read().splitlines()
-    k, frame = 0, 0
-    while k < len(lines):
-        if not lines[k].strip():
-            k += 1
-            continue
-        try:
-            n_atoms = int(lines[k].split()[0])
-        except ValueError:
-            return frame, k + 1, f"expected an atom count, found {lines[k][:60]!r}"
-        rows = lines[k + 2 : k + 2 + n_atoms]
-        if len(rows) < n_atoms:
-            return frame, k + 1, f"header says {n_atoms} atoms, but the file ends after {len(rows)} rows"
-        width = len(rows[0].split()) if rows else 0
-        for r, row in enumerate(rows):
-            if len(row.split()) != width or width < 4:
-                return frame, k + 3 + r, f"atom row {r} has {len(row.split())} columns, expected {width}: {row[:60]!r}"
-        k += 2 + n_atoms
-        frame += 1
-    return None
+    path = Path(path)
+    size = path.stat().st_size
+    frame, line_number, consumed = 0, 0, 0
+    with open(path, "rb") as handle:
+
+        def next_line() -> str | None:
+            nonlocal line_number, consumed
+            raw = handle.readline()
+            if not raw:
+                return None
+            line_number += 1
+            consumed += len(raw)
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MalformedFileError(
+                    f"{path}#{frame}: line {line_number} is not UTF-8 text (byte {exc.start}): not an extxyz file"
+                ) from None
+
+        while True:
+            line = next_line()
+            if line is None:
+                return frame
+            if not line.strip():
+                continue
+            first = line.split()[0]
+            try:
+                n_atoms = int(first)
+            except ValueError:
+                raise MalformedFileError(
+                    f"{path}#{frame}: line {line_number}: expected an atom count, found {line.strip()[:60]!r}"
+                ) from None
+            left = size - consumed
+            if n_atoms < 1 or n_atoms * MIN_ROW_BYTES > left:
+                raise MalformedFileError(
+                    f"{path}#{frame}: line {line_number}: header says {n_atoms} atoms, but only {left} bytes "
+                    f"follow (at least {MIN_ROW_BYTES} per atom row)"
+                )
+            comment = next_line()
+            if comment is None:
+                raise MalformedFileError(f"{path}#{frame}: the file ends before the comment line of this frame")
+            try:
+                layout = _properties(comment)
+            except ValueError as exc:
+                raise MalformedFileError(f"{path}#{frame}: line {line_number}: {exc}") from None
+            width, species = layout if layout is not None else (None, 0)
+            for row in range(n_atoms):
+                line = next_line()
+                if line is None:
+                    raise MalformedFileError(
+                        f"{path}#{frame}: header says {n_atoms} atoms, but the file ends after {row} rows"
+                    )
+                columns = line.split()
+                if (width is not None and len(columns) != width) or len(columns) < 4:
+                    expected = width if width is not None else "at least 4"
+                    raise MalformedFileError(f"{path}#{frame}: line {line_number}: atom row {row} has "
+                                             f"{len(columns)} columns, expected {expected}: {line.strip()[:60]!r}")
+                symbol = columns[species]
+                if symbol not in atomic_numbers and not (symbol.isdigit() and 0 < int(symbol) <= MAX_ATOMIC_NUMBER):
+                    raise MalformedFileError(f"{path}#{frame}: line {line_number}: unknown element {symbol[:20]!r}")
+            frame += 1
 
 
 def iter_extxyz(path: str | Path, **options) -> Iterator[Structure]:
-    """Yield the frames of an extxyz file; options as `iter_ase_file` (keys, on_error, skipped)."""
-    try:
-        yield from iter_ase_file(path, format="extxyz", **options)
-    except MalformedFileError as exc:
-        where = locate_malformed_frame(path)
-        if where is None:
-            raise
-        frame, line, reason = where
-        raise MalformedFileError(f"{path}#{frame}: malformed extxyz record at line {line}: {reason}") from exc
+    """Yield the frames of an extxyz file; options as `iter_ase_file` (keys, on_error, skipped).
+
+    The layout is checked first (`scan_extxyz`), so ASE never loops over a count the file
+    cannot hold and its errors are left for what the scan cannot see (values).
+    """
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such extxyz file")
+    scan_extxyz(path)
+    yield from iter_ase_file(path, format="extxyz", **options)
 
 
 def read_extxyz(path: str | Path, **options) -> list[Structure]:

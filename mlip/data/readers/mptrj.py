@@ -94,7 +94,10 @@ class _ObjectStream:
         self.decoder = json.JSONDecoder()
 
     def _more(self) -> bool:
-        chunk = self.handle.read(max(CHUNK, len(self.buffer) - self.pos))
+        try:
+            chunk = self.handle.read(max(CHUNK, len(self.buffer) - self.pos))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{self.path}: not UTF-8 text ({exc.reason}): not an MPTrj JSON file") from None
         if not chunk:
             self.eof = True
             return False
