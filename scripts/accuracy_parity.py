@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from timing import merged
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS_DEFAULT = 40
@@ -120,14 +121,6 @@ def e0_dict(path: Path) -> dict[int, float]:
     from ase.io import read
 
     return {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
-
-
-def merged(overrides: list[str]) -> list[str]:
-    """Hydra overrides with repeated keys resolved: the last value of each key wins."""
-    by_key: dict[str, str] = {}
-    for item in overrides:
-        by_key[item.split("=", 1)[0]] = item
-    return list(by_key.values())
 
 
 def mlip_command(folder: Path, run_dir: Path, recipe: list[str], seed: int, epochs: int) -> list[str]:

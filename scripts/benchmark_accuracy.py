@@ -29,7 +29,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from timing import mlip_train
+from timing import merged, mlip_train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -49,14 +49,6 @@ def parse_variant(text: str) -> tuple[str, tuple[str, list[str]]]:
     if not name or base not in MODELS:
         raise SystemExit(f"--variant {text!r}: expected name=model:key=value,... with model one of {list(MODELS)}")
     return name, (base, [item for item in re.split(r",(?![^\[]*\])", extra) if item])  # not inside [..]
-
-
-def merged(overrides: list[str]) -> list[str]:
-    """Hydra overrides with repeated keys resolved: the last value of each key wins."""
-    by_key: dict[str, str] = {}
-    for item in overrides:
-        by_key[item.split("=", 1)[0]] = item
-    return list(by_key.values())
 
 
 def main() -> None:

@@ -58,6 +58,14 @@ def case_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def merged(overrides: list[str]) -> list[str]:
+    """Hydra overrides with repeated keys resolved: the last value of each key wins."""
+    by_key: dict[str, str] = {}
+    for item in overrides:
+        by_key[item.split("=", 1)[0]] = item
+    return list(by_key.values())
+
+
 def mlip_train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None) -> tuple[float, list[dict], dict]:
     """Run ``python -m mlip.cli.train`` into ``run_dir``; (wall seconds, metrics.csv rows, test metrics)."""
     import csv

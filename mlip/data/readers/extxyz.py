@@ -12,7 +12,6 @@ from mlip.data.readers.ase_file import iter_ase_file
 from mlip.data.readers.base import MalformedFileError
 from mlip.data.structure import MAX_ATOMIC_NUMBER, DataError, Structure
 
-
 MIN_ROW_BYTES = 8  # "H 0 0 0\n": the shortest atom row
 
 

@@ -1,0 +1,52 @@
+"""scripts/accuracy_parity.py: the held-out sets it builds, its recipes, and its table by hand."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import accuracy_parity  # noqa: E402
+
+
+def test_sets_are_disjoint_and_the_energy_split_extrapolates(dataset_dir, tmp_path):
+    accuracy_parity.prepare(dataset_dir, tmp_path)
+    for name, sizes in {"3bpa_random": (400, 50, 50), "3bpa_energy": (360, 40, 100), "acac": (450, 50, 650)}.items():
+        parts = [read(tmp_path / name / f"{part}.xyz", ":") for part in ("train", "valid", "test")]
+        assert tuple(map(len, parts)) == sizes
+        if name.startswith("3bpa"):  # drawn from one file: no configuration in two parts
+            keys = [{a.positions.tobytes() for a in part} for part in parts]
+            assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    energies = {part: [a.get_potential_energy() for a in read(tmp_path / "3bpa_energy" / f"{part}.xyz", ":")]
+                for part in ("train", "valid", "test")}
+    assert max(energies["train"] + energies["valid"]) < min(energies["test"])
+
+
+def test_recipes_are_hydra_overrides_and_the_default_is_mlip_v2():
+    for name, overrides in accuracy_parity.RECIPES.items():
+        assert all("=" in item for item in overrides), name
+    command = accuracy_parity.mlip_command(Path("/d"), Path("/r"), accuracy_parity.RECIPES["mlip-v2"], 0, 30)
+    assert "model.radial_fan_in_forward=true" in command and "model.radial_fan_in_forward=false" not in command
+    assert len({c.split("=", 1)[0] for c in command[3:]}) == len(command[3:])  # each key once, the last value kept
+
+
+def test_table_is_the_mean_and_half_range_over_seeds(tmp_path):
+    rows = [{"set": "acac", "recipe": "r", "seed": s, "epochs": 30, "wall_s": w, "forces_rmse": f, "forces_mae": 1.0,
+             "energy_rmse": e} for s, (f, e, w) in enumerate([(30.0, 0.5, 10.0), (34.0, 0.7, 20.0), (32.0, 0.6, 30.0)])]
+    rows.append({"set": "acac", "recipe": "r", "seed": 3, "error": "TimeoutExpired"})
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = accuracy_parity.table(path)
+    assert "| acac | r | 3 | 30 | 32.0 ± 2.0 | 1.0 ± 0.0 | 0.60 ± 0.10 | 20 ± 10 |" in table
+    assert "1 runs failed or did not finish: acac/r/3" in table
+
+
+def test_the_committed_runs_reproduce_the_documented_table():
+    root = Path(__file__).resolve().parents[2]
+    documented = (root / "docs" / "accuracy.md").read_text()
+    table = accuracy_parity.table(root / "docs" / "accuracy_runs.jsonl")
+    for line in table.splitlines()[2:]:
+        assert line in documented, line
+    assert np.isfinite([json.loads(r)["forces_rmse"] for r in open(root / "docs" / "accuracy_runs.jsonl")]).all()
