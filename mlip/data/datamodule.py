@@ -250,11 +250,14 @@ class AtomicDataModule(GraphDataModule):
                 train, val, _ = split_by_seed(train, self.val_fraction, 0.0, self.split_seed)
         else:
             train, val, test = split_by_seed(structures, self.val_fraction, self.test_fraction, self.split_seed)
-        if self.skipped.count:
-            log.warning("%s", self.skipped.summary())
-        self.splits = {"train": train, "val": val, "test": test}
-        for name, split in self.splits.items():
-            graphs = [structure_to_graph(s, self.r_max, self.fixed_atom_forces) for s in split]
+        self.splits = {}
+        for name, split in {"train": train, "val": val, "test": test}.items():
+            # geometry checks (mlip.data.checks): under on_error=skip a structure that fails them is counted and left out
+            pairs = [(s, self._graph(s)) for s in split]
+            split, graphs = [s for s, g in pairs if g is not None], [g for _, g in pairs if g is not None]
+            if pairs and not split:
+                raise DataError(f"every {name} structure was left out:\n{self.skipped.summary()}")
+            self.splits[name] = split
             self.sizes[name] = {
                 "atoms": np.array([g.num_nodes for g in graphs], dtype=np.int64),
                 "edges": np.array([g.edge_index.shape[1] for g in graphs], dtype=np.int64),
@@ -265,6 +268,18 @@ class AtomicDataModule(GraphDataModule):
                 for graph in graphs:
                     graph.edge_index, graph.shifts = graph.edge_index[:, :0], graph.shifts[:0]
             self.datasets[name] = graphs
+        if self.skipped.count:
+            log.warning("%s", self.skipped.summary())
+
+    def _graph(self, structure: Structure):
+        """The structure's graph; None when it fails a geometry check under ``on_error="skip"``."""
+        try:
+            return structure_to_graph(structure, self.r_max, self.fixed_atom_forces)
+        except DataError as exc:
+            if self.on_error == "raise":
+                raise
+            self.skipped.add(str(exc))
+            return None
 
     def label_table(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
         structures = self.splits[split]

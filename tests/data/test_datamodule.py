@@ -124,3 +124,17 @@ def test_edge_budget_batches(emt_file):
     assert sum(b.num_graphs for b in batches) == dm.split_size("train")
     assert all(b.edge_index.shape[1] <= 1500 or b.num_graphs == 1 for b in batches)
     assert len({b.num_graphs for b in batches}) > 1  # sizes vary: the budget, not a count, cuts batches
+
+
+def test_overlapping_atoms_are_named_or_skipped_and_counted(tmp_path, rng):
+    frames = ase.io.read(_write(tmp_path / "train.xyz", rng, 6), ":")
+    frames[2].positions[1] = frames[2].positions[0] + 0.1  # 0.17 Å apart: overlapping atoms
+    ase.io.write(tmp_path / "train.xyz", frames, format="extxyz")
+    common = dict(train_files=str(tmp_path / "train.xyz"), r_max=3.0, val_fraction=0.0, test_fraction=0.0,
+                  reader={"energy_key": "energy", "forces_key": "forces", "stress_key": "stress", "virial_key": None})
+    with pytest.raises(DataError, match=r"train.xyz#2: atoms 0 and 1 are 0.173 Å apart .*overlapping atoms"):
+        AtomicDataModule(**common).setup()
+    dm = AtomicDataModule(on_error="skip", **common)
+    dm.setup()
+    assert len(dm.splits["train"]) == len(dm.datasets["train"]) == 5
+    assert dm.skipped.count == 1 and "train.xyz#2" in dm.skipped.reasons[0]
