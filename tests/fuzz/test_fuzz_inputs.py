@@ -133,3 +133,84 @@ def test_lmdb_readers_survive_fuzzing(tmp_path, frames, kind):
     assert not findings, f"{kind}: " + "; ".join(findings)
     print(f"{kind}: {dict(tally)}")
     assert tally["refused"] >= 3, tally
+
+
+def test_ase_database_reader_survives_fuzzing(tmp_path, frames):
+    from tests.data.formats import write_ase_db
+
+    path = tmp_path / "valid.db"
+    write_ase_db(path, frames)
+    data = path.read_bytes()
+    tally = run_cases(tmp_path, ".db", [*truncations(data, 10), *byte_flips(data, 10), ("empty file", b"")],
+                      lambda p: read_structures(p, format="ase_db"), (DataError,))
+    assert tally["refused"] >= 5, tally
+
+
+def test_compressed_oc20_extxyz_reader_survives_fuzzing(tmp_path, frames):
+    import lzma
+
+    folder = tmp_path / "valid"
+    folder.mkdir()
+    ase.io.write(folder / "0.extxyz.xz", frames, format="extxyz")
+    with lzma.open(folder / "0.txt.xz", "wt") as handle:
+        handle.write("".join(f"random{k},frame{k},-1.5\n" for k in range(len(frames))))
+    data = (folder / "0.extxyz.xz").read_bytes()
+    findings, tally = [], Counter()
+    for k, (case, mutated) in enumerate([*truncations(data, 8), *byte_flips(data, 8), ("empty file", b"")]):
+        (folder / "0.extxyz.xz").write_bytes(mutated)
+        result = outcome(lambda: read_structures(folder, format="oc20_extxyz"), (DataError,))
+        tally[result if result in ("read", "refused") else "bad"] += 1
+        if result not in ("read", "refused"):
+            findings.append(f"{case}: {result}")
+    assert not findings, "oc20_extxyz: " + "; ".join(findings)
+    print(f"oc20_extxyz: {dict(tally)}")
+
+
+STORE_CHILD = """
+import sys
+from mlip.data.store.dataset import StoreDataset
+from mlip.data.structure import DataError
+try:
+    store = StoreDataset(sys.argv[1], cutoff=4.0)
+    [store[k] for k in range(len(store))]
+    print("read")
+except DataError:
+    print("refused")
+"""
+
+
+def test_store_survives_fuzzing(tmp_path, frames):
+    from mlip.data.store.dataset import StoreDataset
+    from mlip.data.store.writer import write_store
+
+    source = tmp_path / "frames.xyz"
+    ase.io.write(source, frames * 2, format="extxyz")
+    store = tmp_path / "store"
+    write_store(source, store, cutoff=4.0, shard_size=3)
+    manifest = (store / "manifest.json").read_bytes()
+
+    def read_all(path):
+        (store / "manifest.json").write_bytes(path.read_bytes())
+        dataset = StoreDataset(store, cutoff=4.0)
+        return [dataset[k] for k in range(len(dataset))]
+
+    keys = [b"shards", b"n_structures", b"format", b"file", b"statistics"]
+    tally = run_cases(tmp_path, ".json", [*truncations(manifest, 8), *byte_flips(manifest, 8),
+                                          *inflated_numbers(manifest, 8), *renamed_keys(manifest, keys),
+                                          *list(broken_text(manifest))[:3]], read_all, (DataError,))
+    (store / "manifest.json").write_bytes(manifest)
+    shard = sorted(store.glob("*.h5"))[0]
+    original = shard.read_bytes()
+    findings = []
+    for k, (case, mutated) in enumerate([*truncations(original, 4), *byte_flips(original, 4, seed=5)]):
+        shard.write_bytes(mutated)
+        done = subprocess.run([sys.executable, "-c", STORE_CHILD, str(store)], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        result = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else \
+            f"ESCAPED (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
+        tally[result if result in ("read", "refused") else "bad"] += 1
+        if result not in ("read", "refused"):
+            findings.append(f"shard {case}: {result}")
+    shard.write_bytes(original)
+    assert not findings, "store: " + "; ".join(findings)
+    print(f"store: {dict(tally)}")

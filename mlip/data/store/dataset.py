@@ -41,23 +41,37 @@ class StoreDataset(Dataset):
         self.manifest = read_manifest(self.path)
         self.cutoff = cutoff
         self.fixed_atom_forces = fixed_atom_forces
-        self.files = [self.path / shard["file"] for shard in self.manifest["shards"]]
-        if verify:
-            verify_store(self.path)
-        counts = [shard["n_structures"] for shard in self.manifest["shards"]]
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        atoms, edges, self._offsets = [], [], []
-        for file in self.files:
-            with h5py.File(file, "r") as h5:
-                offsets = h5["atom_offsets"][:]
-                atoms.append(np.diff(offsets))
-                edges.append(h5["n_edges"][:])
-                self._offsets.append(offsets)
-        self.n_atoms = np.concatenate(atoms)
-        self.n_edges = np.concatenate(edges)
+        try:
+            self._open(verify)
+        except DataError:
+            raise
+        except (OSError, KeyError, TypeError, ValueError, IndexError) as exc:  # h5py and a damaged manifest
+            raise DataError(f"{self.path}: damaged store ({type(exc).__name__}: {str(exc)[:200]})") from None
         self._handles: dict[int, h5py.File] = {}
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._pid = os.getpid()
+
+    def _open(self, verify: bool) -> None:
+        """Read the shards' index arrays and check them against the manifest (counts, offsets)."""
+        self.files = [self.path / shard["file"] for shard in self.manifest["shards"]]
+        if verify:
+            verify_store(self.path)
+        counts = [int(shard["n_structures"]) for shard in self.manifest["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        atoms, edges, self._offsets = [], [], []
+        for file, count in zip(self.files, counts):
+            with h5py.File(file, "r") as h5:
+                offsets = h5["atom_offsets"][:]
+                n_positions = h5["positions"].shape[0]
+                if len(offsets) != count + 1 or offsets[0] != 0 or (np.diff(offsets) < 1).any() \
+                        or offsets[-1] != n_positions or len(h5["n_edges"]) != count:
+                    raise DataError(f"{file}: its index does not match the manifest ({count} structures, "
+                                    f"{len(offsets) - 1} offsets over {n_positions} atoms): damaged shard")
+                atoms.append(np.diff(offsets))
+                edges.append(h5["n_edges"][:])
+                self._offsets.append(offsets)
+        self.n_atoms = np.concatenate(atoms) if atoms else np.zeros(0, dtype=np.int64)
+        self.n_edges = np.concatenate(edges) if edges else np.zeros(0, dtype=np.int64)
 
     @property
     def store_cutoff(self) -> float:
@@ -107,7 +121,15 @@ class StoreDataset(Dataset):
         return k, int(index - self.starts[k])
 
     def __getitem__(self, index: int) -> AtomicGraph:
-        k, row = self.locate(int(index))
+        try:
+            return self._graph(int(index))
+        except (DataError, IndexError):
+            raise
+        except (OSError, KeyError, TypeError, ValueError) as exc:  # a shard damaged after it was opened
+            raise DataError(f"{self.path}#{index}: damaged record ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    def _graph(self, index: int) -> AtomicGraph:
+        k, row = self.locate(index)
         arrays = self._mapped(k)
         a, b = self._offsets[k][row], self._offsets[k][row + 1]
         energy = float(arrays["energy"][row])

@@ -60,7 +60,11 @@ def read_manifest(store: str | Path) -> dict[str, Any]:
             f"{store}: not a complete mlip store (no {MANIFEST}); run mlip-preprocess, "
             f"which resumes an interrupted run in the same folder"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: damaged manifest (not JSON: {exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{path}: format {found!r}, expected {FORMAT!r}")
     return manifest
