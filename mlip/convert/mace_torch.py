@@ -173,7 +173,7 @@ def check_supported(model: Record) -> None:
         raise ConversionError(f"parts our MACE does not have: {sorted(extra)}")
     for flag, plain in REFUSED_FLAGS.items():
         value = model.attr(flag, plain)
-        if value != plain and not (plain is None and value is None):
+        if value != plain:
             raise ConversionError(f"{flag}={value!r} is not supported (only {plain!r})")
     radial = model.child("radial_embedding")
     if not radial.child("bessel_fn").kind.endswith("radial.BesselBasis"):
