@@ -8,18 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 import torch
-
-from mlip.data.loader import GraphLoader
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip.data.graph import structure_to_graph
+from mlip.data.loader import GraphLoader
 from mlip.data.readers import read_structures
 from mlip.data.statistics import compute_statistics
 from mlip.data.store import StoreDataset, verify_store, write_store
 from mlip.data.store import writer as writer_module
 from mlip.data.structure import DataError
+from tests.conftest import random_alloy
 from tests.data.formats import emt_slabs, write_aselmdb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,3 +169,19 @@ def test_packed_worker_batches_unpack_to_the_same_batch(tmp_path, emt_file):
     for key in batch.keys():
         same = torch.equal if isinstance(batch[key], torch.Tensor) else (lambda a, b: a == b)
         assert same(unpacked[key], batch[key]), key
+
+
+def test_preprocessing_names_or_skips_overlapping_atoms(tmp_path, rng):
+    frames = []
+    for _ in range(4):
+        atoms = random_alloy(rng)
+        atoms.calc = SinglePointCalculator(atoms, energy=1.0, forces=np.zeros((len(atoms), 3)))
+        frames.append(atoms)
+    frames[1].positions[3] = frames[1].positions[2]
+    ase.io.write(tmp_path / "in.xyz", frames, format="extxyz")
+    reader = {"energy_key": "energy", "forces_key": "forces", "stress_key": None, "virial_key": None}
+    with pytest.raises(DataError, match=r"in.xyz#1: atoms 2 and 3 are 0.000 Å apart"):
+        write_store(tmp_path / "in.xyz", tmp_path / "raise", cutoff=4.0, reader=reader)
+    manifest = write_store(tmp_path / "in.xyz", tmp_path / "skip", cutoff=4.0, reader=reader, on_error="skip")
+    assert manifest["n_structures"] == 3 and manifest["skipped"]["count"] == 1
+    assert "overlapping atoms" in manifest["skipped"]["reasons"][0]

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from mlip.atomic import atomic_write_bytes
+from mlip.data.checks import check_overlaps
 from mlip.data.graph import neighbour_list
 from mlip.data.readers import SkippedRecords, iter_structures
 from mlip.data.statistics import TrainingSetSummary, statistics_from_summary
@@ -108,6 +109,21 @@ def _complete_shards(output: Path, settings_hash: str) -> list[Path]:
     return shards
 
 
+def _geometry_checked(structures: Iterable[Structure], cutoff: float, on_error: str,
+                      skipped: SkippedRecords) -> Iterator[Structure]:
+    """The structures that pass `mlip.data.checks` (overlapping atoms); the others raise or are skipped."""
+    for s in structures:
+        edge_index, shifts = neighbour_list(s.positions, s.cell, s.pbc, cutoff)
+        try:
+            check_overlaps(s.source, s.positions, s.cell, edge_index, shifts)
+        except DataError as exc:
+            if on_error == "raise":
+                raise
+            skipped.add(str(exc))
+            continue
+        yield s
+
+
 def _batches(items: Iterable[Structure], size: int) -> Iterator[list[Structure]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
@@ -163,6 +179,7 @@ def write_store(
 
     skipped = SkippedRecords()
     structures = (s for path in inputs for s in iter_structures(path, format, on_error=on_error, skipped=skipped, **reader))
+    structures = _geometry_checked(structures, cutoff, on_error, skipped)
     started = time.perf_counter()
     shard_records, summary = [], None
     for k, batch in enumerate(_batches(structures, shard_size)):
