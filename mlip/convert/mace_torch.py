@@ -35,7 +35,7 @@ from mlip.nn.irreps import channel_irreps
 from mlip.nn.radial import NormalizedSiLU
 from mlip.nn.symmetric_contraction import product_basis
 
-MODEL_KINDS = {"mace.modules.models.MACE": "MACE", "mace.modules.models.ScaleShiftMACE": "ScaleShiftMACE"}
+MODEL_KINDS = ("mace.modules.models.MACE", "mace.modules.models.ScaleShiftMACE")
 RESIDUAL = "mace.modules.blocks.RealAgnosticResidualInteractionBlock"
 PLAIN = "mace.modules.blocks.RealAgnosticInteractionBlock"
 KNOWN_CHILDREN = {"node_embedding", "radial_embedding", "spherical_harmonics", "atomic_energies_fn",
@@ -269,13 +269,12 @@ def _convert(model: Record, head: str | None) -> Potential:
     h, num_heads = head_index(model, head)
     kwargs = model_kwargs(model, num_heads)
     dtype = model.child("node_embedding").child("linear").tensor("weight").dtype
-    e0s = model.child("atomic_energies_fn").tensor("atomic_energies").to(torch.float64)
-    e0s = e0s.reshape(num_heads, -1)[h] if e0s.dim() == 2 and e0s.shape[0] == num_heads and num_heads > 1 else e0s.reshape(-1)
+    # per head: E0s [n_heads, n_elements], scale and shift [n_heads] (one head: without that axis)
+    e0s = model.child("atomic_energies_fn").tensor("atomic_energies").to(torch.float64).reshape(num_heads, -1)[h]
     scale, shift = 1.0, 0.0
     if model.kind.endswith("ScaleShiftMACE"):
         block = model.child("scale_shift")
-        scale = float(block.tensor("scale").reshape(-1)[h if num_heads > 1 else 0])
-        shift = float(block.tensor("shift").reshape(-1)[h if num_heads > 1 else 0])
+        scale, shift = (float(block.tensor(name).reshape(num_heads)[h]) for name in ("scale", "shift"))
     spec = {"target": "mlip.models.mace.MACE", "kwargs": kwargs}
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -34,7 +34,7 @@ from mlip.data.structure import DataError, Structure
 log = logging.getLogger("mlip.preprocess")
 
 
-def _shard_arrays(structures: list[Structure], cutoff: float) -> dict[str, np.ndarray]:
+def _shard_arrays(structures: list[Structure], n_edges: list[int]) -> dict[str, np.ndarray]:
     n_atoms = [s.n_atoms for s in structures]
     nan33 = np.full((3, 3), np.nan)
     return {
@@ -49,9 +49,7 @@ def _shard_arrays(structures: list[Structure], cutoff: float) -> dict[str, np.nd
         "energy": np.array([np.nan if s.energy is None else s.energy for s in structures]),
         "stress": np.stack([s.stress if s.stress is not None else nan33 for s in structures]),
         "has_forces": np.array([s.forces is not None for s in structures]),
-        "n_edges": np.array(
-            [neighbour_list(s.positions, s.cell, s.pbc, cutoff)[0].shape[1] for s in structures], dtype=np.int64
-        ),
+        "n_edges": np.array(n_edges, dtype=np.int64),
         "force_sq_sum": np.array([0.0 if s.forces is None else float(np.sum(s.forces**2)) for s in structures]),
         "source": np.array([s.source for s in structures], dtype=object),
     }
@@ -110,8 +108,9 @@ def _complete_shards(output: Path, settings_hash: str) -> list[Path]:
 
 
 def _geometry_checked(structures: Iterable[Structure], cutoff: float, on_error: str,
-                      skipped: SkippedRecords) -> Iterator[Structure]:
-    """The structures that pass `mlip.data.checks` (overlapping atoms); the others raise or are skipped."""
+                      skipped: SkippedRecords) -> Iterator[tuple[Structure, int]]:
+    """(structure, its edge count at ``cutoff``) for the structures that pass `mlip.data.checks`
+    (overlapping atoms); the others raise or are skipped. One neighbour list serves both."""
     for s in structures:
         edge_index, shifts = neighbour_list(s.positions, s.cell, s.pbc, cutoff)
         try:
@@ -121,10 +120,10 @@ def _geometry_checked(structures: Iterable[Structure], cutoff: float, on_error: 
                 raise
             skipped.add(str(exc))
             continue
-        yield s
+        yield s, edge_index.shape[1]
 
 
-def _batches(items: Iterable[Structure], size: int) -> Iterator[list[Structure]]:
+def _batches(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
@@ -179,10 +178,10 @@ def write_store(
 
     skipped = SkippedRecords()
     structures = (s for path in inputs for s in iter_structures(path, format, on_error=on_error, skipped=skipped, **reader))
-    structures = _geometry_checked(structures, cutoff, on_error, skipped)
+    checked = _geometry_checked(structures, cutoff, on_error, skipped)
     started = time.perf_counter()
     shard_records, summary = [], None
-    for k, batch in enumerate(_batches(structures, shard_size)):
+    for k, batch in enumerate(_batches(checked, shard_size)):
         path = output / shard_name(k)
         if k < len(done):  # read past the structures of a whole shard
             with h5py.File(path, "r") as h5:
@@ -191,7 +190,7 @@ def write_store(
                 raise DataError(f"{path}: holds {n_stored} structures but the input gives {len(batch)}; inputs changed?")
             shard = TrainingSetSummary.from_dict(shard_sum)
         else:
-            arrays = _shard_arrays(batch, cutoff)
+            arrays = _shard_arrays([s for s, _ in batch], [n for _, n in batch])
             shard = shard_summary(arrays)
             attrs = {
                 "format": FORMAT,
