@@ -43,23 +43,53 @@ MACE_DECAY = "['^model.interactions.*.linear.weight$','^model.products.*.(contra
 MACE_RECIPE = [
     "module.plateau_factor=0.8", "module.plateau_patience=50", "module.warmup_steps=0",
     "module.weight_decay=5e-7", f"module.weight_decay_params={MACE_DECAY}", "model.radial_fan_in_forward=true",
-    "model.contraction_normalization=component",
+    "model.contraction_normalization=component", "model.contraction_parametrization=coupling",
 ]
 RECIPES = {
     "mlip": [],  # the shipped defaults (train.yaml, model/mace.yaml), whatever they are now
     # the defaults before issue 18: aggressive plateau, warm-up, no decay, radial weights scaled at init
     "mlip-v1": ["module.plateau_factor=0.5", "module.plateau_patience=4", "module.warmup_steps=20",
-                "module.weight_decay=0.0", "model.radial_fan_in_forward=false", "model.contraction_normalization=norm"],
-    "mace-recipe": MACE_RECIPE,
+                "module.weight_decay=0.0", "model.radial_fan_in_forward=false", "model.contraction_normalization=norm",
+                "model.contraction_parametrization=orthonormal"],
+    # all of mace-torch's choices but its product parametrisation (the first parity runs, 2026-11-28)
+    "mace-recipe": MACE_RECIPE[:7] + ["model.contraction_parametrization=orthonormal"],
+    "mace-recipe+coupling": MACE_RECIPE,  # all of them
 }
 # single changes from mlip-v1 (the ablation rows)
 for _name, _change in {"+scheduler": MACE_RECIPE[:2], "+no-warmup": MACE_RECIPE[2:3], "+decay": MACE_RECIPE[3:5],
-                       "+radial-fan-in": MACE_RECIPE[5:6], "+component": MACE_RECIPE[6:]}.items():
+                       "+radial-fan-in": MACE_RECIPE[5:6], "+component": MACE_RECIPE[6:7],
+                       "+coupling": MACE_RECIPE[7:]}.items():
     RECIPES[f"mlip-v1{_name}"] = RECIPES["mlip-v1"] + _change
 # mace-torch's recipe without the component normalisation (the first parity run, 2026-11-28)
-RECIPES["mace-recipe-norm"] = MACE_RECIPE[:6] + ["model.contraction_normalization=norm"]
+RECIPES["mace-recipe-norm"] = RECIPES["mace-recipe"][:6] + ["model.contraction_normalization=norm"]
 # our plateau schedule with mace-torch's parametrisation (radial MLP, contraction normalisation) and decay
-RECIPES["mlip-v2"] = RECIPES["mlip-v1"] + MACE_RECIPE[3:]
+RECIPES["mlip-v2"] = RECIPES["mlip-v1"] + MACE_RECIPE[3:7]
+# ... and its parametrisation of the product on the coupling chains
+RECIPES["mlip-v3"] = RECIPES["mlip-v2"] + MACE_RECIPE[7:]
+# single changes from mlip-v3
+RECIPES["mlip-v3-decay"] = RECIPES["mlip-v3"] + ["module.weight_decay=0.0"]
+RECIPES["mlip-v3-warmup"] = RECIPES["mlip-v3"] + ["module.warmup_steps=0"]
+# the other model families under the shipped recipe (model overrides in MODELS)
+MODELS = {
+    "mace": ["model=mace", "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.correlation=3",
+             "model.num_interactions=2", "model.r_max=5.0", "model.num_bessel=8", "model.radial_mlp=[64,64,64]",
+             "model.readout_mlp=16"],
+    "tdn": ["model=tdn", "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.correlation=3",
+            "model.num_interactions=2", "model.r_max=5.0", "model.num_bessel=8", "model.radial_mlp=[64,64,64]",
+            "model.readout_mlp=16", "model.cp_rank=64"],
+    # Facet as tuned on 3BPA (docs/performance.md): hidden features to ℓ = 2, grid MLP twice the channels
+    "facet": ["model=facet", "model.hidden_irreps=64x0e+64x1o+64x2e", "model.max_ell=3", "model.num_interactions=2",
+              "model.r_max=5.0", "model.spline_basis=16", "model.grid_resolution=6", "model.grid_hidden=128",
+              "model.readout_mlp=16"],
+}
+RECIPES["tdn"] = []
+RECIPES["facet"] = []
+
+
+def recipe_model(recipe: str) -> str:
+    return recipe if recipe in MODELS else "mace"
+
+
 SETS = ("3bpa_random", "3bpa_energy", "acac")
 
 
@@ -123,18 +153,15 @@ def e0_dict(path: Path) -> dict[int, float]:
     return {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
 
 
-def mlip_command(folder: Path, run_dir: Path, recipe: list[str], seed: int, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "mlip.cli.train", *merged(["data=extxyz", "model=mace", "trainer=gpu",
+def mlip_command(folder: Path, run_dir: Path, recipe: str, seed: int, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "mlip.cli.train", *merged([*MODELS[recipe_model(recipe)], "data=extxyz", "trainer=gpu",
             f"data.train_files=[{folder / 'train.xyz'}]", f"data.val_files=[{folder / 'valid.xyz'}]",
             f"data.test_files=[{folder / 'test.xyz'}]", "data.val_fraction=0", "data.test_fraction=0",
             "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
-            f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=10", "data.val_batch_size=10",
-            "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.correlation=3", "model.num_interactions=2",
-            "model.r_max=5.0", "model.num_bessel=8", "model.radial_mlp=[64,64,64]", "model.readout_mlp=16",
-            "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
+            f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=10", "data.val_batch_size=10", "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
             "module.loss.forces_weight=100", "module.loss.stress_weight=0", "module.cuda_graphs=true",
             f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null", "monitoring.val_parity=null",
-            "trainer.enable_progress_bar=false", f"seed={seed}", *recipe, f"hydra.run.dir={run_dir}"])]
+            "trainer.enable_progress_bar=false", f"seed={seed}", *RECIPES[recipe], f"hydra.run.dir={run_dir}"])]
 
 
 def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int) -> list[str]:
@@ -167,7 +194,7 @@ def run(args: argparse.Namespace) -> None:
             env.update(PYTHONPATH=args.mace_torch, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
             command, framework, model = mace_command(folder, run_dir, seed, args.epochs), "mace", run_dir / "mace.model"
         else:
-            command, framework = mlip_command(folder, run_dir, RECIPES[recipe], seed, args.epochs), "mlip"
+            command, framework = mlip_command(folder, run_dir, recipe, seed, args.epochs), "mlip"
             model = run_dir / "model.safetensors"
         start = time.perf_counter()
         try:

@@ -49,6 +49,9 @@ class MACE(nn.Module):
         contraction_normalization: ``"norm"`` or ``"component"`` (mace-torch's): the symmetric
             product's basis normalised over all of its components, or per component
             (`SymmetricContraction`; ℓ > 0 outputs sqrt(2ℓ+1) larger, and their weights learn so).
+        contraction_parametrization: ``"orthonormal"`` or ``"coupling"`` (mace-torch's): the
+            symmetric product's weights learned on our orthonormal basis, or on every
+            Clebsch-Gordan coupling chain (`SymmetricContraction`; same functions).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class MACE(nn.Module):
         residual_first: bool = True,
         radial_fan_in_forward: bool = False,
         contraction_normalization: str = "norm",
+        contraction_parametrization: str = "orthonormal",
     ):
         super().__init__()
         correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
@@ -105,7 +109,7 @@ class MACE(nn.Module):
             self.products.append(
                 ProductBlock(
                     irreps_basis, irreps_node, irreps_out, correlations[t], num_elements, contraction_backend, residual,
-                    contraction_normalization,
+                    contraction_normalization, contraction_parametrization,
                 )
             )
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))

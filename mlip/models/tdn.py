@@ -30,7 +30,8 @@ class TDN(MACE):
         cp_share_paths: path-weight sharing (one radial weight per channel for all paths).
         cp_learn_factors: train the factor matrices (initialised from the fit; the
             equivariance error then follows the trained factors) instead of fixing them.
-        others: as `MACE`.
+        others: as `MACE` (``radial_fan_in_forward`` and the ``contraction_*`` options choose how
+            the weights are parametrised, not the function).
     """
 
     def __init__(
@@ -49,9 +50,13 @@ class TDN(MACE):
         cp_rank: int | str = 32,
         cp_share_paths: bool = True,
         cp_learn_factors: bool = False,
+        radial_fan_in_forward: bool = False,
+        contraction_normalization: str = "norm",
+        contraction_parametrization: str = "orthonormal",
     ):
         super().__init__(
             num_elements, avg_num_neighbors, r_max, num_bessel, cutoff_power, max_ell, hidden_irreps, correlation,
             num_interactions, radial_mlp, readout_mlp, tp_backend="cp", cp_rank=cp_rank, cp_share_paths=cp_share_paths,
-            cp_learn_factors=cp_learn_factors,
+            cp_learn_factors=cp_learn_factors, radial_fan_in_forward=radial_fan_in_forward,
+            contraction_normalization=contraction_normalization, contraction_parametrization=contraction_parametrization,
         )

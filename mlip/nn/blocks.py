@@ -143,13 +143,14 @@ class ProductBlock(nn.Module):
         tp_backend: str = "auto",
         residual: bool = True,
         normalization: str = "norm",
+        parametrization: str = "orthonormal",
     ):
         super().__init__()
         irreps_out = o3.Irreps(irreps_out)
         num_channels = irreps_out[0].mul
         contraction_out = o3.Irreps([(num_channels, ir) for _, ir in irreps_out])
         self.contraction = SymmetricContraction(
-            irreps_in, contraction_out, correlation, num_elements, tp_backend, normalization
+            irreps_in, contraction_out, correlation, num_elements, tp_backend, normalization, parametrization
         )
         self.linear = o3.Linear(contraction_out, irreps_out)
         self.skip = ElementLinear(irreps_node, irreps_out, num_elements) if residual else None

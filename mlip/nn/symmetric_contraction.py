@@ -33,15 +33,12 @@ def _block_embedding(irreps: o3.Irreps, block: int) -> torch.Tensor:
     return embed
 
 
-@functools.lru_cache(maxsize=None)
-def _product_basis_cached(irreps_str: str, correlation: int, ir_out_str: str) -> torch.Tensor:
-    irreps = o3.Irreps(irreps_str)
-    ir_out = o3.Irrep(ir_out_str)
+def _coupling_paths(irreps: o3.Irreps, ir_out: o3.Irrep, blocks: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Every chain of Clebsch-Gordan couplings ``((a_1 ⊗ a_2) ⊗ a_3) ... -> ir_out`` over the given
+    tuples of irrep blocks, each a tensor [2L+1, d, ..., d]."""
     ls = [ir.l for _, ir in irreps]
     paths = []
-    # Sorted block tuples suffice: symmetrising the couplings of one ordering spans
-    # the same space as symmetrising those of any permutation of it.
-    for combo in itertools.combinations_with_replacement(range(len(irreps)), correlation):
+    for combo in blocks:
         if math.prod(irreps[b].ir.p for b in combo) != ir_out.p:
             continue
         partial = [(ls[combo[0]], _block_embedding(irreps, combo[0]))]
@@ -57,6 +54,17 @@ def _product_basis_cached(irreps_str: str, correlation: int, ir_out_str: str) ->
                     coupled.append((l_new, new))
             partial = coupled
         paths += [tensor for l_final, tensor in partial if l_final == ir_out.l]
+    return paths
+
+
+@functools.lru_cache(maxsize=None)
+def _product_basis_cached(irreps_str: str, correlation: int, ir_out_str: str) -> torch.Tensor:
+    irreps = o3.Irreps(irreps_str)
+    ir_out = o3.Irrep(ir_out_str)
+    # Sorted block tuples suffice: symmetrising the couplings of one ordering spans
+    # the same space as symmetrising those of any permutation of it.
+    blocks = list(itertools.combinations_with_replacement(range(len(irreps)), correlation))
+    paths = _coupling_paths(irreps, ir_out, blocks)
     shape = (ir_out.dim,) + (irreps.dim,) * correlation
     if not paths:
         return torch.zeros((0,) + shape, dtype=torch.float64)
@@ -82,6 +90,33 @@ def product_basis(irreps: o3.Irreps, correlation: int, ir_out: o3.Irrep) -> torc
         [n_basis, 2L+1, d, ..., d] with ν trailing axes of size d = irreps.dim.
     """
     return _product_basis_cached(str(o3.Irreps(irreps)), int(correlation), str(o3.Irrep(ir_out))).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _coupling_frame_cached(irreps_str: str, correlation: int, ir_out_str: str) -> torch.Tensor:
+    irreps = o3.Irreps(irreps_str)
+    ir_out = o3.Irrep(ir_out_str)
+    blocks = list(itertools.product(range(len(irreps)), repeat=correlation))  # every ordering
+    paths = _coupling_paths(irreps, ir_out, blocks)
+    basis = _product_basis_cached(irreps_str, correlation, ir_out_str)
+    if not paths or basis.shape[0] == 0:
+        return torch.zeros((len(paths), basis.shape[0]), dtype=torch.float64)
+    flat = torch.stack(paths).reshape(len(paths), -1)
+    flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+    frame = flat @ basis.reshape(basis.shape[0], -1).T  # [k, p]: coordinates of our basis on the couplings
+    gram = frame.T @ frame
+    # the couplings are an orthonormal basis of all equivariant maps, which contain the symmetric ones
+    assert torch.allclose(gram, torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-9), "coupling frame not tight"
+    return frame
+
+
+def coupling_frame(irreps: o3.Irreps, correlation: int, ir_out: o3.Irrep) -> torch.Tensor:
+    """[k, p] (float64): the symmetric part of each of the k Clebsch-Gordan coupling chains
+    ``irreps^⊗ν -> ir_out`` (all orderings of the factors, unit norm) on the p functions of
+    `product_basis`. A tight frame (``F^T F = 1``): weights ``v`` on the couplings act as
+    ``v F`` on our basis. mace-torch's contraction learns its weights on such couplings.
+    """
+    return _coupling_frame_cached(str(o3.Irreps(irreps)), int(correlation), str(o3.Irrep(ir_out))).clone()
 
 
 def _sorted_multi_indices(dim: int, correlation: int) -> torch.Tensor:
@@ -126,13 +161,21 @@ class SymmetricContraction(nn.Module):
     ``normalization``: each basis tensor has unit norm over its 2L+1 components and the
     factors' indices (``"norm"``), or each component has (``"component"``: the tensors and
     so the weights' effect scaled by sqrt(2L+1), as e3nn and mace-torch normalise irreps).
+
+    ``parametrization``: the weights are learned on our orthonormal basis (``"orthonormal"``:
+    p weights per path, initialised N(0, 1/p²)), or on every Clebsch-Gordan coupling chain
+    (``"coupling"``: k ≥ p weights, initialised N(0, 1/k²), acting through `coupling_frame`),
+    as mace-torch's are. The functions are the same; the second trains the higher orders
+    with a smaller start and larger Adam steps (docs/accuracy.md).
     """
 
     def __init__(
         self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, num_elements: int, backend: str = "e3nn",
-        normalization: str = "norm",
+        normalization: str = "norm", parametrization: str = "orthonormal",
     ):
         super().__init__()
+        if parametrization not in ("orthonormal", "coupling"):
+            raise ValueError(f"parametrization must be 'orthonormal' or 'coupling', got {parametrization!r}")
         # cuequivariance on CUDA (mlip.nn.tensor_product.symmetric_contraction), see `uses_cueq`
         self.backend = check_backend(backend)
         self.__dict__["_cueq"] = None  # built on first CUDA use, kept out of the state dict
@@ -162,7 +205,10 @@ class SymmetricContraction(nn.Module):
                     continue
                 name = f"{i_out}_{nu}"
                 self.register_buffer(f"basis_{name}", compress_symmetric(basis, nu).to(dtype))
-                weight = torch.randn(num_elements, num_channels, basis.shape[0], dtype=dtype) / basis.shape[0]
+                if parametrization == "coupling":
+                    self.register_buffer(f"frame_{name}", coupling_frame(per_channel_in, nu, ir_out).to(dtype))
+                size = getattr(self, f"frame_{name}").shape[0] if parametrization == "coupling" else basis.shape[0]
+                weight = torch.randn(num_elements, num_channels, size, dtype=dtype) / size
                 self.weights[name] = nn.Parameter(weight)
                 self.weight_scale[name] = math.sqrt(ir_out.dim) if normalization == "component" else 1.0
                 paths.append((nu, name))
@@ -188,9 +234,13 @@ class SymmetricContraction(nn.Module):
         return from_channels(torch.cat(outputs, dim=-1), self.irreps_out)
 
     def scaled_weight(self, name: str) -> torch.Tensor:
-        """The weights of path ``name`` times their basis normalisation: [num_elements, k, n_basis]."""
+        """The weights of path ``name`` on our basis, times its normalisation: [num_elements, k, n_basis]."""
+        weight = self.weights[name]
+        frame = getattr(self, f"frame_{name}", None)
+        if frame is not None:
+            weight = weight @ frame
         scale = self.weight_scale[name]
-        return self.weights[name] if scale == 1.0 else self.weights[name] * scale
+        return weight if scale == 1.0 else weight * scale
 
     def forward_cueq(self, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """The same contraction evaluated by cuequivariance on our weights (any device it supports)."""
