@@ -18,7 +18,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
+from ase.data import chemical_symbols
 from torch.utils.data import BatchSampler, Dataset, Subset
+from torch_geometric.data import Batch
 
 from mlip.data.loader import GraphLoader
 from mlip.data.graph import add_batch_edges, structure_to_graph
@@ -66,6 +69,8 @@ class GraphDataModule(L.LightningDataModule):
         neighbour_list: ``"workers"`` (CPU, vesin, before batching) or ``"device"``
             (vesin-torch on the batch's device).
         num_workers: DataLoader worker processes.
+        pin_memory: batches in page-locked memory, so their copies to the GPU run asynchronously
+            (None: when the trainer runs on CUDA).
         seed: shuffling seed (per epoch).
         e0s: ``"least_squares"``, ``"zero"``, a mapping element -> eV or an isolated-atom extxyz.
         elements: atomic numbers for the model (default: those in the training set).
@@ -84,6 +89,7 @@ class GraphDataModule(L.LightningDataModule):
         max_edges: int | None = None,
         neighbour_list: str = "workers",
         num_workers: int = 0,
+        pin_memory: bool | None = None,
         seed: int = 0,
         e0s: str | Mapping | None = "least_squares",
         elements: Sequence[int] | None = None,
@@ -108,6 +114,8 @@ class GraphDataModule(L.LightningDataModule):
         self.max_atoms, self.max_edges = max_atoms, max_edges
         self.neighbour_list = neighbour_list
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self._elements_cpu: torch.Tensor | None = None
         self.seed = seed
         self.e0s = e0s
         self.elements = list(elements) if elements is not None else None
@@ -160,7 +168,11 @@ class GraphDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> GraphLoader:
         world, rank = self._world()
         budget = self.max_atoms or self.max_edges
-        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        pin = self.pin_memory
+        if pin is None:
+            trainer = getattr(self, "trainer", None)
+            pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=pin)
         if budget is not None and shuffle:
             sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
             batches = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
@@ -187,6 +199,27 @@ class GraphDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> GraphLoader:
         return self._loader("test", shuffle=False)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Check the batch's elements against the model's (those of `statistics`) on the CPU,
+        so that the training loop's device copy of the check never waits for the GPU."""
+        statistics = getattr(self, "statistics", None)
+        if statistics is not None and isinstance(batch, Batch):
+            if self._elements_cpu is None:
+                self._elements_cpu = torch.tensor(statistics.elements, dtype=batch.atomic_numbers.dtype)
+            unknown = ~torch.isin(batch.atomic_numbers, self._elements_cpu)
+            if bool(unknown.any()):
+                names = ", ".join(sorted({chemical_symbols[int(z)] for z in batch.atomic_numbers[unknown]}))
+                known = ", ".join(chemical_symbols[z] for z in statistics.elements)
+                raise DataError(f"element {names} in a batch is not among the model's ({known})")
+        return batch
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """One asynchronous copy per tensor (from pinned memory when ``pin_memory``): the host
+        prepares the next batch while the GPU works."""
+        if isinstance(batch, Batch):
+            return batch.to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.neighbour_list == "device":

@@ -148,6 +148,8 @@ class GraphedPotential:
         steps_per_octave: bucket resolution (padding is at most 1/steps_per_octave).
         max_graphs: captured buckets kept (least recently used ones are released).
         capture: ``False`` evaluates the padded inputs eagerly (any device; for tests).
+        check_elements: check each graph's elements against the model's (a host sync; the
+            training loop checks them on the CPU instead).
 
     Calling it on a graph returns the same dict as ``potential(graph, compute_stress=...)``
     (``energy`` [G], ``node_energy`` [n], ``forces`` [n, 3], ``stress`` [G, 3, 3]), as new tensors.
@@ -160,9 +162,11 @@ class GraphedPotential:
         steps_per_octave: int = 8,
         max_graphs: int = 4,
         capture: bool = True,
+        check_elements: bool = True,
     ):
         self.potential = potential
         self.compute_stress = compute_stress
+        self.check_elements = check_elements
         self.steps_per_octave = steps_per_octave
         device, dtype = potential.e0s.device, potential.e0s.dtype
         self.graphs = BucketedGraphs(
@@ -173,7 +177,7 @@ class GraphedPotential:
         return self.potential.predict(*inputs.arguments(), compute_forces=True, compute_stress=self.compute_stress)
 
     def __call__(self, graph: Any) -> dict[str, torch.Tensor]:
-        *tensors, g = self.potential.inputs(graph)
+        *tensors, g = self.potential.inputs(graph, self.check_elements)
         n = tensors[0].shape[0]
         outputs = self.graphs(bucket_of(n, tensors[4].shape[1], g, self.steps_per_octave), *tensors)
         result = {"energy": outputs["energy"][:g].clone(), "node_energy": outputs["node_energy"][:n].clone()}

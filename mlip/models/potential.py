@@ -95,12 +95,14 @@ class Potential(nn.Module):
         """
         return self.predict(*self.inputs(graph), compute_forces, compute_stress, create_graph)
 
-    def inputs(self, graph: Any) -> tuple:
+    def inputs(self, graph: Any, check_elements: bool = True) -> tuple:
         """`predict`'s tensor arguments for a (batched) graph: (species, positions, cell [G, 3, 3],
-        batch, edge_index, shifts, num_graphs); checks the elements (one host sync)."""
+        batch, edge_index, shifts, num_graphs); checks the elements (one host sync), unless the
+        caller has (``check_elements=False``: the training loop checks each batch on the CPU)."""
         num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
-        species = self.species(graph.atomic_numbers)
+        z = graph.atomic_numbers
+        species = self.species(z) if check_elements else self.species_of_z[z.clamp(0, 118)]
         return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts, num_graphs
 
     def predict(

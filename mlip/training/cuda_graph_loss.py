@@ -66,7 +66,7 @@ class GraphedLoss:
         potential: the model being trained, on CUDA.
         loss: the loss module.
         compute_forces, compute_stress: what the loss needs predicted.
-        steps_per_octave, max_graphs, capture: as for `mlip.models.cuda_graph.GraphedPotential`.
+        steps_per_octave, max_graphs, capture, check_elements: as for `mlip.models.cuda_graph.GraphedPotential`.
 
     Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``;
     ``loss.backward()`` (before the next call) puts the gradients on the parameters.
@@ -81,8 +81,10 @@ class GraphedLoss:
         steps_per_octave: int = 8,
         max_graphs: int = 4,
         capture: bool = True,
+        check_elements: bool = True,
     ):
         self.potential, self.loss = potential, loss
+        self.check_elements = check_elements
         self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}
         self.steps_per_octave = steps_per_octave
         self.parameters = [p for p in potential.parameters() if p.requires_grad]
@@ -102,7 +104,7 @@ class GraphedLoss:
         return out
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        *tensors, num_graphs = self.potential.inputs(batch)
+        *tensors, num_graphs = self.potential.inputs(batch, self.check_elements)
         key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
         out = self.graphs(key, *tensors, batch)
         # the static gradient buffers themselves: backward() multiplies them into new tensors,

@@ -3,8 +3,10 @@
     θ_ema <- d θ_ema + (1 - d) θ,  d = min(decay, (1 + n) / (10 + n)) after n updates
 
 The averaged copy is a submodule, so checkpoints hold it and a resume is exact. One update
-is one fused ``_foreach_lerp_`` over all parameters and one ``_foreach_copy_`` over the
-buffers, and reads nothing from the device: the update count is mirrored on the host.
+is a few fused ``_foreach`` kernels over all parameters and one ``_foreach_copy_`` over the
+buffers. The decay is computed on the device from the update count, so an update reads
+nothing back to the host, and a training step skipped on the device (``skipped`` = 1)
+leaves the average and the count as they were.
 """
 
 from __future__ import annotations
@@ -22,12 +24,7 @@ class ExponentialMovingAverage(nn.Module):
         self.module = copy.deepcopy(module)
         self.module.requires_grad_(False)
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
-        self._host_updates: int | None = None  # num_updates on the host (read once, after a load)
         self._pairs: tuple | None = None  # (token, averaged params, params, averaged buffers, buffers)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._host_updates = None
 
     def _token(self, module: nn.Module) -> tuple:
         """What the cached pairs depend on: the source module, and where both keep their tensors
@@ -49,15 +46,18 @@ class ExponentialMovingAverage(nn.Module):
         return self._pairs[1:]
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        if self._host_updates is None:
-            self._host_updates = int(self.num_updates)
-        n = self._host_updates
-        decay = min(self.decay, (1.0 + n) / (10.0 + n))
+    def update(self, module: nn.Module, skipped: torch.Tensor | None = None) -> None:
+        """Average ``module``'s weights in; ``skipped``: a 0-d device tensor, 1 where this step
+        was skipped (no update, no count), 0 otherwise."""
+        n = self.num_updates.to(torch.float64)
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
+        if skipped is not None:
+            weight = weight * (1.0 - skipped.to(weight.dtype))
         averaged, current, averaged_buffers, buffers = self._matched(module)
-        if averaged:
-            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        if averaged:  # θ_ema += (1 - d) (θ - θ_ema)
+            difference = torch._foreach_sub(current, averaged)
+            torch._foreach_mul_(difference, weight.to(averaged[0].dtype))
+            torch._foreach_add_(averaged, difference)
         if averaged_buffers:
             torch._foreach_copy_(averaged_buffers, buffers)
-        self.num_updates += 1
-        self._host_updates = n + 1
+        self.num_updates += 1 if skipped is None else (1 - skipped.to(torch.long))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mlip.data.structure import DataError
+from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
 from mlip.training.cuda_graph_loss import GraphedLoss
 from mlip.training.ema import ExponentialMovingAverage
@@ -63,12 +64,14 @@ class PotentialModule(L.LightningModule):
             per bucket of padded batch sizes (`mlip.training.cuda_graph_loss.GraphedLoss`):
             much faster for batches of small structures, at the memory of one captured step
             per bucket (up to ``cuda_graph_buckets``). Ignored on the CPU.
-        max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped (no
-            weight or EMA update; it still counts in ``global_step``, so schedules go on) with
-            a warning and counted (``skipped_steps``); this many in a row stop the run with
-            `NonFiniteLossError` after writing the weights of the last good step to
-            ``nonfinite-stop.ckpt`` beside the other checkpoints. The check reads one
-            number per step on the host, on every rank alike.
+        max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped on the
+            device (the fused optimiser's ``found_inf``: no weight, optimiser-state or EMA
+            update; it still counts in ``global_step``, so schedules go on) and counted; this
+            many in a row stop the run with `NonFiniteLossError` after writing the weights of
+            the last good step to ``nonfinite-stop.ckpt`` beside the other checkpoints.
+        nonfinite_check_every: the skip counters are read on the host (a warning per skipped
+            stretch, the stop above) every this many steps and at each epoch end, not every
+            step: a step then never waits for the GPU.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class PotentialModule(L.LightningModule):
         cuda_graphs: bool = False,
         cuda_graph_buckets: int = 4,
         max_nonfinite_steps: int = 10,
+        nonfinite_check_every: int = 50,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -104,9 +108,12 @@ class PotentialModule(L.LightningModule):
         self.val_metrics = PotentialMetrics()
         self.test_metrics = PotentialMetrics()
         self.graphed_loss: GraphedLoss | None = None  # built at the first CUDA step
-        self.skipped_steps = 0  # non-finite steps skipped in this process
-        self._nonfinite_in_a_row = 0
-        self._step_skipped = False
+        self.graphed_evaluation: GraphedPotential | None = None  # built at the first CUDA validation
+        self.skipped_steps = 0  # non-finite steps skipped in this process (as of the last check)
+        self._counters: torch.Tensor | None = None  # device: [skipped so far, skipped in a row]
+        self._skipped: torch.Tensor | None = None  # device: 1.0 if this step is skipped
+        self._train_loss: torch.Tensor | None = None
+        self._steps_since_check = 0
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._val_loss_sum, self._val_count = torch.zeros((), dtype=torch.float64), 0
@@ -133,7 +140,8 @@ class PotentialModule(L.LightningModule):
         if self.hparams.cuda_graphs and batch.positions.is_cuda:
             if self.graphed_loss is None:
                 self.graphed_loss = GraphedLoss(
-                    self.potential, self.loss, max_graphs=self.hparams.cuda_graph_buckets, **self._wants()
+                    self.potential, self.loss, max_graphs=self.hparams.cuda_graph_buckets, check_elements=False,
+                    **self._wants()
                 )
             loss, terms = self.graphed_loss(batch)
         else:
@@ -143,63 +151,78 @@ class PotentialModule(L.LightningModule):
                 loss, terms = self.loss(pred, batch, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), world)
             else:
                 loss, terms = self.loss(pred, batch)
-        if not self._finite_on_all_ranks(loss):
-            self._skip_step(f"loss {float(loss.detach())}")
-            return None  # no backward; the optimiser finds no gradients and moves nothing
+        self._train_loss = loss.detach()  # its finiteness is checked with the gradients, on the device
         size = int(batch.num_graphs)
         self.log("train_loss", loss, batch_size=size, prog_bar=True, on_step=True, on_epoch=True)
         for name, value in terms.items():
             self.log(f"train_loss_{name}", value, batch_size=size, on_step=False, on_epoch=True)
         return loss
 
-    # -- non-finite steps ----------------------------------------------------------------
-    def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
-        flag = torch.isfinite(value.detach()).all().to(torch.float32)
-        return bool(self.trainer.strategy.reduce(flag, reduce_op="min") > 0)
-
-    def _skip_step(self, what: str) -> None:
-        self._step_skipped = True
-        self.skipped_steps += 1
-        self._nonfinite_in_a_row += 1
-        log.warning("step %d: non-finite %s, step skipped (%d skipped so far, %d in a row)",
-                    self.global_step, what, self.skipped_steps, self._nonfinite_in_a_row)
-        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
-            path = Path(self.trainer.default_root_dir) / "checkpoints" / NONFINITE_CHECKPOINT
-            self.trainer.save_checkpoint(path)
-            raise NonFiniteLossError(
-                f"{self._nonfinite_in_a_row} training steps in a row had a non-finite {what.split()[0]} "
-                f"(at step {self.global_step}); the weights of the last good step are in {path}. "
-                "Lower the learning rate, check the labels for outliers, or use module.loss.kind=huber."
-            )
-
+    # -- non-finite steps (decided on the device, read on the host every few steps) --------
     def on_before_optimizer_step(self, optimizer) -> None:
-        parameters = [p for p in self.potential.parameters() if p.grad is not None]
-        if not parameters:  # a skipped step: Lightning still calls this without gradients
+        gradients = [p.grad for p in self.potential.parameters() if p.grad is not None]
+        if not gradients:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
-        if not self._finite_on_all_ranks(norm):
-            for p in parameters:  # Adam leaves parameters without a gradient (and their state) alone
-                p.grad = None
-            self._skip_step(f"gradient norm {float(norm)}")
-            return
-        self._nonfinite_in_a_row = 0
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+        finite = torch.isfinite(norm) & torch.isfinite(self._train_loss)
+        finite = self.trainer.strategy.reduce(finite.to(torch.float32), reduce_op="min")  # every rank alike
+        self._skipped = 1.0 - finite
+        # the fused Adam/AdamW step leaves weights and state alone where found_inf is 1
+        getattr(optimizer, "optimizer", optimizer).found_inf = self._skipped
         self.log("grad_norm", norm, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)  # runs training_step and backward (the closure), then steps
-        if self._step_skipped:  # nothing moved: the EMA stays too (the step still counts in global_step)
-            self._step_skipped = False
-            return
         # here, not in on_train_batch_end: checkpoint callbacks run before the module's
         # hooks there, and a step checkpoint must hold the EMA of the step it records
+        if self._skipped is None:  # no gradients at all
+            return
         if self.ema is not None:
-            self.ema.update(self.potential)
+            self.ema.update(self.potential, self._skipped)
+        skipped = self._skipped.to(torch.long)
+        if self._counters is None:
+            self._counters = torch.zeros(2, dtype=torch.long, device=skipped.device)
+        self._counters[0] += skipped
+        self._counters[1] = (self._counters[1] + 1) * skipped
+        self._skipped = None
+        self._steps_since_check += 1
+        if self._steps_since_check >= self.hparams.nonfinite_check_every:
+            self._check_nonfinite(self.global_step + 1)  # Lightning counts this step after the hook
+
+    def on_train_epoch_end(self) -> None:
+        self._check_nonfinite(self.global_step)
+
+    def _check_nonfinite(self, step: int) -> None:
+        """Warn about the steps skipped since the last check (up to ``step``); stop after too many in a row."""
+        steps, self._steps_since_check = self._steps_since_check, 0
+        if self._counters is None:
+            return
+        total, in_a_row = (int(v) for v in self._counters.tolist())  # the one host read
+        if total > self.skipped_steps:
+            log.warning("steps %d-%d: %d with a non-finite loss or gradient skipped (%d skipped so far, %d in a row)",
+                        step - steps + 1, step, total - self.skipped_steps, total, in_a_row)
+        self.skipped_steps = total
+        if in_a_row >= self.hparams.max_nonfinite_steps:
+            path = Path(self.trainer.default_root_dir) / "checkpoints" / NONFINITE_CHECKPOINT
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteLossError(
+                f"{in_a_row} training steps in a row had a non-finite loss or gradient (the last at step "
+                f"{step}); the weights of the last good step are in {path}. "
+                "Lower the learning rate, check the labels for outliers, or use module.loss.kind=huber."
+            )
 
     def _evaluate(self, batch: Any, metrics: PotentialMetrics, stage: str) -> dict[str, torch.Tensor]:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("forces need autograd during evaluation: build the Trainer with inference_mode=False")
         with torch.enable_grad():
-            pred = self.evaluation_potential()(batch, compute_forces=True, compute_stress=True)
+            if self.hparams.cuda_graphs and batch.positions.is_cuda:  # replayed, as the training step
+                if self.graphed_evaluation is None:
+                    self.graphed_evaluation = GraphedPotential(
+                        self.evaluation_potential(), max_graphs=self.hparams.cuda_graph_buckets, check_elements=False
+                    )
+                pred = self.graphed_evaluation(batch)
+            else:
+                pred = self.evaluation_potential()(batch, compute_forces=True, compute_stress=True)
         pred = {k: v.detach() for k, v in pred.items()}
         loss, _ = self.loss(pred, batch)
         # every rank must see the same val_loss (checkpointing and the plateau scheduler follow it)
@@ -247,7 +270,8 @@ class PotentialModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay, "amsgrad": hp.amsgrad}
+        # fused: one kernel per step, and it honours found_inf (skipped steps, on_before_optimizer_step)
+        kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay, "amsgrad": hp.amsgrad, "fused": True}
         optimizer = OPTIMIZERS[hp.optimizer](self.parameter_groups(), **kwargs)
         if hp.scheduler == "plateau":  # stepped by on_validation_epoch_end, saved by on_save_checkpoint
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
