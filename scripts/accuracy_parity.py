@@ -153,15 +153,17 @@ def e0_dict(path: Path) -> dict[int, float]:
     return {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
 
 
-def mlip_command(folder: Path, run_dir: Path, recipe: str, seed: int, epochs: int) -> list[str]:
+def mlip_command(folder: Path, run_dir: Path, recipe: str, seed: int, epochs: int, extra: tuple[str, ...] = (
+        "monitoring.val_parity=null",)) -> list[str]:
+    """`mlip-train` on ``folder``'s files with the issue's settings, the recipe's overrides and ``extra``."""
     return [sys.executable, "-m", "mlip.cli.train", *merged([*MODELS[recipe_model(recipe)], "data=extxyz", "trainer=gpu",
             f"data.train_files=[{folder / 'train.xyz'}]", f"data.val_files=[{folder / 'valid.xyz'}]",
             f"data.test_files=[{folder / 'test.xyz'}]", "data.val_fraction=0", "data.test_fraction=0",
             "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
             f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=10", "data.val_batch_size=10", "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
             "module.loss.forces_weight=100", "module.loss.stress_weight=0", "module.cuda_graphs=true",
-            f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null", "monitoring.val_parity=null",
-            "trainer.enable_progress_bar=false", f"seed={seed}", *RECIPES[recipe], f"hydra.run.dir={run_dir}"])]
+            f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null",
+            "trainer.enable_progress_bar=false", f"seed={seed}", *RECIPES[recipe], *extra, f"hydra.run.dir={run_dir}"])]
 
 
 def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int) -> list[str]:

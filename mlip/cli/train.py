@@ -18,7 +18,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.atomic import atomic_write_bytes
@@ -95,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get(extra) is not None:
             callbacks.append(instantiate(cfg[extra]))
     callbacks += [instantiate(c) for c in (cfg.get("monitoring") or {}).values() if c is not None]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.get("progress_bar_refresh_rate", 20)))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     plugins = [AtomicCheckpointIO(), *instantiate(cfg.trainer.get("plugins") or [])]  # e.g. SLURMEnvironment
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)

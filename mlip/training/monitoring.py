@@ -1,7 +1,8 @@
-"""What a run logs beside its losses: throughput, GPU memory, and validation parity plots."""
+"""What a run logs beside its losses: throughput, GPU memory, validation parity plots, phase times."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -41,10 +42,11 @@ class Throughput(Callback):
 class ValidationParity(Callback):
     """A parity plot of each validation epoch (rank 0's share, up to ``max_atoms`` atoms):
     ``plots/val_parity_epochNNN.png`` in the run folder, and an image in the loggers that
-    take one (wandb, TensorBoard)."""
+    take one (wandb, TensorBoard); every ``every_n_epochs`` epochs (copying the predictions
+    to the host and drawing cost about as much as a short validation)."""
 
-    def __init__(self, dirpath: str | os.PathLike, max_atoms: int = 20000):
-        self.dirpath, self.max_atoms = Path(dirpath), max_atoms
+    def __init__(self, dirpath: str | os.PathLike, max_atoms: int = 20000, every_n_epochs: int = 1):
+        self.dirpath, self.max_atoms, self.every_n_epochs = Path(dirpath), max_atoms, max(int(every_n_epochs), 1)
         self._parts: list[dict[str, np.ndarray]] = []
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -52,6 +54,8 @@ class ValidationParity(Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.sanity_checking or not outputs or sum(p["natoms"].sum() for p in self._parts) >= self.max_atoms:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         graphs = int(batch.num_graphs)
         numpy = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
@@ -122,3 +126,67 @@ class EpochSummary(Callback):
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}")
         parts.append(f"{time.perf_counter() - self._start:.1f} s")
         return "  ".join(parts)
+
+
+class PhaseTimes(Callback):
+    """Where a run's wall-clock goes: ``phase_times.json`` in ``dirpath`` (rank 0), rewritten at
+    the end of the fit and of the test, with wall-clock timestamps (s since the epoch) of the
+    fit start, the end of the first training step, the test start and end, and per epoch the
+    seconds of training and of validation with the number of optimiser steps.
+
+    The GPU is synchronised at each phase boundary (a few times per epoch, never per step) so
+    that queued work is charged to the phase that queued it.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike):
+        self.dirpath = Path(dirpath)
+        self.times: dict = {"epochs": []}
+        self._mark = 0.0
+        self._epoch: dict = {}
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.time()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.times["fit_start"] = time.time()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch = {"epoch": trainer.current_epoch, "steps": -trainer.global_step}
+        self._mark = self._now(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if "first_step_end" not in self.times:
+            self.times["first_step_end"] = self._now(pl_module)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._epoch:
+            return
+        now = self._now(pl_module)
+        self._epoch.update(train_s=now - self._mark, steps=self._epoch["steps"] + trainer.global_step)
+        self._mark = now
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or "train_s" not in self._epoch:
+            return
+        self._epoch["validation_s"] = self._now(pl_module) - self._mark
+        self.times["epochs"].append(self._epoch)
+        self._epoch = {}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.times["fit_end"] = self._now(pl_module)
+        self._write(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.times["test_start"] = self._now(pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.times["test_end"] = self._now(pl_module)
+        self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.dirpath / "phase_times.json", json.dumps(self.times, indent=1).encode())

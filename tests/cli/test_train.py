@@ -17,7 +17,7 @@ def _state(path):
 
 
 def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_file):
-    cfg = compose_train_config(tmp_path, emt_file, "trainer.max_epochs=4")
+    cfg = compose_train_config(tmp_path, emt_file, "trainer.max_epochs=4", "monitoring.val_parity.every_n_epochs=2")
     metrics = train(cfg)
     for name in ("config_resolved.yaml", "logs/metrics.csv", "checkpoints/last.ckpt", "model.safetensors", "test_metrics.json"):
         assert (tmp_path / name).is_file(), f"missing {name}"
@@ -31,7 +31,12 @@ def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_fil
     assert steps and all(float(r["structures_per_s"]) > 0 and float(r["atoms_per_s"]) > 0 for r in steps)
     assert any(r.get("grad_norm") for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert plots == [f"val_parity_epoch{k:03d}.png" for k in range(4)]
+    assert plots == ["val_parity_epoch001.png", "val_parity_epoch003.png"]  # every second epoch
+    # phase times: per epoch its training steps and seconds, then validation; the first step; the test
+    times = json.loads((tmp_path / "phase_times.json").read_text())
+    assert [e["epoch"] for e in times["epochs"]] == [0, 1, 2, 3] and all(e["steps"] > 0 for e in times["epochs"])
+    assert all(e["train_s"] > 0 and e["validation_s"] > 0 for e in times["epochs"])
+    assert times["fit_start"] < times["first_step_end"] < times["fit_end"] <= times["test_start"] < times["test_end"]
     assert min(val_losses[1:]) < val_losses[0], f"validation loss did not fall: {val_losses}"
 
 
@@ -111,7 +116,7 @@ def _tensorboard_events(folder: Path) -> list:
 def test_tensorboard_logger_records_losses_monitoring_and_parity_images(tmp_path, emt_file):
     pytest.importorskip("tensorboardX", reason='the tensorboard extra: pip install "mlip-forge[tensorboard]"')
     train(compose_train_config(tmp_path, emt_file, "logger=tensorboard", "trainer.max_epochs=2",
-                               "trainer.log_every_n_steps=1"))
+                               "trainer.log_every_n_steps=1", "monitoring.val_parity.every_n_epochs=1"))
     values = [v for event in _tensorboard_events(tmp_path / "tensorboard") for v in event.summary.value]
     tags = {v.tag for v in values}
     assert {"train_loss_step", "val_loss", "val_forces_rmse", "grad_norm", "structures_per_s"} <= tags, tags

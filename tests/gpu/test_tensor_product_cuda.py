@@ -50,13 +50,15 @@ def test_model_energy_forces_stress_equal_across_backends_on_cuda(rng):
         assert torch.allclose(out_a[key], out_b[key], atol=1e-10), key
 
 
+@pytest.mark.parametrize("parametrization", ["orthonormal", "coupling"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cueq_symmetric_contraction_on_cuda_equals_ours(dtype):
+def test_cueq_symmetric_contraction_on_cuda_equals_ours(dtype, parametrization):
     from mlip.nn.symmetric_contraction import SymmetricContraction
 
     torch.manual_seed(0)
     irreps_in, irreps_out = o3.Irreps("32x0e+32x1o+32x2e+32x3o"), o3.Irreps("32x0e+32x1o")
-    contraction = SymmetricContraction(irreps_in, irreps_out, 3, 4, backend="cueq").to("cuda", dtype)
+    contraction = SymmetricContraction(irreps_in, irreps_out, 3, 4, backend="cueq", normalization="component",
+                                       parametrization=parametrization).to("cuda", dtype)
     x = torch.randn(500, irreps_in.dim, device="cuda", dtype=dtype, requires_grad=True)
     species = torch.randint(0, 4, (500,), device="cuda")
     reference = contraction.to("cpu", torch.float64)(x.detach().cpu().double(), species.cpu())

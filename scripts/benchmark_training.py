@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Whole training runs, end to end: our `mlip-train` against `mace_run_train`, beside the
+ceiling of our graphed step, in one call on the GPU machine.
+
+    python scripts/accuracy_parity.py prepare --data-dir ../shared/datasets --out .accuracy_data
+    python scripts/benchmark_training.py --set .accuracy_data/3bpa_random --epochs 40 \
+        --mace-torch /tmp/site_mace:/tmp/site --gpus 0 1 --out $OUT
+
+The runs are the issue-18 setting (`scripts/accuracy_parity.py`: MACE 128x0e+128x1o, ℓ ≤ 3,
+ν = 3, 2 layers, batch 10, lr 0.01, AMSGrad, EMA 0.99, E and F weights 1 and 100) on one
+held-out set's files. Ours run one after another on the first GPU, each variant in `VARIANTS`
+(overrides of the shipped defaults, ``module.cuda_graphs=true``); mace-torch runs at the same
+time on the second GPU (on the first if only one is given; then the runs share it).
+
+Reported per run: wall-clock from launch to exit, time to the end of the first optimiser
+step, seconds in training epochs, in validation and in the test, steady-state milliseconds
+per step (median over epochs after the first) and structures per second over the whole run
+(``phase_times.json``, `mlip.training.monitoring.PhaseTimes`). The ceiling is our graphed
+step alone (loss and gradients replayed from a CUDA graph, gradient clipping, fused AMSGrad,
+EMA) on one batch of the same data, timed in this process before the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from accuracy_parity import ROOT, mace_command, mlip_command
+from ase.io import read
+
+VARIANTS = {
+    "mlip": [],
+    "mlip, 2 loader workers": ["data.num_workers=2"],
+    "mlip, finite checks read every step": ["module.nonfinite_check_every=1"],
+    "mlip, parity plot every epoch": ["monitoring.val_parity.every_n_epochs=1"],
+}
+
+
+def ceiling_ms(folder: Path, repeats: int = 200) -> float:
+    """Milliseconds of our whole optimiser step replayed from a CUDA graph, on the first training batch."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from mlip.cli.train import CONFIG_DIR, build_potential
+    from mlip.training.ema import ExponentialMovingAverage
+
+    overrides = [o for o in mlip_command(folder, Path("/tmp/unused"), "mlip", 0, 1, ())[3:]
+                 if not o.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "output_dir=/tmp/unused"])
+    torch.set_float32_matmul_precision("highest")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = instantiate(cfg.module, potential=build_potential(cfg.model, datamodule.statistics)).cuda()
+    batch = next(iter(datamodule.train_dataloader())).to("cuda")
+    from mlip.training.cuda_graph_loss import GraphedLoss
+
+    graphed = GraphedLoss(module.potential, module.loss, check_elements=False)
+    parameters = list(module.potential.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=0.01, amsgrad=True, fused=True)
+    ema = ExponentialMovingAverage(module.potential, 0.99)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = graphed(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 10.0)
+        optimizer.step()
+        ema.update(module.potential)
+
+    for _ in range(10):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def summarise(name: str, run_dir: Path, launched: float, wall: float, n_train: int, epochs: int) -> dict:
+    row = {"run": name, "wall_s": round(wall, 1), "structures_per_s": round(n_train * epochs / wall, 1)}
+    path = run_dir / "phase_times.json"
+    if path.is_file():
+        times = json.loads(path.read_text())
+        per_epoch = times["epochs"]
+        row.update(
+            first_step_s=round(times["first_step_end"] - launched, 1),
+            train_s=round(sum(e["train_s"] for e in per_epoch), 1),
+            validation_s=round(sum(e["validation_s"] for e in per_epoch), 1),
+            test_s=round(times.get("test_end", 0) - times.get("test_start", 0), 1),
+            step_ms=round(1000 * statistics.median(e["train_s"] / e["steps"] for e in per_epoch[1:] or per_epoch), 2),
+        )
+    return row
+
+
+def run_one(name: str, command: list[str], env: dict, run_dir: Path, n_train: int, epochs: int, log: Path) -> dict:
+    launched = time.time()
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    log.write_text(done.stdout[-20000:] + "\n---- stderr\n" + done.stderr[-20000:])
+    if done.returncode != 0:
+        return {"run": name, "error": done.stderr[-800:]}
+    return summarise(name, run_dir, launched, wall, n_train, epochs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", type=Path, default=ROOT / ".accuracy_data" / "3bpa_random")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--mace-torch", help="PYTHONPATH of a mace-torch environment: adds its run")
+    parser.add_argument("--gpus", nargs="*", type=int, default=[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/benchmark_training"))
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_training")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    folder = args.set.resolve()
+    n_train = len(read(folder / "train.xyz", ":"))
+    ours_gpu, theirs_gpu = args.gpus[0], args.gpus[-1]
+    base = dict(os.environ, OMP_NUM_THREADS="4", WANDB_MODE="disabled")
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.out / "results.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    mace = None
+    if args.mace_torch:
+        run_dir = args.work / "mace-torch"
+        env = dict(base, CUDA_VISIBLE_DEVICES=str(theirs_gpu), PYTHONPATH=args.mace_torch,
+                   TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+        command = mace_command(folder, run_dir, 0, args.epochs)
+        mace = threading.Thread(target=lambda: record(run_one("mace-torch", command, env, run_dir, n_train, args.epochs,
+                                                              args.out / "mace-torch.log")))
+        mace.start()
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(ours_gpu)  # this process: the ceiling, before our runs
+    record({"run": "graphed step alone (ceiling)", "step_ms": round(ceiling_ms(folder), 2)})
+    for k, name in enumerate(args.variants):
+        run_dir = args.work / f"mlip-{k}"
+        extra = ("monitoring.val_parity=null",) if "parity" not in name else ()
+        command = mlip_command(folder, run_dir, "mlip", 0, args.epochs, (*extra, *VARIANTS[name]))
+        env = dict(base, CUDA_VISIBLE_DEVICES=str(ours_gpu))
+        record(run_one(name, command, env, run_dir, n_train, args.epochs, args.out / f"mlip-{k}.log"))
+    if mace is not None:
+        mace.join()
+    print(table(rows, args.epochs, n_train))
+
+
+def table(rows: list[dict], epochs: int, n_train: int) -> str:
+    keys = ("wall_s", "first_step_s", "train_s", "validation_s", "test_s", "step_ms", "structures_per_s")
+    lines = [f"{epochs} epochs of {n_train} structures", "| run | " + " | ".join(keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append(f"| {row['run']} | " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    mace = next((r for r in rows if r["run"] == "mace-torch" and "wall_s" in r), None)
+    ours = next((r for r in rows if r["run"] == "mlip" and "wall_s" in r), None)
+    if mace and ours:
+        lines.append(f"\nmace-torch / mlip wall-clock: {mace['wall_s'] / ours['wall_s']:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
