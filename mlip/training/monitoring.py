@@ -16,25 +16,39 @@ from mlip.evaluation.plots import parity_plot
 from mlip.evaluation.scores import Predictions
 
 
+def logging_step(trainer) -> bool:
+    """Whether Lightning writes this training step's logged values to the loggers (every
+    ``log_every_n_steps``): values logged at other steps would only cost host time."""
+    return trainer._logger_connector.should_update_logs
+
+
 class Throughput(Callback):
-    """Logs ``structures_per_s`` and ``atoms_per_s`` of training (this rank, between batch ends,
-    so GPU work queued asynchronously is counted once it bounds the loop) and, on CUDA, the
+    """Logs ``structures_per_s`` and ``atoms_per_s`` of training at each logging step, over the
+    steps since the last one (this rank, between batch ends, so GPU work queued asynchronously
+    is counted once it bounds the loop; validation and epoch ends left out), and on CUDA the
     peak GPU memory ``gpu_memory_gb`` since the last log."""
 
     def __init__(self):
         self._last: float | None = None
+        self._structures = self._atoms = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last = None  # validation and epoch ends are not training time
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        if self._last is not None:
-            seconds = max(now - self._last, 1e-9)
-            pl_module.log("structures_per_s", batch.num_graphs / seconds, on_step=True, on_epoch=False)
-            pl_module.log("atoms_per_s", batch.num_nodes / seconds, on_step=True, on_epoch=False)
-        self._last = now
-        if batch.positions.is_cuda and (trainer.global_step % max(trainer.log_every_n_steps, 1) == 0):
+        if self._last is None:  # the first batch of an epoch starts the clock
+            self._last, self._structures, self._atoms = now, 0, 0
+            return
+        self._structures += batch.num_graphs
+        self._atoms += batch.num_nodes
+        if not logging_step(trainer):
+            return
+        seconds = max(now - self._last, 1e-9)
+        pl_module.log("structures_per_s", self._structures / seconds, on_step=True, on_epoch=False)
+        pl_module.log("atoms_per_s", self._atoms / seconds, on_step=True, on_epoch=False)
+        self._last, self._structures, self._atoms = now, 0, 0
+        if batch.positions.is_cuda:
             pl_module.log("gpu_memory_gb", torch.cuda.max_memory_allocated() / 1e9, on_step=True, on_epoch=False)
             torch.cuda.reset_peak_memory_stats()
 
