@@ -223,21 +223,22 @@ def run(args: argparse.Namespace) -> None:
 
 
 def table(path: Path) -> str:
-    """Mean ± spread (half the range) over seeds, per set and recipe, as a markdown table."""
+    """Mean ± spread (half the range) over seeds, per set, recipe and device call (``call``,
+    1 where a row has none: the runs of one call shared the GPUs), as a markdown table."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    groups: dict[tuple[str, int, str], list[dict]] = {}
+    groups: dict[tuple[str, int, str, int], list[dict]] = {}
     for row in rows:
         if "error" not in row:
-            groups.setdefault((row["set"], row["epochs"], row["recipe"]), []).append(row)
-    lines = ["| set | recipe | seeds | epochs | force RMSE meV/Å | force MAE meV/Å | energy RMSE meV/atom | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+            groups.setdefault((row["set"], row["epochs"], row["recipe"], row.get("call", 1)), []).append(row)
+    lines = ["| set | recipe | call | seeds | epochs | force RMSE meV/Å | force MAE meV/Å | energy RMSE meV/atom "
+             "| wall s |", "|---|---|---|---|---|---|---|---|---|"]
 
     def stat(values: list[float], digits: int) -> str:
         v = np.asarray(values)
         return f"{v.mean():.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"
 
-    for (name, _, recipe), group in sorted(groups.items()):
-        lines.append(f"| {name} | {recipe} | {len(group)} | {group[0]['epochs']} | "
+    for (name, _, recipe, call), group in sorted(groups.items()):
+        lines.append(f"| {name} | {recipe} | {call} | {len(group)} | {group[0]['epochs']} | "
                      f"{stat([g['forces_rmse'] for g in group], 1)} | {stat([g['forces_mae'] for g in group], 1)} | "
                      f"{stat([g['energy_rmse'] for g in group], 2)} | {stat([g['wall_s'] for g in group], 0)} |")
     failed = [r for r in rows if "error" in r]

@@ -148,7 +148,9 @@ class PotentialModule(L.LightningModule):
                 )
             loss, terms = self.graphed_loss(batch)
         else:
-            pred = self.potential(batch, create_graph=True, **self._wants())
+            # on CUDA the data module checked the elements on the CPU (the model's check reads the GPU)
+            inputs = self.potential.inputs(batch, check_elements=not batch.positions.is_cuda)
+            pred = self.potential.predict(*inputs, create_graph=True, **self._wants())
             world = self.trainer.world_size
             if world > 1:  # normalise by the global batch: DDP's mean gradient is then the 1-process one
                 loss, terms = self.loss(pred, batch, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), world)

@@ -24,12 +24,27 @@ def test_sets_are_disjoint_and_the_energy_split_extrapolates(dataset_dir, tmp_pa
     assert max(energies["train"] + energies["valid"]) < min(energies["test"])
 
 
-def test_recipes_are_hydra_overrides_and_the_default_is_mlip_v2():
+def test_recipes_are_hydra_overrides_and_the_shipped_default_is_mlip_v3():
+    import yaml
+
     for name, overrides in accuracy_parity.RECIPES.items():
         assert all("=" in item for item in overrides), name
-    command = accuracy_parity.mlip_command(Path("/d"), Path("/r"), accuracy_parity.RECIPES["mlip-v2"], 0, 30)
-    assert "model.radial_fan_in_forward=true" in command and "model.radial_fan_in_forward=false" not in command
+    command = accuracy_parity.mlip_command(Path("/d"), Path("/r"), "mlip-v3", 0, 30)
+    assert "model.contraction_parametrization=coupling" in command and "model=mace" in command
+    assert "model.radial_fan_in_forward=false" not in command
     assert len({c.split("=", 1)[0] for c in command[3:]}) == len(command[3:])  # each key once, the last value kept
+    assert "model=tdn" in accuracy_parity.mlip_command(Path("/d"), Path("/r"), "tdn", 0, 30)
+    # what a user who changes nothing gets: mlip-v3's model and module settings
+    configs = Path(__file__).resolve().parents[2] / "mlip" / "configs" / "train"
+    shipped = {"model": yaml.safe_load((configs / "model" / "mace.yaml").read_text()),
+               "module": yaml.safe_load((configs / "train.yaml").read_text())["module"]}
+    for item in accuracy_parity.merged(accuracy_parity.RECIPES["mlip-v3"]):
+        key, value = item.split("=", 1)
+        group, name = key.split(".", 1)
+        value, theirs = yaml.safe_load(value), shipped[group][name]
+        if isinstance(theirs, float):
+            value = float(value)
+        assert value == theirs, item
 
 
 def test_table_is_the_mean_and_half_range_over_seeds(tmp_path):
@@ -39,7 +54,7 @@ def test_table_is_the_mean_and_half_range_over_seeds(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = accuracy_parity.table(path)
-    assert "| acac | r | 3 | 30 | 32.0 ± 2.0 | 1.0 ± 0.0 | 0.60 ± 0.10 | 20 ± 10 |" in table
+    assert "| acac | r | 1 | 3 | 30 | 32.0 ± 2.0 | 1.0 ± 0.0 | 0.60 ± 0.10 | 20 ± 10 |" in table
     assert "1 runs failed or did not finish: acac/r/3" in table
 
 
