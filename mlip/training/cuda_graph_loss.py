@@ -10,24 +10,31 @@ DDP's all-reduce and Lightning's loop see an ordinary ``loss.backward()``.
 Padding atoms carry no force label, padding graphs no energy or stress label (and one
 atom in the per-atom energy, to keep the masked mean finite), so the masked means of
 the loss are those of the real batch.
+
+Under data parallelism (``world_size`` > 1) the loss divides by the label counts of the
+global batch, as the eager loss does (`mlip.training.loss`): each call sums this rank's
+counts over the ranks first (an all-reduce queued on the device before the replay, not
+captured) and the captured loss reads them from a buffer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from mlip.models.cuda_graph import BucketedGraphs, PaddedInputs, bucket_of
 from mlip.models.potential import Potential
-from mlip.training.loss import EnergyForcesStressLoss
+from mlip.training.loss import EnergyForcesStressLoss, label_counts
 
 
 class PaddedLabels(PaddedInputs):
     """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``)."""
 
-    def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype):
+    def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype, num_terms: int = 3):
         super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype)
+        self.global_counts = torch.ones(num_terms, dtype=dtype, device=device)  # summed over the ranks
         self.energy = torch.zeros(num_graphs, dtype=dtype, device=device)
         self.natoms = torch.ones(num_graphs, dtype=torch.long, device=device)
         self.has_energy = torch.zeros(num_graphs, dtype=torch.bool, device=device)
@@ -36,8 +43,10 @@ class PaddedLabels(PaddedInputs):
         self.stress = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=device)
         self.has_stress = torch.zeros(num_graphs, dtype=torch.bool, device=device)
 
-    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None) -> None:
+    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None) -> None:
         super().fill(species, positions, cell, batch, edge_index, shifts)
+        if global_counts is not None:
+            self.global_counts.copy_(global_counts)
         n, g = species.shape[0], cell.shape[0]
         for name, count in (("energy", g), ("natoms", g), ("has_energy", g), ("forces", n), ("forces_mask", n),
                             ("stress", g), ("has_stress", g)):
@@ -67,8 +76,10 @@ class GraphedLoss:
         loss: the loss module.
         compute_forces, compute_stress: what the loss needs predicted.
         steps_per_octave, max_graphs, capture, check_elements: as for `mlip.models.cuda_graph.GraphedPotential`.
+        world_size: the number of data-parallel ranks; above 1, calls take ``sum_over_ranks``.
 
-    Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``;
+    Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``
+    (with ``sum_over_ranks``: like ``loss(..., sum_over_ranks, world_size)``);
     ``loss.backward()`` (before the next call) puts the gradients on the parameters.
     """
 
@@ -82,31 +93,44 @@ class GraphedLoss:
         max_graphs: int = 4,
         capture: bool = True,
         check_elements: bool = True,
+        world_size: int = 1,
     ):
         self.potential, self.loss = potential, loss
-        self.check_elements = check_elements
+        self.check_elements, self.world_size = check_elements, world_size
         self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}
         self.steps_per_octave = steps_per_octave
         self.parameters = [p for p in potential.parameters() if p.requires_grad]
         device, dtype = potential.e0s.device, potential.e0s.dtype
+        predicted = ["energy"] + [name for name in ("forces", "stress") if self.wants[f"compute_{name}"]]
+        self.terms = loss.term_names(predicted)
         self.graphs = BucketedGraphs(
-            lambda key: PaddedLabels(*key, potential.r_max, device, dtype), self._loss_and_gradients, device,
-            max_graphs, capture,
+            lambda key: PaddedLabels(*key, potential.r_max, device, dtype, len(self.terms)), self._loss_and_gradients,
+            device, max_graphs, capture,
         )
 
     def _loss_and_gradients(self, labels: PaddedLabels) -> dict[str, torch.Tensor]:
         pred = self.potential.predict(*labels.arguments(), create_graph=True, **self.wants)
-        loss, terms = self.loss(pred, labels)
+        if self.world_size > 1:  # the global batch's counts, filled in before each replay
+            loss, terms = self.loss(pred, labels, lambda local: labels.global_counts, self.world_size)
+        else:
+            loss, terms = self.loss(pred, labels)
         gradients = torch.autograd.grad(loss, self.parameters, allow_unused=True)
         out = {"loss": loss.detach(), **{f"term_{k}": v.detach() for k, v in terms.items()}}
         for k, (p, g) in enumerate(zip(self.parameters, gradients)):
             out[f"grad_{k}"] = torch.zeros_like(p) if g is None else g
         return out
 
-    def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, batch: Any, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         *tensors, num_graphs = self.potential.inputs(batch, self.check_elements)
         key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
-        out = self.graphs(key, *tensors, batch)
+        global_counts = None
+        if self.world_size > 1:
+            if sum_over_ranks is None:
+                raise ValueError(f"world_size={self.world_size}: give sum_over_ranks (an all-reduce sum)")
+            global_counts = sum_over_ranks(label_counts(batch, self.terms).to(tensors[1].dtype))
+        out = self.graphs(key, *tensors, batch, global_counts)
         # the static gradient buffers themselves: backward() multiplies them into new tensors,
         # so call it before the next call overwrites them
         gradients = [out[f"grad_{k}"] for k in range(len(self.parameters))]

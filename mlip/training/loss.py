@@ -21,9 +21,14 @@ from torch import nn
 from mlip.training.errors import label_errors
 
 
-def _masked_sum_and_count(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mask = mask.to(values.dtype).expand_as(values)
-    return (values * mask).sum(), mask.sum()
+TERMS = ("energy", "forces", "stress")
+ENTRIES = {"energy": 1, "forces": 3, "stress": 9}  # loss entries per labelled graph / atom / graph
+
+
+def label_counts(batch, names: list[str]) -> torch.Tensor:
+    """How many labelled entries each term in ``names`` averages over: [len(names)] (int)."""
+    masks = {"energy": batch.has_energy, "forces": batch.forces_mask, "stress": batch.has_stress}
+    return torch.stack([ENTRIES[name] * masks[name].sum() for name in names])
 
 
 class EnergyForcesStressLoss(nn.Module):
@@ -41,6 +46,10 @@ class EnergyForcesStressLoss(nn.Module):
         self.weights = {"energy": energy_weight, "forces": forces_weight, "stress": stress_weight}
         self.kind, self.huber_delta = kind, huber_delta
 
+    def term_names(self, predicted) -> list[str]:
+        """The terms of the loss: those with a weight, among the quantities ``predicted``."""
+        return [name for name in TERMS if self.weights[name] and name in predicted]
+
     def _rho(self, error: torch.Tensor) -> torch.Tensor:
         if self.kind == "mse":
             return error**2
@@ -57,10 +66,13 @@ class EnergyForcesStressLoss(nn.Module):
         errors = label_errors(pred, batch)
         missing = [name for name, weight in self.weights.items() if weight and name not in errors]
         assert not missing, f"the loss weights {missing} but the prediction has only {sorted(pred)}"
-        sums, counts = {}, {}
-        for name, (error, mask) in errors.items():
-            if self.weights[name]:
-                sums[name], counts[name] = _masked_sum_and_count(self._rho(error), mask)
+        names = self.term_names(errors)
+        sums = {}
+        for name in names:
+            error, mask = errors[name]
+            sums[name] = (self._rho(error) * mask.to(error.dtype)).sum()
+        dtype = pred["energy"].dtype
+        counts = dict(zip(names, label_counts(batch, names).to(dtype))) if names else {}
         if sum_over_ranks is not None and counts:
             global_counts = sum_over_ranks(torch.stack(list(counts.values())).detach())  # one all-reduce
             counts = {name: count / world_size for name, count in zip(counts, global_counts)}

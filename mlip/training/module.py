@@ -144,16 +144,16 @@ class PotentialModule(L.LightningModule):
             if self.graphed_loss is None:
                 self.graphed_loss = GraphedLoss(
                     self.potential, self.loss, max_graphs=self.hparams.cuda_graph_buckets, check_elements=False,
-                    **self._wants()
+                    world_size=self.trainer.world_size, **self._wants()
                 )
-            loss, terms = self.graphed_loss(batch)
+            loss, terms = self.graphed_loss(batch, self._sum_over_ranks)
         else:
             # on CUDA the data module checked the elements on the CPU (the model's check reads the GPU)
             inputs = self.potential.inputs(batch, check_elements=not batch.positions.is_cuda)
             pred = self.potential.predict(*inputs, create_graph=True, **self._wants())
             world = self.trainer.world_size
             if world > 1:  # normalise by the global batch: DDP's mean gradient is then the 1-process one
-                loss, terms = self.loss(pred, batch, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), world)
+                loss, terms = self.loss(pred, batch, self._sum_over_ranks, world)
             else:
                 loss, terms = self.loss(pred, batch)
         self._train_loss = loss.detach()  # its finiteness is checked with the gradients, on the device
@@ -169,6 +169,10 @@ class PotentialModule(L.LightningModule):
         if self.trainer.is_last_batch:
             self._log_train_epoch()
         return loss
+
+    def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An all-reduce sum over the data-parallel ranks (queued on the device, not waited for)."""
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
 
     # -- non-finite steps (decided on the device, read on the host every few steps) --------
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -1,6 +1,7 @@
 """The graphed training loss on padded buffers equals the eager loss, gradients included (CPU, eager)."""
 
 import numpy as np
+import pytest
 import torch
 from ase.calculators.emt import EMT
 from torch_geometric.data import Batch
@@ -42,3 +43,37 @@ def test_padded_loss_and_gradients_equal_the_eager_ones(rng):
         (2.0 * loss).backward()
         for p, g in zip(potential.parameters(), expected):
             torch.testing.assert_close(p.grad, 2.0 * g, rtol=1e-10, atol=1e-12)
+
+
+def test_two_ranks_of_the_padded_loss_average_to_the_global_batch_gradient(rng):
+    """Data parallel: each rank's graphed loss divides by the global batch's counts, so the mean
+    of the two ranks' gradients (DDP's all-reduce) is the gradient of the one-process loss."""
+    from mlip.training.loss import label_counts
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        potential = make_tiny_potential(correlation=2)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=5.0)
+    graphs = [_labelled(random_alloy(rng), "a", potential.r_max), _labelled(random_cluster(rng), "c", potential.r_max),
+              _labelled(random_cluster(rng), "d", potential.r_max), _labelled(random_alloy(rng), "b", potential.r_max)]
+    graphs[1].forces_mask[::2] = False
+    ranks = [Batch.from_data_list(graphs[:1]), Batch.from_data_list(graphs[1:])]  # uneven: 1 and 3 structures
+    whole = Batch.from_data_list(graphs)
+    reference, _ = loss_fn(potential(whole, compute_stress=True, create_graph=True), whole)
+    expected = torch.autograd.grad(reference, list(potential.parameters()))
+
+    graphed = GraphedLoss(potential, loss_fn, compute_stress=True, capture=False, world_size=2)
+    assert graphed.terms == ["energy", "forces", "stress"]
+    total = sum(label_counts(rank, graphed.terms) for rank in ranks)  # what the all-reduce returns
+    gradients = []
+    for rank in ranks:
+        potential.zero_grad(set_to_none=True)
+        loss, _ = graphed(rank, lambda local: total.to(local.dtype))
+        loss.backward()
+        gradients.append([p.grad.clone() for p in potential.parameters()])
+    for g0, g1, g in zip(*gradients, expected):
+        torch.testing.assert_close((g0 + g1) / 2, g, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="sum_over_ranks"):
+        graphed(ranks[0])
