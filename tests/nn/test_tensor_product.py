@@ -92,3 +92,19 @@ def test_cueq_polynomial_is_cached_on_disk(tmp_path, monkeypatch):
     assert cueq_sc.polynomial("2x0e+2x1o", "2x1o", 2).polynomial != built.polynomial  # another key, another file
     assert len(list((tmp_path / "cueq").iterdir())) == 2
     cueq_sc.polynomial.cache_clear()
+
+
+def test_cueq_change_of_basis_is_cached_on_disk_under_a_digest_of_our_basis(tmp_path, monkeypatch):
+    from mlip.nn.tensor_product import symmetric_contraction as cueq_sc
+
+    monkeypatch.setenv("MLIP_CACHE_DIR", str(tmp_path))
+    cueq_sc.change_of_basis.cache_clear()
+    probed = cueq_sc.change_of_basis("2x0e+2x1o", "2x0e+2x1o", 2, "cpu")
+    files = sorted(p.name for p in (tmp_path / "cueq").glob("change_of_basis-*.pkl"))
+    assert len(files) == 1
+    cueq_sc.change_of_basis.cache_clear()
+    calls = []
+    monkeypatch.setattr(cueq_sc, "_probe_change_of_basis", lambda *args: calls.append(args))
+    torch.testing.assert_close(cueq_sc.change_of_basis("2x0e+2x1o", "2x0e+2x1o", 2, "cpu"), probed, rtol=0, atol=0)
+    assert not calls  # read back, not probed again
+    cueq_sc.change_of_basis.cache_clear()

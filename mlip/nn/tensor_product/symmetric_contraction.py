@@ -27,6 +27,7 @@ import torch
 from e3nn import o3
 
 from mlip.atomic import atomic_write_bytes
+from mlip.nn.irreps import channel_irreps
 
 try:
     import cuequivariance as cue
@@ -41,22 +42,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MLIP_CACHE_DIR") or Path.home() / ".cache" / "mlip")
 
 
-@functools.lru_cache(maxsize=None)
-def polynomial(irreps_in: str, irreps_out: str, correlation: int):
-    """cuequivariance's equivariant polynomial of the contraction (degrees 1..correlation)."""
-    key = f"{cue.__version__}|{irreps_in}|{irreps_out}|{correlation}"
-    path = cache_dir() / "cueq" / f"symmetric_contraction-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
+def _read_cached(path: Path, key: str):
+    """The value pickled at ``path`` under ``key`` (our own cache folder), or None."""
     if path.is_file():
         with open(path, "rb") as handle:
-            cached_key, value = pickle.load(handle)  # our own cache folder: written below
+            cached_key, value = pickle.load(handle)
         if cached_key == key:
             return value
-    value, _ = symmetric_contraction(cue.Irreps("O3", irreps_in), cue.Irreps("O3", irreps_out), range(1, correlation + 1))
+    return None
+
+
+def _write_cached(path: Path, key: str, value) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, pickle.dumps((key, value)))
     except OSError as error:  # a read-only home: rebuild next time
         warnings.warn(f"could not cache cuequivariance's contraction in {path.parent}: {error}")
+
+
+@functools.lru_cache(maxsize=None)
+def polynomial(irreps_in: str, irreps_out: str, correlation: int):
+    """cuequivariance's equivariant polynomial of the contraction (degrees 1..correlation)."""
+    key = f"{cue.__version__}|{irreps_in}|{irreps_out}|{correlation}"
+    path = cache_dir() / "cueq" / f"symmetric_contraction-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
+    value = _read_cached(path, key)
+    if value is None:
+        value, _ = symmetric_contraction(cue.Irreps("O3", irreps_in), cue.Irreps("O3", irreps_out),
+                                         range(1, correlation + 1))
+        _write_cached(path, key, value)
     return value
 
 
@@ -83,7 +96,28 @@ class CueqEvaluation(torch.nn.Module):
 
 @functools.lru_cache(maxsize=None)
 def change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: str) -> torch.Tensor:
-    """T [P_cueq, P_ours] (float64, CPU) with ``cueq(T W) = ours(W)``, found by probing on ``device``."""
+    """T [P_cueq, P_ours] (float64, CPU) with ``cueq(T W) = ours(W)``, found by probing on ``device``
+    once and kept in `cache_dir` (keyed by cuequivariance's version and a digest of our basis:
+    the probe takes seconds to tens of seconds at ℓ = 3, ν = 3, in every new process)."""
+    from mlip.nn.symmetric_contraction import product_basis
+
+    _, per_channel_in = channel_irreps(o3.Irreps(irreps_in))
+    _, per_channel_out = channel_irreps(o3.Irreps(irreps_out))
+    digest = hashlib.sha256()
+    for _, ir_out in per_channel_out:
+        for nu in range(1, correlation + 1):
+            digest.update(product_basis(per_channel_in, nu, ir_out).numpy().round(12).tobytes())
+    key = f"{cue.__version__}|{irreps_in}|{irreps_out}|{correlation}|{digest.hexdigest()}"
+    path = cache_dir() / "cueq" / f"change_of_basis-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl"
+    transform = _read_cached(path, key)
+    if transform is None:
+        transform = _probe_change_of_basis(irreps_in, irreps_out, correlation, device)
+        _write_cached(path, key, transform)
+    return transform
+
+
+def _probe_change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: str) -> torch.Tensor:
+    """`change_of_basis` by evaluating both contractions on unit weights and solving for T."""
     from mlip.nn.symmetric_contraction import SymmetricContraction
 
     # one "element" per basis function of ours: element j carries unit weight j in every
