@@ -108,3 +108,23 @@ def test_cueq_change_of_basis_is_cached_on_disk_under_a_digest_of_our_basis(tmp_
     torch.testing.assert_close(cueq_sc.change_of_basis("2x0e+2x1o", "2x0e+2x1o", 2, "cpu"), probed, rtol=0, atol=0)
     assert not calls  # read back, not probed again
     cueq_sc.change_of_basis.cache_clear()
+
+
+def test_cueq_contraction_follows_a_stored_basis_built_elsewhere():
+    """A model file may hold a basis that differs from the one built here by a rotation within
+    degenerate singular subspaces (another LAPACK): the cuequivariance path must follow it."""
+    from mlip.nn.symmetric_contraction import SymmetricContraction
+
+    torch.manual_seed(1)
+    irreps_in, irreps_out = o3.Irreps("3x0e+3x1o+3x2e"), o3.Irreps("3x0e+3x1o")
+    contraction = SymmetricContraction(irreps_in, irreps_out, 3, 2, backend="cueq").double()
+    x, species = torch.randn(9, irreps_in.dim, dtype=torch.float64), torch.randint(0, 2, (9,))
+    before = contraction(x, species)
+    with torch.no_grad():  # the same function on a rotated basis: B -> Q B, W -> W Q^T
+        for name, weight in contraction.weights.items():
+            basis = getattr(contraction, f"basis_{name}")
+            q, _ = torch.linalg.qr(torch.randn(basis.shape[0], basis.shape[0], dtype=torch.float64))
+            basis.copy_(torch.einsum("pq,q...->p...", q, basis))
+            weight.copy_(weight @ q.T)
+    torch.testing.assert_close(contraction(x, species), before, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(contraction.forward_cueq(x, species), before, rtol=1e-10, atol=1e-12)

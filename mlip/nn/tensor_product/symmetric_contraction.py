@@ -163,6 +163,27 @@ def _probe_change_of_basis(irreps_in: str, irreps_out: str, correlation: int, de
     return transform
 
 
+def stored_to_fresh(contraction, name: str) -> torch.Tensor:
+    """R [p, p] (float64) with ``stored basis = R · fresh basis`` for path ``name`` of ``contraction``:
+    weights W on the stored basis act as W R on the one `product_basis` builds here. The identity
+    when both came from the same linear algebra library; a rotation within degenerate singular
+    subspaces (or a sign) when the model file was written on another."""
+    from mlip.nn.irreps import channel_irreps
+    from mlip.nn.symmetric_contraction import compress_symmetric, product_basis
+
+    i_out, nu = (int(part) for part in name.split("_"))
+    _, per_channel_in = channel_irreps(contraction.irreps_in)
+    fresh = compress_symmetric(product_basis(per_channel_in, nu, contraction.per_channel_out[i_out].ir), nu)
+    fresh = fresh.reshape(fresh.shape[0], -1)  # [p, M·T], float64
+    stored = getattr(contraction, f"basis_{name}").detach().to("cpu", torch.float64).reshape(fresh.shape[0], -1)
+    rotation = torch.linalg.lstsq(fresh.T, stored.T).solution.T
+    residual = float((rotation @ fresh - stored).abs().max() / stored.abs().max())
+    if residual > 1e-5:
+        raise RuntimeError(f"the contraction's stored basis {name} does not span the symmetric space "
+                           f"(residual {residual:.1e}): the model file is damaged")
+    return rotation
+
+
 class CueqContraction:
     """The cuequivariance evaluation of a `SymmetricContraction`, kept outside its state dict."""
 
@@ -170,8 +191,12 @@ class CueqContraction:
         self.device, self.dtype = device, dtype
         key = (str(contraction.irreps_in), str(contraction.irreps_out), contraction.correlation)
         self.module = CueqEvaluation(polynomial(*key), device, dtype)
-        self.transform = change_of_basis(*key, str(torch.device(device))).to(device, dtype)
         self.names = [name for paths in contraction.paths for _, name in paths]
+        # the transform is probed on a freshly built basis; the module's own (from a model file
+        # made elsewhere) may differ by a rotation where singular values are degenerate
+        rotation = torch.block_diag(*[stored_to_fresh(contraction, name) for name in self.names])
+        transform = change_of_basis(*key, str(torch.device(device))) @ rotation.T
+        self.transform = transform.to(device, dtype)
 
     def __call__(self, contraction, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         ours = torch.cat([contraction.scaled_weight(name) for name in self.names], dim=-1)  # [Z, K, P_ours]
