@@ -3,6 +3,7 @@
 
     python scripts/benchmark_ddp.py --gpus 2 --data-dir data/3bpa           # on a node with 2 GPUs
     python scripts/benchmark_ddp.py --gpus 2 --accelerator cpu --epochs 1   # a quick check of the script
+    python scripts/benchmark_ddp.py --gpus 4 --cuda-graphs                  # the graphed step under DDP
 
 Three `mlip-train` runs on 3BPA train_300K (the same split, seed and model):
 
@@ -38,7 +39,7 @@ def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict
         "monitoring.val_parity=null", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         f"model.hidden_irreps={args.hidden}", "model.max_ell=3",
         "trainer=ddp" if devices > 1 else "trainer=gpu", f"trainer.devices={devices}",
-        f"trainer.accelerator={args.accelerator}",
+        f"trainer.accelerator={args.accelerator}", f"module.cuda_graphs={str(args.cuda_graphs).lower()}",
     ]
     wall, rows, test = mlip_train(run_dir, overrides, {"MLIP_3BPA_DIR": str(data_dir)})
     rates = np.array([float(r["structures_per_s"]) for r in rows
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--skip-epochs", type=int, default=1, help="warm-up epochs left out of the throughput")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", default="gpu")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the steps from CUDA graphs (the loss divides by the global batch's counts)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_ddp")
     args = parser.parse_args()
     n = args.gpus
