@@ -340,6 +340,11 @@ class PotentialModule(L.LightningModule):
             checkpoint["mlip_plateau"] = self.plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints from before the fused optimiser: their groups would switch it off again,
+        # and the unfused step refuses found_inf (Lightning restores the optimiser after this hook)
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update(fused=True, foreach=None)
         self._plateau_state = checkpoint.get("mlip_plateau")
         if self.plateau is not None and self._plateau_state is not None:
             self.plateau.load_state_dict(self._plateau_state)

@@ -40,6 +40,20 @@ def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_fil
     assert min(val_losses[1:]) < val_losses[0], f"validation loss did not fall: {val_losses}"
 
 
+def test_a_checkpoint_of_the_unfused_optimiser_resumes(tmp_path, emt_file):
+    """Checkpoints written before the optimiser was fused (its groups say fused=None) still resume."""
+    train(compose_train_config(tmp_path, emt_file, "trainer.max_epochs=1"))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    state = _state(path)
+    for group in state["optimizer_states"][0]["param_groups"]:
+        group["fused"] = None
+    torch.save(state, path)
+    train(compose_train_config(tmp_path, emt_file, "trainer.max_epochs=2", "resume=auto"))
+    resumed = _state(path)
+    assert resumed["global_step"] == 2 * state["global_step"]
+    assert all(group["fused"] for group in resumed["optimizer_states"][0]["param_groups"])
+
+
 def test_resume_continues_from_the_same_step_and_matches_an_uninterrupted_run(tmp_path, emt_file):
     straight = tmp_path / "straight"
     train(compose_train_config(straight, emt_file, "trainer.max_epochs=3"))
