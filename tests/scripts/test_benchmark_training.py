@@ -19,6 +19,9 @@ def test_summary_of_phase_times(tmp_path):
     assert row["first_step_s"] == 30.0 and row["train_s"] == 31.1 and row["validation_s"] == 2.3
     assert row["test_s"] == 1.5 and row["structures_per_s"] == 20.0
     assert row["step_ms"] == 10.0  # the median of 10, 15 and 5 ms over the epochs after the first
-    table = benchmark_training.table([row, {"run": "mace-torch", "wall_s": 160.0}], 4, 400)
+    startup = {"run": "graphed step alone (ceiling)", "imports": 3.0, "data": 1.0, "model": 0.5, "first_step": 20.0,
+               "first_validation": 2.0, "warm_steps": 0.1, "step_ms": 4.5}
+    table = benchmark_training.table([startup, row, {"run": "mace-torch", "wall_s": 160.0}], 4, 400)
+    assert "startup by hand, s: imports 3.0, data 1.0, model 0.5, first_step 20.0, first_validation 2.0" in table
     assert "| mlip | 80.0 | 30.0 | 31.1 | 2.3 | 1.5 | 10.0 | 20.0 |" in table
     assert "mace-torch / mlip wall-clock: 2.00x" in table
