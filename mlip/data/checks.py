@@ -16,6 +16,15 @@ MIN_DISTANCE = 0.5  # Å; closer pairs in input data (training, evaluation, a si
 COLLAPSE_DISTANCE = 0.01  # Å; during a simulation, closer pairs have collapsed (their edge has no direction)
 
 
+def unknown_elements(atomic_numbers, known) -> str:
+    """What is wrong when ``atomic_numbers`` (array-like) hold elements not in ``known``:
+    "element Fe (Z=26) is not known to this model, trained on: Ni, Cu"."""
+    unknown = sorted({int(z) for z in np.asarray(atomic_numbers).ravel()} - {int(z) for z in known})
+    names = ", ".join(f"{chemical_symbols[z] if 0 < z < len(chemical_symbols) else '?'} (Z={z})" for z in unknown)
+    trained = ", ".join(chemical_symbols[int(z)] for z in known)
+    return f"element {names} is not known to this model, trained on: {trained}"
+
+
 def edge_distances(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """Lengths (Å) of the edges ``sender -> receiver`` of a neighbour list with cell ``shifts``."""
     sender, receiver = edge_index

@@ -19,11 +19,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from ase.data import chemical_symbols
 from torch.utils.data import BatchSampler, Dataset, Subset
 from torch_geometric.data import Batch
 
 from mlip.data.loader import GraphLoader
+from mlip.data.checks import unknown_elements
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers import SkippedRecords, iter_structures
 from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler, ResumableBatchSampler
@@ -115,7 +115,6 @@ class GraphDataModule(L.LightningDataModule):
         self.neighbour_list = neighbour_list
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self._elements_cpu: torch.Tensor | None = None
         self.seed = seed
         self.e0s = e0s
         self.elements = list(elements) if elements is not None else None
@@ -205,13 +204,9 @@ class GraphDataModule(L.LightningDataModule):
         so that the training loop's device copy of the check never waits for the GPU."""
         statistics = getattr(self, "statistics", None)
         if statistics is not None and isinstance(batch, Batch):
-            if self._elements_cpu is None:
-                self._elements_cpu = torch.tensor(statistics.elements, dtype=batch.atomic_numbers.dtype)
-            unknown = ~torch.isin(batch.atomic_numbers, self._elements_cpu)
-            if bool(unknown.any()):
-                names = ", ".join(sorted({chemical_symbols[int(z)] for z in batch.atomic_numbers[unknown]}))
-                known = ", ".join(chemical_symbols[z] for z in statistics.elements)
-                raise DataError(f"element {names} in a batch is not among the model's ({known})")
+            known = torch.as_tensor(statistics.elements, dtype=batch.atomic_numbers.dtype)
+            if not bool(torch.isin(batch.atomic_numbers, known).all()):
+                raise DataError(unknown_elements(batch.atomic_numbers, statistics.elements))
         return batch
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):

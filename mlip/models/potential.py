@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from ase.data import chemical_symbols
 from torch import nn
 
+from mlip.data.checks import unknown_elements
 from mlip.nn.scatter import scatter_sum
 
 
@@ -74,10 +74,7 @@ class Potential(nn.Module):
         """Species indices [n] of atomic numbers [n]; raises `UnknownElementError` for others."""
         species = self.species_of_z[atomic_numbers.clamp(0, 118)]
         if bool((species < 0).any()):
-            unknown = sorted({int(z) for z in atomic_numbers[species < 0]})
-            known = ", ".join(chemical_symbols[int(z)] for z in self.elements)
-            names = ", ".join(f"{chemical_symbols[z] if 0 < z < 119 else '?'} (Z={z})" for z in unknown)
-            raise UnknownElementError(f"element {names} is not known to this model, trained on: {known}")
+            raise UnknownElementError(unknown_elements(atomic_numbers.cpu(), self.elements.tolist()))
         return species
 
     def forward(

@@ -138,3 +138,24 @@ def test_overlapping_atoms_are_named_or_skipped_and_counted(tmp_path, rng):
     dm.setup()
     assert len(dm.splits["train"]) == len(dm.datasets["train"]) == 5
     assert dm.skipped.count == 1 and "train.xyz#2" in dm.skipped.reasons[0]
+
+
+def test_a_batch_with_an_element_the_model_lacks_is_refused_on_the_cpu(rng):
+    """The training loop's element check runs on the CPU batch, before its copy to the device."""
+    from types import SimpleNamespace
+
+    from torch_geometric.data import Batch
+
+    from mlip.data.datamodule import GraphDataModule
+    from mlip.data.graph import structure_to_graph
+    from mlip.data.readers.atoms import structure_from_atoms
+
+    atoms = random_alloy(rng)
+    batch = Batch.from_data_list([structure_to_graph(structure_from_atoms(atoms, "a"), 4.0)])
+    module = GraphDataModule(r_max=4.0)
+    assert module.on_before_batch_transfer(batch, 0) is batch  # no statistics yet: nothing to check
+    module.statistics = SimpleNamespace(elements=sorted(set(atoms.numbers.tolist())))
+    assert module.on_before_batch_transfer(batch, 0) is batch
+    module.statistics = SimpleNamespace(elements=[28])  # Ni only
+    with pytest.raises(DataError, match=r"element .*\(Z=29\).* not known to this model, trained on: Ni"):
+        module.on_before_batch_transfer(batch, 0)
