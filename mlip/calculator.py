@@ -10,9 +10,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mlip.data.checks import COLLAPSE_DISTANCE
+from mlip.data.checks import COLLAPSE_DISTANCE, check_finite_prediction
 from mlip.data.graph import structure_to_graph
-from mlip.data.structure import DataError, Structure
+from mlip.data.structure import Structure
 from mlip.export import load_model
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
@@ -79,9 +79,8 @@ class MLIPCalculator(Calculator):
             out = self.graphed(graph)
         else:
             out = self.potential(graph, compute_forces=True, compute_stress=periodic)
+        check_finite_prediction(structure.source, out, ["energy", "forces"])
         energy = float(out["energy"].item())
-        if not (np.isfinite(energy) and bool(torch.isfinite(out["forces"]).all())):
-            raise DataError(f"{structure.source}: the model predicts a non-finite energy or forces")
         self.results = {
             "energy": energy,
             "free_energy": energy,

@@ -104,9 +104,7 @@ def load_model(
 ) -> Potential:
     """Rebuild the `Potential` stored at ``path``; ``dtype`` defaults to the stored one."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    metadata = read_metadata(path)
+    metadata = read_metadata(path)  # FileNotFoundError or ModelFileError first
     try:
         tensors = {}
         with safe_open(str(path), framework="pt") as f:

@@ -69,6 +69,20 @@ def test_molecules_have_no_stress_and_bad_atoms_are_refused(tiny_potential, rng)
         nan.get_potential_energy()
 
 
+def test_a_non_finite_prediction_is_refused_by_the_calculator_and_by_predict(rng):
+    from mlip.evaluation.predict import predict
+
+    potential = make_tiny_potential().double()
+    with torch.no_grad():
+        potential.shift.fill_(float("nan"))  # the energy is NaN; the forces do not see the shift
+    atoms = random_alloy(rng)
+    atoms.calc = MLIPCalculator(potential, cuda_graphs=False)
+    with pytest.raises(DataError, match=r"MLIPCalculator: the model predicts a non-finite energy$"):
+        atoms.get_potential_energy()
+    with pytest.raises(DataError, match=r"^x: the model predicts a non-finite energy$"):
+        predict(potential, [structure_from_atoms(atoms, "x")])
+
+
 def test_a_file_that_is_not_a_model_is_refused(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not an mlip model file"):

@@ -8,12 +8,21 @@ feels no force. Each check raises `DataError` naming the structure's source.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase.data import chemical_symbols
 
 from mlip.data.structure import DataError
 
 MIN_DISTANCE = 0.5  # Å; closer pairs in input data (training, evaluation, a simulation's start) overlap
 COLLAPSE_DISTANCE = 0.01  # Å; during a simulation, closer pairs have collapsed (their edge has no direction)
+
+
+def check_finite_prediction(source: str, prediction: dict[str, torch.Tensor], keys: list[str]) -> None:
+    """Raise if a model's prediction of ``keys`` (energy, forces, stress) holds NaN or inf:
+    no such number reaches a metric or a simulation."""
+    bad = [key for key in keys if not bool(torch.isfinite(prediction[key]).all())]
+    if bad:
+        raise DataError(f"{source}: the model predicts a non-finite {' and '.join(bad)}")
 
 
 def unknown_elements(atomic_numbers, known) -> str:

@@ -7,12 +7,11 @@ from collections.abc import Sequence
 
 import ase.io
 import numpy as np
-import torch
 
-from mlip.data.checks import MIN_DISTANCE
+from mlip.data.checks import MIN_DISTANCE, check_finite_prediction
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import atoms_from_structure
-from mlip.data.structure import DataError, Structure
+from mlip.data.structure import Structure
 from mlip.evaluation.scores import Predictions
 from mlip.models.potential import Potential
 
@@ -29,9 +28,7 @@ def predict(potential: Potential, structures: Sequence[Structure], min_distance:
         graph = structure_to_graph(structure, potential.r_max, min_distance=min_distance).to(device)
         periodic = bool(structure.pbc.all())
         out = potential(graph, compute_forces=True, compute_stress=periodic)
-        predicted = [out["energy"], out["forces"]] + ([out["stress"]] if periodic else [])
-        if not all(bool(torch.isfinite(value).all()) for value in predicted):
-            raise DataError(f"{structure.source}: the model predicts a non-finite energy, force or stress")
+        check_finite_prediction(structure.source, out, ["energy", "forces"] + (["stress"] if periodic else []))
         energy.append(float(out["energy"].item()))
         forces.append(out["forces"].detach().cpu().double().numpy())
         stress.append(out["stress"][0].detach().cpu().double().numpy() if periodic else np.full((3, 3), np.nan))
