@@ -129,20 +129,16 @@ class BatchedFIRE:
                     status = FAILED
                     slot.message = (f"two atoms are {closest_host[k]:.3f} Å apart (< {self.min_distance} Å) at step "
                                     f"{slot.steps}: the structure collapsed")
-                    done.append(k)
-                    results[slot.index] = self._result(slot, status, positions, raw_forces, batch, k, fmax_host[k])
-                    if progress is not None:
-                        progress.update(1)
-                    continue
-                slot.energies.append(energy_host[k])
-                if not finite_host[k]:
-                    status = FAILED
-                elif fmax_host[k] < self.fmax:
-                    status = CONVERGED
-                elif slot.steps >= self.steps:
-                    status = NOT_CONVERGED
                 else:
-                    continue
+                    slot.energies.append(energy_host[k])
+                    if not finite_host[k]:
+                        status = FAILED
+                    elif fmax_host[k] < self.fmax:
+                        status = CONVERGED
+                    elif slot.steps >= self.steps:
+                        status = NOT_CONVERGED
+                    else:
+                        continue
                 done.append(k)
                 results[slot.index] = self._result(slot, status, positions, raw_forces, batch, k, fmax_host[k])
                 if progress is not None:
