@@ -20,6 +20,11 @@ step alone (loss and gradients replayed from a CUDA graph, gradient clipping, fu
 EMA) on one batch of the same data, timed in this process before the runs, after the
 startup phases it goes through by hand (imports, data, model, first step, first validation),
 each timed: where a run's time to its first step goes.
+
+``--profile-epochs N`` instead runs `mlip-train` (the first variant) for N epochs under
+cProfile, twice in a row (the second finds the caches the first wrote), and prints the
+functions that take the most time, by cumulative and by own time; the stats files land in
+``--out`` (``python -m pstats`` reads them).
 """
 
 from __future__ import annotations
@@ -141,6 +146,29 @@ def run_one(name: str, command: list[str], env: dict, run_dir: Path, n_train: in
     return summarise(name, run_dir, launched, wall, n_train, epochs)
 
 
+def profile_runs(folder: Path, epochs: int, variant: str, out: Path, work: Path, env: dict) -> None:
+    """``mlip-train`` under cProfile, twice (cold and warm caches): stats files and a summary in ``out``."""
+    import pstats
+
+    for attempt in ("cold", "warm"):
+        run_dir = work / f"profile-{attempt}"
+        stats_file = out / f"train-{attempt}.prof"
+        command = mlip_command(folder, run_dir, "mlip", 0, epochs, ("monitoring.val_parity=null", *VARIANTS[variant]))
+        command[1:1] = ["-m", "cProfile", "-o", str(stats_file)]
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        (out / f"profile-{attempt}.log").write_text(done.stdout[-20000:] + "\n---- stderr\n" + done.stderr[-20000:])
+        print(f"\n==== {attempt} run: {epochs} epochs, {wall:.1f} s wall, exit {done.returncode}", flush=True)
+        times = run_dir / "phase_times.json"
+        if times.is_file():
+            print(times.read_text()[:1500])
+        if stats_file.is_file():
+            stats = pstats.Stats(str(stats_file))
+            for key in ("cumulative", "tottime"):
+                stats.sort_stats(key).print_stats(45)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=ROOT / ".accuracy_data" / "3bpa_random")
@@ -148,6 +176,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--mace-torch", help="PYTHONPATH of a mace-torch environment: adds its run")
     parser.add_argument("--gpus", nargs="*", type=int, default=[0])
+    parser.add_argument("--profile-epochs", type=int, default=0, help="profile runs of this many epochs instead")
     parser.add_argument("--work", type=Path, default=Path("/tmp/benchmark_training"))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_training")
     args = parser.parse_args()
@@ -156,6 +185,9 @@ def main() -> None:
     n_train = len(read(folder / "train.xyz", ":"))
     ours_gpu, theirs_gpu = args.gpus[0], args.gpus[-1]
     base = dict(os.environ, OMP_NUM_THREADS="4", WANDB_MODE="disabled")
+    if args.profile_epochs:
+        env = dict(base, CUDA_VISIBLE_DEVICES=str(ours_gpu))
+        return profile_runs(folder, args.profile_epochs, args.variants[0], args.out, args.work, env)
     rows: list[dict] = []
 
     def record(row: dict) -> None:
