@@ -126,6 +126,8 @@ def summarise(name: str, run_dir: Path, launched: float, wall: float, n_train: i
         times = json.loads(path.read_text())
         per_epoch = times["epochs"]
         row.update(
+            fit_start_s=round(times["fit_start"] - launched, 1),
+            first_epoch_s=round(times.get("first_epoch_start", times["fit_start"]) - launched, 1),
             first_step_s=round(times["first_step_end"] - launched, 1),
             train_s=round(sum(e["train_s"] for e in per_epoch), 1),
             validation_s=round(sum(e["validation_s"] for e in per_epoch), 1),
@@ -219,7 +221,7 @@ def main() -> None:
 
 
 def table(rows: list[dict], epochs: int, n_train: int) -> str:
-    keys = ("wall_s", "first_step_s", "train_s", "validation_s", "test_s", "step_ms", "structures_per_s")
+    keys = ("wall_s", "fit_start_s", "first_epoch_s", "first_step_s", "train_s", "validation_s", "test_s", "step_ms", "structures_per_s")
     lines = [f"{epochs} epochs of {n_train} structures", "| run | " + " | ".join(keys) + " |",
              "|---|" + "---|" * len(keys)]
     for row in rows:

@@ -19,14 +19,19 @@ ELEMENTS = [28, 29, 79]  # Ni, Cu, Au
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache_dir(tmp_path_factory):
-    """Derived artefacts (cuequivariance polynomials) go to a per-session folder, not ~/.cache."""
-    previous = os.environ.get("MLIP_CACHE_DIR")
-    os.environ["MLIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("mlip-cache"))
+    """Derived artefacts (cuequivariance polynomials and compiled kernels) go to a per-session
+    folder, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("mlip-cache")
+    names = {"MLIP_CACHE_DIR": folder, "CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR": folder / "cueq" / "nvrtc"}
+    names["CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR"].mkdir(parents=True)
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(value) for name, value in names.items()})
     yield
-    if previous is None:
-        os.environ.pop("MLIP_CACHE_DIR")
-    else:
-        os.environ["MLIP_CACHE_DIR"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)

@@ -145,7 +145,8 @@ class EpochSummary(Callback):
 class PhaseTimes(Callback):
     """Where a run's wall-clock goes: ``phase_times.json`` in ``dirpath`` (rank 0), rewritten at
     the end of the fit and of the test, with wall-clock timestamps (s since the epoch) of the
-    fit start, the end of the first training step, the test start and end, and per epoch the
+    fit start, the first epoch's start (after set-up and the sanity check), the end of the
+    first training step, the test start and end, and per epoch the
     seconds of training and of validation with the number of optimiser steps.
 
     The GPU is synchronised at each phase boundary (a few times per epoch, never per step) so
@@ -170,6 +171,7 @@ class PhaseTimes(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch = {"epoch": trainer.current_epoch, "steps": -trainer.global_step}
         self._mark = self._now(pl_module)
+        self.times.setdefault("first_epoch_start", self._mark)  # after set-up and the sanity check
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if "first_step_end" not in self.times:

@@ -36,7 +36,7 @@ def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_fil
     times = json.loads((tmp_path / "phase_times.json").read_text())
     assert [e["epoch"] for e in times["epochs"]] == [0, 1, 2, 3] and all(e["steps"] > 0 for e in times["epochs"])
     assert all(e["train_s"] > 0 and e["validation_s"] > 0 for e in times["epochs"])
-    assert times["fit_start"] < times["first_step_end"] < times["fit_end"] <= times["test_start"] < times["test_end"]
+    assert times["fit_start"] < times["first_epoch_start"] < times["first_step_end"] < times["fit_end"] <= times["test_start"] < times["test_end"]
     assert min(val_losses[1:]) < val_losses[0], f"validation loss did not fall: {val_losses}"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from e3nn import o3
 
 from mlip.atomic import atomic_write_bytes
 from mlip.nn.irreps import channel_irreps
+from mlip.nn.tensor_product.backend import cache_dir
 
 try:
     import cuequivariance as cue
@@ -35,11 +35,6 @@ try:
     from cuequivariance_torch.operations.symmetric_contraction import symmetric_contraction
 except ImportError:
     cue = cuet = symmetric_contraction = None
-
-
-def cache_dir() -> Path:
-    """Where derived, rebuildable artefacts are kept (``$MLIP_CACHE_DIR`` or ``~/.cache/mlip``)."""
-    return Path(os.environ.get("MLIP_CACHE_DIR") or Path.home() / ".cache" / "mlip")
 
 
 def _read_cached(path: Path, key: str):
