@@ -23,8 +23,10 @@ each timed: where a run's time to its first step goes.
 
 ``--profile-epochs N`` instead runs `mlip-train` (the first variant) for N epochs under
 cProfile, twice in a row (the second finds the caches the first wrote), and prints the
-functions that take the most time, by cumulative and by own time; the stats files land in
-``--out`` (``python -m pstats`` reads them).
+functions that take the most time, by cumulative and by own time (the stats files land in
+``--out``; ``python -m pstats`` reads them); then once more for 3N epochs under Lightning's
+``SimpleProfiler``, whose report gives the host time of each step's parts (no added
+synchronisation: GPU time shows up where the host waits for it).
 """
 
 from __future__ import annotations
@@ -169,6 +171,14 @@ def profile_runs(folder: Path, epochs: int, variant: str, out: Path, work: Path,
             stats = pstats.Stats(str(stats_file))
             for key in ("cumulative", "tottime"):
                 stats.sort_stats(key).print_stats(45)
+    run_dir = work / "profile-steps"
+    command = mlip_command(folder, run_dir, "mlip", 0, 3 * epochs,
+                           ("monitoring.val_parity=null", "+trainer.profiler=simple", *VARIANTS[variant]))
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    report = done.stdout + done.stderr
+    (out / "profile-steps.log").write_text(report[-60000:])
+    print(f"\n==== {3 * epochs} epochs under Lightning's SimpleProfiler, exit {done.returncode}")
+    print(report[report.find("FIT Profiler Report"):][:12000])
 
 
 def main() -> None:
