@@ -28,7 +28,7 @@ from mlip.data.structure import DataError
 from mlip.export import save_model
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
-from mlip.training.checkpoint_io import AtomicCheckpointIO, newest_checkpoint
+from mlip.training.checkpoint_io import BackgroundCheckpointIO, newest_checkpoint
 from mlip.training.module import NonFiniteLossError
 
 CONFIG_DIR = config_dir("train")
@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.get("progress_bar_refresh_rate", 20)))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
-    plugins = [AtomicCheckpointIO(), *instantiate(cfg.trainer.get("plugins") or [])]  # e.g. SLURMEnvironment
+    plugins = [BackgroundCheckpointIO(), *instantiate(cfg.trainer.get("plugins") or [])]  # e.g. SLURMEnvironment
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, Path(checkpoint.dirpath)))
 

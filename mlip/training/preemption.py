@@ -20,7 +20,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mlip.training.checkpoint_io import StepCheckpoint
+from mlip.training.checkpoint_io import StepCheckpoint, wait_for_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class PreemptionCheckpoint(Callback):
     def _save_and_requeue(self, trainer) -> None:
         name = signal.Signals(self.signalled or signal.SIGTERM).name
         trainer.save_checkpoint(self.path)
+        wait_for_checkpoints(trainer)  # on disk before the requeue, which ends this job
         self.saved = True
         log.warning("%s received: saved %s at step %d, stopping", name, self.path, trainer.global_step)
         job = os.environ.get("SLURM_JOB_ID")

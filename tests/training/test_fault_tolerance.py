@@ -90,3 +90,22 @@ def test_preemption_signal_saves_mid_epoch_and_the_resume_is_exact(tmp_path, emt
     assert resumed["global_step"] == reference["global_step"] == 24
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-12, atol=1e-12, msg=key)
+
+
+def test_background_checkpoint_writes_hold_the_state_of_the_save_and_report_failures(tmp_path):
+    from mlip.training.checkpoint_io import BackgroundCheckpointIO
+
+    io = BackgroundCheckpointIO()
+    weights = torch.arange(1_000_000, dtype=torch.float64)
+    io.save_checkpoint({"state_dict": {"w": weights}, "global_step": 3}, tmp_path / "a.ckpt")
+    weights.zero_()  # training goes on at once: the file must hold the state at the save
+    io.save_checkpoint({"state_dict": {"w": weights}, "global_step": 4}, tmp_path / "b.ckpt")
+    io.wait()
+    first = torch.load(tmp_path / "a.ckpt", weights_only=False)
+    assert first["global_step"] == 3 and torch.equal(first["state_dict"]["w"], torch.arange(1_000_000.0).double())
+    assert torch.load(tmp_path / "b.ckpt", weights_only=False)["state_dict"]["w"].abs().sum() == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt"]  # no temporaries left
+    (tmp_path / "file").write_text("not a folder")
+    io.save_checkpoint({"w": weights}, tmp_path / "file" / "c.ckpt")  # fails in the thread ...
+    with pytest.raises(OSError):
+        io.teardown()  # ... and is raised where the trainer waits
