@@ -65,7 +65,8 @@ class CarryGradients(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        return (None, None, *[g * grad_output for g in ctx.gradients])
+        # one multi-tensor kernel, not one launch per parameter (~200 for a MACE)
+        return (None, None, *torch._foreach_mul(ctx.gradients, grad_output))
 
 
 class GraphedLoss:
