@@ -69,6 +69,9 @@ RECIPES["mlip-v3"] = RECIPES["mlip-v2"] + MACE_RECIPE[7:]
 # single changes from mlip-v3
 RECIPES["mlip-v3-decay"] = RECIPES["mlip-v3"] + ["module.weight_decay=0.0"]
 RECIPES["mlip-v3-warmup"] = RECIPES["mlip-v3"] + ["module.warmup_steps=0"]
+# the shipped recipe with another numerical path: float64 weights and data; e3nn's tensor products (not cueq)
+RECIPES["mlip-float64"] = ["dtype=float64"]
+RECIPES["mlip-e3nn"] = ["model.tp_backend=e3nn"]
 # the other model families under the shipped recipe (model overrides in MODELS)
 MODELS = {
     "mace": ["model=mace", "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.correlation=3",
@@ -124,7 +127,7 @@ def prepare(data_dir: Path, out: Path) -> None:
 
 
 def score(framework: str, model: str, test: str, device: str) -> dict[str, float]:
-    """Force RMSE/MAE (meV/Å) and energy RMSE (meV/atom) of ``model`` on ``test`` through its calculator."""
+    """Force RMSE/MAE (meV/Å), energy RMSE and mean error (meV/atom) of ``model`` on ``test`` through its calculator."""
     from ase.io import read
 
     if framework == "mlip":
@@ -144,7 +147,8 @@ def score(framework: str, model: str, test: str, device: str) -> dict[str, float
         force_errors.append((atoms.get_forces() - reference_f).ravel())
     f, e = np.concatenate(force_errors), np.asarray(energy_errors)
     return {"forces_rmse": 1000 * float(np.sqrt(np.mean(f**2))), "forces_mae": 1000 * float(np.mean(np.abs(f))),
-            "energy_rmse": 1000 * float(np.sqrt(np.mean(e**2))), "n_test": len(e)}
+            "energy_rmse": 1000 * float(np.sqrt(np.mean(e**2))), "energy_mean_error": 1000 * float(np.mean(e)),
+            "n_test": len(e)}
 
 
 def e0_dict(path: Path) -> dict[int, float]:
