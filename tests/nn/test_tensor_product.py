@@ -110,24 +110,6 @@ def test_cueq_change_of_basis_is_cached_on_disk_under_a_digest_of_our_basis(tmp_
     cueq_sc.change_of_basis.cache_clear()
 
 
-@pytest.mark.parametrize("user_folder", [None, "mine"])
-def test_cuequivariance_kernels_are_kept_in_our_cache_unless_the_user_chose_a_folder(tmp_path, user_folder):
-    """cuequivariance-ops keeps its NVRTC-compiled kernels only where the variable names a folder."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, MLIP_CACHE_DIR=str(tmp_path / "cache"))
-    env.pop("CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR", None)
-    if user_folder:
-        env["CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR"] = str(tmp_path / user_folder)
-    code = "import os, mlip.nn.tensor_product; print(os.environ['CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR'])"
-    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    expected = tmp_path / (user_folder or "cache/cueq/nvrtc")
-    assert shown.stdout.strip() == str(expected)
-    assert expected.is_dir() != bool(user_folder)  # ours is created; the user's is theirs
-
-
 def test_cueq_contraction_follows_a_stored_basis_built_elsewhere():
     """A model file may hold a basis that differs from the one built here by a rotation within
     degenerate singular subspaces (another LAPACK): the cuequivariance path must follow it."""

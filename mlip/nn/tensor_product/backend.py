@@ -1,13 +1,12 @@
-"""Which tensor-product backend serves a call (``tp_backend``: auto | e3nn | cueq), and where
-the cuequivariance backend keeps what it derives (`cache_dir`, `use_kernel_cache`)."""
+"""Which tensor-product backend serves a call (``tp_backend``: auto | e3nn | cueq)."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-from pathlib import Path
 
 import torch
+
+from mlip.nn.tensor_product.cache import use_kernel_cache
 
 # cp: CP-decomposed convolution (`cp.CPConvolution`); grid: Gaunt product on a sphere grid
 # (`grid.GridConvolution`); both serve the edge convolution only
@@ -15,34 +14,8 @@ TP_BACKENDS = ("auto", "e3nn", "cueq", "cp", "grid")
 CUEQ = importlib.util.find_spec("cuequivariance_torch") is not None
 # cuequivariance's CUDA kernels come in a separate package; without it "auto" stays with e3nn
 CUEQ_CUDA_OPS = importlib.util.find_spec("cuequivariance_ops_torch") is not None
-NVRTC_CACHE_VARIABLE = "CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """Where derived, rebuildable artefacts are kept (``$MLIP_CACHE_DIR`` or ``~/.cache/mlip``)."""
-    return Path(os.environ.get("MLIP_CACHE_DIR") or Path.home() / ".cache" / "mlip")
-
-
-def use_kernel_cache() -> None:
-    """Keep cuequivariance's compiled CUDA kernels on disk, in ``cache_dir()/cueq/nvrtc``.
-
-    cuequivariance-ops compiles its ``uniform_1d`` kernels with NVRTC at first use, one per
-    operation, direction and shape class: 30-45 s of a MACE training run's first epoch on an
-    H200, in every new process. It keeps them on disk only where
-    ``CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR`` names a folder; a value the user set is left alone.
-    Called on import, before cuequivariance is loaded.
-    """
-    if os.environ.get(NVRTC_CACHE_VARIABLE):
-        return
-    folder = cache_dir() / "cueq" / "nvrtc"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only home: kernels are compiled anew in each process
-        return
-    os.environ[NVRTC_CACHE_VARIABLE] = str(folder)
-
-
-use_kernel_cache()
+if CUEQ_CUDA_OPS:
+    use_kernel_cache()  # before cuequivariance's CUDA ops are loaded
 
 
 def check_backend(backend: str) -> str:

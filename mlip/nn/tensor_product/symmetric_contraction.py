@@ -27,7 +27,7 @@ from e3nn import o3
 
 from mlip.atomic import atomic_write_bytes
 from mlip.nn.irreps import channel_irreps
-from mlip.nn.tensor_product.backend import cache_dir
+from mlip.nn.tensor_product.cache import cache_dir
 
 try:
     import cuequivariance as cue
