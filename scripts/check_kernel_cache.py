@@ -75,7 +75,8 @@ def main() -> None:
     if args.worker:
         return worker(args.train)
     root = Path(tempfile.mkdtemp(prefix="kernel-cache-check-"))
-    base = {k: v for k, v in os.environ.items() if k != "CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR"}
+    ours = ("CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR", "MLIP_PRIVATE_NVRTC_CACHE_DIR")
+    base = {k: v for k, v in os.environ.items() if k not in ours}
     schemes = {"shared": dict(base, MLIP_CACHE_DIR=str(root / "a"), CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR=str(root / "shared")),
                "mlip": dict(base, MLIP_CACHE_DIR=str(root / "b"))}
     (root / "shared").mkdir()

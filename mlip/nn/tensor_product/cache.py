@@ -5,11 +5,14 @@
 - `use_kernel_cache`: cuequivariance-ops compiles its ``uniform_1d`` CUDA kernels with
   NVRTC at first use, one per operation, direction and shape class: 30-45 s of a MACE
   training run's first epoch on an H200, in every new process. It keeps them on disk
-  only where ``CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR`` names a folder, and its writes are
-  not safe against other processes: nine runs started at once on an empty shared folder
-  all crashed. So each process gets a private folder, seeded with copies of the shared
-  folder's kernels (``cache_dir()/cueq/nvrtc``), and at exit publishes the kernels it
-  compiled there, each by a rename: the shared folder only ever holds whole files.
+  only where ``CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR`` names a folder. Processes must not
+  share that folder while they compile: nine cueq training runs started at once on one
+  empty folder all crashed in native code, while e3nn runs beside them and eighteen cueq
+  runs on a filled folder did not (H200, cuequivariance-ops 0.13). So each process works
+  in a private folder, seeded with copies of our shared folder's kernels
+  (``cache_dir()/cueq/nvrtc``), and at exit publishes the kernels it compiled there, each
+  through a temporary file and a rename: the shared folder only ever holds whole files.
+  ``scripts/check_kernel_cache.py`` runs both schemes side by side on the GPU machine.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ import warnings
 from pathlib import Path
 
 NVRTC_CACHE_VARIABLE = "CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR"
+# set beside it to the private folder we chose: a child process (a DDP rank, a benchmark's
+# run) inherits both and must not write into its parent's folder, but a folder the user
+# chose is theirs to share
+OURS_VARIABLE = "MLIP_PRIVATE_NVRTC_CACHE_DIR"
+_folders: tuple[Path, Path] | None = None  # (private, shared) of this process, once set up
 
 
 def cache_dir() -> Path:
@@ -57,20 +65,34 @@ def publish_new_kernels(private: Path, shared: Path) -> int:
     return published
 
 
-def _publish_and_remove(private: Path, shared: Path) -> None:
+def publish_kernels() -> int:
+    """Publish the kernels this process compiled so far (at exit this happens by itself): for
+    processes started by this one that should find them. Returns how many were new."""
+    if _folders is None:
+        return 0
+    private, shared = _folders
     try:
-        publish_new_kernels(private, shared)
+        return publish_new_kernels(private, shared)
     except OSError as error:  # a full or read-only disk: the next process compiles again
         warnings.warn(f"could not keep cuequivariance's compiled kernels in {shared}: {error}")
+        return 0
+
+
+def _publish_and_remove() -> None:
+    try:
+        publish_kernels()
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        if _folders is not None:
+            shutil.rmtree(_folders[0], ignore_errors=True)
 
 
 def use_kernel_cache() -> None:
     """Point cuequivariance-ops at a private, seeded kernel folder, published at exit (module
     docstring). Called on import, before cuequivariance's CUDA ops are loaded; a folder the
     user named in ``CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR`` is left alone."""
-    if os.environ.get(NVRTC_CACHE_VARIABLE):
+    global _folders
+    chosen = os.environ.get(NVRTC_CACHE_VARIABLE)
+    if _folders is not None or (chosen and chosen != os.environ.get(OURS_VARIABLE)):
         return
     shared = cache_dir() / "cueq" / "nvrtc"
     try:
@@ -79,6 +101,9 @@ def use_kernel_cache() -> None:
         seed_private_folder(shared, private)
     except OSError as error:  # a read-only home: kernels are compiled anew in each process
         warnings.warn(f"cuequivariance's compiled kernels are not kept ({shared}: {error})")
+        if chosen:  # not into a parent's private folder either
+            del os.environ[NVRTC_CACHE_VARIABLE]
         return
-    os.environ[NVRTC_CACHE_VARIABLE] = str(private)
-    atexit.register(_publish_and_remove, private, shared)
+    _folders = (private, shared)
+    os.environ[NVRTC_CACHE_VARIABLE] = os.environ[OURS_VARIABLE] = str(private)
+    atexit.register(_publish_and_remove)
