@@ -73,3 +73,27 @@ def test_too_many_in_a_row_stop_with_the_last_good_weights(tmp_path, emt_file, c
                             stopped["optimizer_states"][0]["state"].values()):
         for name in ours:
             torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e3])  # always clipped / never clipped
+def test_clipping_with_the_checked_norm_equals_lightnings(tmp_path, emt_file, monkeypatch, clip):
+    """The module clips with the gradient norm of its finite check: the weights after training
+    equal those of Lightning's own clipping (torch.nn.utils.clip_grad_norm_), in float64 (the
+    two sum the per-tensor norms in another order)."""
+    from lightning.pytorch import LightningModule
+
+    from mlip.training.module import PotentialModule
+
+    def weights(folder, reference):
+        if reference:
+            monkeypatch.setattr(PotentialModule, "configure_gradient_clipping",
+                                LightningModule.configure_gradient_clipping)
+        train(compose_train_config(tmp_path / folder, emt_file, "trainer.max_epochs=1", "dtype=float64",
+                                   f"trainer.gradient_clip_val={clip}"))
+        monkeypatch.undo()
+        return _state(tmp_path / folder / "checkpoints" / "last.ckpt")["state_dict"]
+
+    ours, lightnings = weights("ours", False), weights("reference", True)
+    assert ours.keys() == lightnings.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], lightnings[name], rtol=1e-10, atol=1e-12, msg=name)
