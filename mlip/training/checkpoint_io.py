@@ -54,6 +54,14 @@ class BackgroundCheckpointIO(AtomicCheckpointIO):
         write = super().save_checkpoint
         self._pending.append(self._executor.submit(write, snapshot, path, storage_options))
 
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        """Queued behind the pending writes (`ModelCheckpoint` removes the previous best right
+        after saving the new one, perhaps before that previous file was written)."""
+        if self._executor is None:
+            return super().remove_checkpoint(path)
+        remove = super().remove_checkpoint
+        self._pending.append(self._executor.submit(remove, path))
+
     def _raise_failed(self) -> None:
         done = [f for f in self._pending if f.done()]
         self._pending = [f for f in self._pending if not f.done()]

@@ -105,6 +105,10 @@ def test_background_checkpoint_writes_hold_the_state_of_the_save_and_report_fail
     assert first["global_step"] == 3 and torch.equal(first["state_dict"]["w"], torch.arange(1_000_000.0).double())
     assert torch.load(tmp_path / "b.ckpt", weights_only=False)["state_dict"]["w"].abs().sum() == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt"]  # no temporaries left
+    io.save_checkpoint({"w": weights}, tmp_path / "c.ckpt")
+    io.remove_checkpoint(tmp_path / "c.ckpt")  # removed after its write, not before
+    io.wait()
+    assert not (tmp_path / "c.ckpt").exists()
     (tmp_path / "file").write_text("not a folder")
     io.save_checkpoint({"w": weights}, tmp_path / "file" / "c.ckpt")  # fails in the thread ...
     with pytest.raises(OSError):
