@@ -122,13 +122,42 @@ def path_order(conv_tp: Record, ours: list[tuple], where: str) -> list[int]:
     return [theirs.index(key) for key in keys]
 
 
+def symmetric_couplings(stored: torch.Tensor, per_channel: o3.Irreps, nu: int, ir_out: o3.Irrep) -> torch.Tensor:
+    """[k, M a_1..a_ν] (float64): the part of mace-torch's ``U_matrix_ν`` (its k chains) symmetric
+    in the ν factors, the only part that acts."""
+    u = stored.to(torch.float64)
+    u = u.reshape(ir_out.dim, *([per_channel.dim] * nu), u.shape[-1]).movedim(-1, 0)  # [k, M, a..]
+    axes = list(range(2, 2 + nu))
+    symmetric = sum(u.permute(0, 1, *perm) for perm in itertools.permutations(axes)) / math.factorial(nu)
+    return symmetric.reshape(symmetric.shape[0], -1)
+
+
+def coupling_coordinates(stored: torch.Tensor, per_channel: o3.Irreps, nu: int, ir_out: o3.Irrep,
+                         where: str) -> torch.Tensor:
+    """[k, p] (float64): `symmetric_couplings` written on our orthonormal basis (`product_basis`).
+
+    The remainder of the projection must vanish (else the couplings leave the symmetric
+    equivariant space and the file is refused).
+    """
+    symmetric = symmetric_couplings(stored, per_channel, nu, ir_out)
+    scale = float(symmetric.abs().max()) if symmetric.numel() else 0.0
+    basis = product_basis(per_channel, nu, ir_out).reshape(-1, symmetric.shape[1])  # [p, M a..], orthonormal
+    coordinates = symmetric @ basis.T  # [k, p]
+    residual = float((symmetric - coordinates @ basis).abs().max()) if scale > 0 else 0.0
+    if residual > PROJECTION_TOLERANCE.get(stored.dtype, 1e-3) * max(scale, 1.0):
+        raise ConversionError(
+            f"{where}: its ν={nu} coupling to {ir_out} lies outside the symmetric equivariant space "
+            f"(projection residual {residual:.2e})"
+        )
+    return coordinates
+
+
 def contraction_weights(contraction: Record, ours, i_out: int, where: str) -> dict[str, torch.Tensor]:
     """Our symmetric-contraction weights of output irrep ``i_out`` from one mace-torch ``Contraction``.
 
     mace-torch contracts ν copies of A against U^ν[M, a_1..a_ν, k] with weights w[z, k, c]; only
-    the part of U symmetric in the a's acts. That part is projected onto our orthonormal basis
-    (`product_basis`): ``w_ours[z, c, p] = Σ_k w[z, k, c] <U_ours[p], Sym U[..., k]>``, and the
-    remainder of the projection must vanish.
+    the part of U symmetric in the a's acts. On our orthonormal basis (`coupling_coordinates`):
+    ``w_ours[z, c, p] = Σ_k w[z, k, c] <U_ours[p], Sym U[..., k]>``.
     """
     correlation = int(contraction.attr("correlation"))
     _, per_channel = channel_irreps(ours.irreps_in)
@@ -140,27 +169,14 @@ def contraction_weights(contraction: Record, ours, i_out: int, where: str) -> di
     names = {nu: name for nu, name in ours.paths[i_out]}
     out: dict[str, torch.Tensor] = {}
     for nu in range(1, correlation + 1):
-        stored = contraction.tensor(f"U_matrix_{nu}")
-        u = stored.to(torch.float64)
-        u = u.reshape(ir_out.dim, *([per_channel.dim] * nu), u.shape[-1]).movedim(-1, 0)  # [k, M, a..]
-        axes = list(range(2, 2 + nu))
-        symmetric = sum(u.permute(0, 1, *perm) for perm in itertools.permutations(axes)) / math.factorial(nu)
-        symmetric = symmetric.reshape(symmetric.shape[0], -1)
-        scale = float(symmetric.abs().max()) if symmetric.numel() else 0.0
         w = weights_by_nu[nu].to(torch.float64)  # [z, k, c]
         if nu not in names:
-            if scale > 0 and float(w.abs().max()) > 0:
+            symmetric = symmetric_couplings(contraction.tensor(f"U_matrix_{nu}"), per_channel, nu, ir_out)
+            if symmetric.numel() and float(symmetric.abs().max()) > 0 and float(w.abs().max()) > 0:
                 raise ConversionError(f"{where}: a ν={nu} path to {ir_out} that our contraction does not have")
             continue
-        basis = product_basis(per_channel, nu, ir_out).reshape(-1, symmetric.shape[1])  # [p, M a..], orthonormal
-        coefficients = symmetric @ basis.T  # [k, p]
-        residual = float((symmetric - coefficients @ basis).abs().max()) if scale > 0 else 0.0
-        if residual > PROJECTION_TOLERANCE.get(stored.dtype, 1e-3) * max(scale, 1.0):
-            raise ConversionError(
-                f"{where}: its ν={nu} coupling to {ir_out} lies outside the symmetric equivariant space "
-                f"(projection residual {residual:.2e})"
-            )
-        out[names[nu]] = torch.einsum("zkc,kp->zcp", w, coefficients)
+        coordinates = coupling_coordinates(contraction.tensor(f"U_matrix_{nu}"), per_channel, nu, ir_out, where)
+        out[names[nu]] = torch.einsum("zkc,kp->zcp", w, coordinates)
     return out
 
 

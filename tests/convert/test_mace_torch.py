@@ -151,3 +151,38 @@ def test_truncated_storage_is_refused(tmp_path):
         convert_mace_torch(path)
     with pytest.raises(PickledModuleError):
         read_pickled_module(path)
+
+
+@pytest.mark.parametrize("name", ["scaleshift_residual_nu3_l1_f64", "mace_plain_first_nu3_l1_3layers_f64"])
+def test_mace_torch_learns_its_product_on_our_coupling_chains(name):
+    """mace-torch's weights act through its chains U; ours, with contraction_parametrization=coupling,
+    through `coupling_frame`. Written on our basis (and with the per-component normalisation
+    sqrt(2ℓ+1) taken out), its chains are ours up to order and sign, so Adam moves both alike."""
+    from e3nn import o3
+
+    from mlip.convert.mace_torch import coupling_coordinates
+    from mlip.nn.symmetric_contraction import coupling_frame
+
+    per_channel = o3.Irreps("0e+1o+2e")  # the oracle models' edge harmonics, ℓ ≤ 2
+    checked = 0
+    for t, product in _record(name).child("products").children.items():
+        contractions = product.child("symmetric_contractions").child("contractions").children.values()
+        for contraction, ir_out in zip(contractions, [o3.Irrep("0e"), o3.Irrep("1o")]):
+            for nu in range(1, int(contraction.attr("correlation")) + 1):
+                theirs = coupling_coordinates(contraction.tensor(f"U_matrix_{nu}"), per_channel, nu, ir_out, name)
+                theirs = theirs / ir_out.dim**0.5
+                ours = coupling_frame(per_channel, nu, ir_out)
+                assert theirs.shape == ours.shape, (t, ir_out, nu)
+                # each of their chains is one of ours or its negative, each of ours used once
+                distance = torch.minimum(torch.cdist(theirs, ours), torch.cdist(theirs, -ours))
+                assert _is_permutation(distance < 1e-9), (t, ir_out, nu)
+                checked += 1
+    assert checked >= 9
+
+
+def _is_permutation(matched: torch.Tensor) -> bool:
+    """A one-to-one assignment of rows to columns exists (zero chains match each other)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, columns = linear_sum_assignment(-matched.double().numpy())
+    return len(rows) == matched.shape[0] == matched.shape[1] and bool(matched[rows, columns].all())
