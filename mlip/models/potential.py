@@ -70,10 +70,11 @@ class Potential(nn.Module):
             "avg_num_neighbors": kwargs.get("avg_num_neighbors"),
         }
 
-    def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
-        """Species indices [n] of atomic numbers [n]; raises `UnknownElementError` for others."""
+    def species(self, atomic_numbers: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Species indices [n] of atomic numbers [n]; raises `UnknownElementError` for others
+        (``check=False``: no check, no host sync; unknown elements get index -1)."""
         species = self.species_of_z[atomic_numbers.clamp(0, 118)]
-        if bool((species < 0).any()):
+        if check and bool((species < 0).any()):
             raise UnknownElementError(unknown_elements(atomic_numbers.cpu(), self.elements.tolist()))
         return species
 
@@ -98,8 +99,7 @@ class Potential(nn.Module):
         caller has (``check_elements=False``: the training loop checks each batch on the CPU)."""
         num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
-        z = graph.atomic_numbers
-        species = self.species(z) if check_elements else self.species_of_z[z.clamp(0, 118)]
+        species = self.species(graph.atomic_numbers, check_elements)
         return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts, num_graphs
 
     def predict(
