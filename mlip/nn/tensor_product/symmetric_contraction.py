@@ -163,7 +163,6 @@ def stored_to_fresh(contraction, name: str) -> torch.Tensor:
     weights W on the stored basis act as W R on the one `product_basis` builds here. The identity
     when both came from the same linear algebra library; a rotation within degenerate singular
     subspaces (or a sign) when the model file was written on another."""
-    from mlip.nn.irreps import channel_irreps
     from mlip.nn.symmetric_contraction import compress_symmetric, product_basis
 
     i_out, nu = (int(part) for part in name.split("_"))
