@@ -67,9 +67,9 @@ class ValidationParity(Callback):
         self._parts = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.sanity_checking or not outputs or sum(p["natoms"].sum() for p in self._parts) >= self.max_atoms:
+        if trainer.sanity_checking or not outputs or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        if sum(p["natoms"].sum() for p in self._parts) >= self.max_atoms:
             return
         graphs = int(batch.num_graphs)
         numpy = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
