@@ -139,12 +139,19 @@ def summarise(name: str, run_dir: Path, launched: float, wall: float, n_train: i
     return row
 
 
-def run_one(name: str, command: list[str], env: dict, run_dir: Path, n_train: int, epochs: int, log: Path) -> dict:
-    launched = time.time()
+def run_logged(command: list[str], env: dict, log: Path, keep: int = 20000) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``command`` from the project root; the tails of its output go to ``log``. Returns it
+    and its wall-clock seconds."""
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    log.write_text(done.stdout[-20000:] + "\n---- stderr\n" + done.stderr[-20000:])
+    log.write_text(done.stdout[-keep:] + "\n---- stderr\n" + done.stderr[-keep:])
+    return done, wall
+
+
+def run_one(name: str, command: list[str], env: dict, run_dir: Path, n_train: int, epochs: int, log: Path) -> dict:
+    launched = time.time()
+    done, wall = run_logged(command, env, log)
     if done.returncode != 0:
         return {"run": name, "error": done.stderr[-800:]}
     return summarise(name, run_dir, launched, wall, n_train, epochs)
@@ -159,10 +166,7 @@ def profile_runs(folder: Path, epochs: int, variant: str, out: Path, work: Path,
         stats_file = out / f"train-{attempt}.prof"
         command = mlip_command(folder, run_dir, "mlip", 0, epochs, ("monitoring.val_parity=null", *VARIANTS[variant]))
         command[1:1] = ["-m", "cProfile", "-o", str(stats_file)]
-        start = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        (out / f"profile-{attempt}.log").write_text(done.stdout[-20000:] + "\n---- stderr\n" + done.stderr[-20000:])
+        done, wall = run_logged(command, env, out / f"profile-{attempt}.log")
         print(f"\n==== {attempt} run: {epochs} epochs, {wall:.1f} s wall, exit {done.returncode}", flush=True)
         times = run_dir / "phase_times.json"
         if times.is_file():
@@ -174,9 +178,8 @@ def profile_runs(folder: Path, epochs: int, variant: str, out: Path, work: Path,
     run_dir = work / "profile-steps"
     command = mlip_command(folder, run_dir, "mlip", 0, 3 * epochs,
                            ("monitoring.val_parity=null", "+trainer.profiler=simple", *VARIANTS[variant]))
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done, _ = run_logged(command, env, out / "profile-steps.log", keep=60000)
     report = done.stdout + done.stderr
-    (out / "profile-steps.log").write_text(report[-60000:])
     print(f"\n==== {3 * epochs} epochs under Lightning's SimpleProfiler, exit {done.returncode}")
     print(report[report.find("FIT Profiler Report"):][:12000])
 
