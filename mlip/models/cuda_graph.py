@@ -152,7 +152,8 @@ class GraphedPotential:
             training loop checks them on the CPU instead).
 
     Calling it on a graph returns the same dict as ``potential(graph, compute_stress=...)``
-    (``energy`` [G], ``node_energy`` [n], ``forces`` [n, 3], ``stress`` [G, 3, 3]), as new tensors.
+    (``energy``, ``interaction_energy``, ``e0_energy`` [G], ``node_energy`` [n], ``forces`` [n, 3],
+    ``stress`` [G, 3, 3]), as new tensors.
     """
 
     def __init__(
@@ -180,7 +181,8 @@ class GraphedPotential:
         *tensors, g = self.potential.inputs(graph, self.check_elements)
         n = tensors[0].shape[0]
         outputs = self.graphs(bucket_of(n, tensors[4].shape[1], g, self.steps_per_octave), *tensors)
-        result = {"energy": outputs["energy"][:g].clone(), "node_energy": outputs["node_energy"][:n].clone()}
+        result = {name: outputs[name][:g].clone() for name in ("energy", "interaction_energy", "e0_energy")}
+        result["node_energy"] = outputs["node_energy"][:n].clone()
         result["forces"] = outputs["forces"][:n].clone()
         if self.compute_stress:
             result["stress"] = outputs["stress"][:g].clone()

@@ -35,7 +35,7 @@ class PaddedLabels(PaddedInputs):
     def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype, num_terms: int = 3):
         super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype)
         self.global_counts = torch.ones(num_terms, dtype=dtype, device=device)  # summed over the ranks
-        self.energy = torch.zeros(num_graphs, dtype=dtype, device=device)
+        self.energy = torch.zeros(num_graphs, dtype=torch.float64, device=device)  # exact labels (label_errors)
         self.natoms = torch.ones(num_graphs, dtype=torch.long, device=device)
         self.has_energy = torch.zeros(num_graphs, dtype=torch.bool, device=device)
         self.forces = torch.zeros(num_atoms, 3, dtype=dtype, device=device)

@@ -17,7 +17,13 @@ def label_errors(pred: dict[str, torch.Tensor], batch) -> dict[str, tuple[torch.
     errors = {}
     if "energy" in pred:
         natoms = batch.natoms.to(pred["energy"].dtype)
-        errors["energy"] = ((pred["energy"] - batch.energy.to(natoms.dtype)) / natoms, batch.has_energy)
+        if "e0_energy" in pred:
+            # the interaction energy against the label less Σ E0, taken in float64: the float32
+            # totals (~1e4 eV for a molecule) would round both sides by about a meV (`Potential`)
+            label = (batch.energy.to(torch.float64) - pred["e0_energy"]).to(natoms.dtype)
+            errors["energy"] = ((pred["interaction_energy"] - label) / natoms, batch.has_energy)
+        else:
+            errors["energy"] = ((pred["energy"] - batch.energy.to(natoms.dtype)) / natoms, batch.has_energy)
     if "forces" in pred:
         errors["forces"] = (pred["forces"] - batch.forces.to(pred["forces"].dtype), batch.forces_mask[:, None])
     if "stress" in pred:

@@ -112,3 +112,33 @@ def test_weight_decay_applies_to_the_named_parameters_only():
     assert PotentialModule(potential, EnergyForcesStressLoss()).parameter_groups()[0]["params"].__len__() == len(names)
     with pytest.raises(ValueError, match="match no parameter"):
         PotentialModule(potential, EnergyForcesStressLoss(), weight_decay_params=["^nothing"]).parameter_groups()
+
+
+def test_energy_errors_of_a_float32_model_are_exact_beside_large_e0s(rng):
+    # E0s of carbon, oxygen and nitrogen: 32 atoms total about -5e4 eV, whose float32 rounding
+    # (a few meV per structure) would swamp the meV errors the loss is fitting. The E0s are
+    # exact in float32, so that the float32 model's constants are the float64 model's.
+    import copy
+
+    from mlip.data.graph import structure_to_graph
+    from mlip.data.readers.atoms import structure_from_atoms
+    from mlip.training.errors import label_errors
+    from tests.conftest import make_tiny_potential, random_alloy
+
+    potential = make_tiny_potential()
+    potential.e0s.copy_(torch.tensor([-1030.515625, -2041.375, -1485.296875]))
+    graphs = [structure_to_graph(structure_from_atoms(random_alloy(rng, (2, 2, 2)), "t"), potential.r_max)
+              for _ in range(4)]
+    batch = Batch.from_data_list(graphs)
+    exact = potential(batch, compute_forces=False)["energy"].detach()  # float64
+    offsets = torch.tensor([0.0123, -0.0041, 0.0007, -0.0302], dtype=torch.float64)  # eV per structure
+    batch.energy = exact - offsets
+    single = copy.deepcopy(potential).float()
+    pred = single(batch, compute_forces=False)
+    error, _ = label_errors(pred, batch)["energy"]
+    assert error.dtype == torch.float32
+    # what is left is the float32 rounding of the interaction energy alone (tens of eV here)
+    assert torch.allclose(error.double() * 32, offsets, atol=2e-5, rtol=0)
+    # the total is rounded once: within half a float32 spacing (plus that rounding) of the exact one
+    spacing = torch.finfo(torch.float32).eps * exact.abs()
+    assert ((pred["energy"].double() - exact).abs() <= 0.5 * spacing + 2e-5).all()
