@@ -3,14 +3,19 @@
 
     python scripts/benchmark_ddp.py --gpus 2 --data-dir data/3bpa           # on a node with 2 GPUs
     python scripts/benchmark_ddp.py --gpus 2 --accelerator cpu --epochs 1   # a quick check of the script
-    python scripts/benchmark_ddp.py --gpus 4 --cuda-graphs                  # the graphed step under DDP
+    python scripts/benchmark_ddp.py --gpus 2 4 --data emt --batch 32 --hidden 128x0e+128x1o --cuda-graphs
+                                                                            # GPU-bound periodic cells, 1, 2 and 4 GPUs
 
-Three `mlip-train` runs on 3BPA train_300K (the same split, seed and model):
+`mlip-train` runs on one data set (the same split, seed and model): ``--data 3bpa``, 3BPA
+train_300K (molecules of 27 atoms: host-bound at small batches), or ``--data emt``, the
+embedded EMT Cu/Au/Ni set (`mlip.data.emt`: periodic bulk cells, slabs and clusters),
+``--structures`` of them, which keeps a GPU busy at larger batches. For each N in ``--gpus``:
 
-- 1 GPU, batch B;
+- 1 GPU, batch B (once);
 - N GPUs, batch B/N each: the same global batches, so the same training up to the order
   in which the ranks' gradients are summed; its validation errors must agree with the first;
-- N GPUs, batch B each (weak scaling): what N GPUs buy at a fixed per-GPU batch.
+- N GPUs, batch B each (weak scaling): what N GPUs buy at a fixed per-GPU batch; its
+  efficiency is its throughput over N times the 1-GPU run's.
 
 Throughput is training structures per second after the first (warm-up) epoch: the
 training steps' structures divided by the summed wall time of the training batches
@@ -33,15 +38,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict:
+    if args.data == "emt":
+        data, env = ["data=emt", f"data.train_files.n_structures={args.structures}"], {"MLIP_DATA_DIR": str(data_dir)}
+    else:
+        data, env = ["data=3bpa"], {"MLIP_3BPA_DIR": str(data_dir)}
     overrides = [
-        "data=3bpa", "module.loss.stress_weight=0", f"data.batch_size={batch}", "data.val_batch_size=32",
+        *data, "module.loss.stress_weight=0", f"data.batch_size={batch}", "data.val_batch_size=32",
         f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "step_checkpoint=null", "preemption=null",
         "monitoring.val_parity=null", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         f"model.hidden_irreps={args.hidden}", "model.max_ell=3",
         "trainer=ddp" if devices > 1 else "trainer=gpu", f"trainer.devices={devices}",
         f"trainer.accelerator={args.accelerator}", f"module.cuda_graphs={str(args.cuda_graphs).lower()}",
     ]
-    wall, rows, test = mlip_train(run_dir, overrides, {"MLIP_3BPA_DIR": str(data_dir)})
+    wall, rows, test = mlip_train(run_dir, overrides, env)
     rates = np.array([float(r["structures_per_s"]) for r in rows
                       if r.get("structures_per_s") and int(r["epoch"]) >= args.skip_epochs])
     step_seconds = batch / rates  # a step logs batch/seconds; the run is structures over summed seconds
@@ -59,8 +68,11 @@ def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpus", type=int, default=2)
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "3bpa")
+    parser.add_argument("--gpus", type=int, nargs="+", default=[2], help="GPU counts N beside the 1-GPU run")
+    parser.add_argument("--data", choices=("3bpa", "emt"), default="3bpa")
+    parser.add_argument("--data-dir", type=Path, help="3BPA's folder (default data/3bpa), or where the EMT set is "
+                        "generated (default data)")
+    parser.add_argument("--structures", type=int, default=2000, help="EMT structures generated (--data emt)")
     parser.add_argument("--batch", type=int, default=16, help="global batch of the 1-GPU run")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--hidden", default="64x0e+64x1o")
@@ -71,29 +83,34 @@ def main() -> None:
                         help="replay the steps from CUDA graphs (the loss divides by the global batch's counts)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_ddp")
     args = parser.parse_args()
-    n = args.gpus
-    runs = [
-        (f"1 GPU, batch {args.batch}", 1, args.batch),
-        (f"{n} GPUs, batch {args.batch // n} each (same global batch)", n, args.batch // n),
-        (f"{n} GPUs, batch {args.batch} each", n, args.batch),
-    ]
+    data_dir = args.data_dir or (ROOT / "data" / "3bpa" if args.data == "3bpa" else ROOT / "data")
+    runs = [(f"1 GPU, batch {args.batch}", 1, args.batch, None)]
+    for n in args.gpus:
+        runs += [(f"{n} GPUs, batch {args.batch // n} each (same global batch)", n, args.batch // n, "same"),
+                 (f"{n} GPUs, batch {args.batch} each", n, args.batch, "weak")]
     results = {}
-    for k, (name, devices, batch) in enumerate(runs):
-        results[name] = train(args.out / f"run{k}", args.data_dir.resolve(), devices, batch, args)
+    for k, (name, devices, batch, _) in enumerate(runs):
+        results[name] = train(args.out / f"run{k}", data_dir.resolve(), devices, batch, args)
         print(f"{name}: {results[name]['structures_per_s']:.1f} structures/s", flush=True)
     base = results[runs[0][0]]
-    print(f"\n{args.epochs} epochs of 3BPA, model {args.hidden}, ℓ ≤ 3\n")
-    print("| run | structures/s | vs 1 GPU | median step (ms) | val energy MAE (meV/atom) | val force RMSE (meV/Å) "
-          "| test force RMSE (meV/Å) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['structures_per_s']:.1f} | {r['structures_per_s'] / base['structures_per_s']:.2f}x | "
-              f"{r['median_step_ms']:.1f} | "
+    print(f"\n{args.epochs} epochs of {args.data}, model {args.hidden}, ℓ ≤ 3\n")
+    print("| run | structures/s | vs 1 GPU | weak-scaling efficiency | median step (ms) | val energy MAE (meV/atom) "
+          "| val force RMSE (meV/Å) | test force RMSE (meV/Å) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, devices, _, kind in runs:
+        r = results[name]
+        speedup = r["structures_per_s"] / base["structures_per_s"]
+        efficiency = f"{speedup / devices:.0%}" if kind == "weak" else ""
+        r["speedup"] = speedup
+        print(f"| {name} | {r['structures_per_s']:.1f} | {speedup:.2f}x | {efficiency} | {r['median_step_ms']:.1f} | "
               f"{1000 * r['val_energy_mae']:.3f} | {1000 * r['val_forces_rmse']:.3f} | "
               f"{1000 * r['test']['test_forces_rmse']:.3f} |")
-    same = results[runs[1][0]]
-    gap = abs(same["test"]["test_forces_rmse"] - base["test"]["test_forces_rmse"]) / base["test"]["test_forces_rmse"]
-    print(f"\nsame global batch on {n} GPUs vs 1 GPU: test force RMSE differs by {gap:.1e} (relative)")
+    for name, devices, _, kind in runs:
+        if kind == "same":
+            same = results[name]["test"]["test_forces_rmse"]
+            gap = abs(same - base["test"]["test_forces_rmse"]) / base["test"]["test_forces_rmse"]
+            print(f"same global batch on {devices} GPUs vs 1 GPU: test force RMSE differs by {gap:.1e} (relative)")
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 
 

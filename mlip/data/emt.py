@@ -86,11 +86,24 @@ def make_emt_structures(n_structures: int = 400, seed: int = 0) -> list[Atoms]:
 
 
 def ensure_emt_dataset(path: str | os.PathLike, n_structures: int = 400, seed: int = 0) -> str:
-    """Return ``path``, first writing the EMT dataset there if it does not exist (atomic write)."""
+    """Return ``path``, first writing the EMT dataset there if it does not exist (atomic write).
+
+    The first structure records ``n_structures`` and ``seed``: a file written for others is
+    refused (a larger ``n_structures`` must not silently train on the smaller set)."""
     path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        ase.io.write(tmp, make_emt_structures(n_structures, seed), format="extxyz")
-        os.replace(tmp, path)
+    if path.exists():
+        first = ase.io.read(path, index=0, format="extxyz").info
+        made = (first.get("emt_n_structures"), first.get("emt_seed"))
+        if None not in made and tuple(int(v) for v in made) != (n_structures, seed):
+            raise ValueError(
+                f"{path} holds the EMT set of {made[0]} structures (seed {made[1]}), not the {n_structures} "
+                f"(seed {seed}) asked for: delete it, or give another path (data.train_files.path=...)"
+            )
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    structures = make_emt_structures(n_structures, seed)
+    structures[0].info.update(emt_n_structures=n_structures, emt_seed=seed)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    ase.io.write(tmp, structures, format="extxyz")
+    os.replace(tmp, path)
     return str(path)
