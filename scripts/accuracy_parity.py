@@ -5,6 +5,7 @@
     python scripts/accuracy_parity.py run --sets .accuracy_data --epochs 40 --seeds 0 1 2 \
         --recipes mlip-v1 mlip --mace-torch /tmp/site_mace:/tmp/site --gpus 0 1 --out $OUT
     python scripts/accuracy_parity.py table $OUT/results.jsonl
+    python scripts/accuracy_parity.py compare docs/accuracy_runs.jsonl --ours mlip-v4:6,7 --reference mace-torch:6,7
 
 Three held-out sets (``prepare``): ``3bpa_random`` (3BPA train_300K, random 400/50/50:
 in distribution), ``3bpa_energy`` (the 400 lowest-energy configurations train and validate,
@@ -252,6 +253,43 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def selection(spec: str) -> tuple[str, set[int] | None]:
+    """``recipe`` or ``recipe:call,call,...`` -> (recipe, calls or None for all)."""
+    recipe, _, calls = spec.partition(":")
+    return recipe, ({int(c) for c in calls.split(",")} if calls else None)
+
+
+def compare(path: Path, ours: list[str], reference: list[str]) -> str:
+    """Per set: mean ± standard error over seeds of the rows selected by ``ours`` and by
+    ``reference`` (each a list of ``recipe[:calls]``), their ratio, and the difference of the
+    means in standard errors of that difference (a markdown table)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+
+    def pick(specs: list[str], name: str) -> list[dict]:
+        chosen = []
+        for recipe, calls in map(selection, specs):
+            chosen += [r for r in rows if "error" not in r and r["set"] == name and r["recipe"] == recipe
+                       and (calls is None or r.get("call", 1) in calls)]
+        return chosen
+
+    def mean_se(values: np.ndarray) -> tuple[float, float]:
+        return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+    lines = ["| set | seeds (ours / ref.) | force RMSE ours | force RMSE ref. | ratio | Δ/SE | energy RMSE ours "
+             "| energy RMSE ref. | ratio | Δ/SE |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted({r["set"] for r in rows}):
+        a, b = pick(ours, name), pick(reference, name)
+        if not a or not b:
+            continue
+        cells = []
+        for key, digits in (("forces_rmse", 1), ("energy_rmse", 2)):
+            (ma, sa), (mb, sb) = mean_se(np.array([r[key] for r in a])), mean_se(np.array([r[key] for r in b]))
+            cells += [f"{ma:.{digits}f} ± {sa:.{digits}f}", f"{mb:.{digits}f} ± {sb:.{digits}f}", f"{ma / mb:.2f}",
+                      f"{(ma - mb) / np.hypot(sa, sb):+.1f}"]
+        lines.append(f"| {name} | {len(a)} / {len(b)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +314,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p = sub.add_parser("table")
     p.add_argument("results", type=Path)
+    p = sub.add_parser("compare", help="ours against a reference: mean ± standard error, ratio, difference in SE")
+    p.add_argument("results", type=Path)
+    p.add_argument("--ours", nargs="+", default=["mlip"], help="recipe[:call,call,...] whose rows are ours")
+    p.add_argument("--reference", nargs="+", default=["mace-torch"], help="recipe[:call,...] compared against")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.data_dir, args.out)
@@ -283,6 +325,8 @@ def main() -> None:
         run(args)
     elif args.command == "score":
         print(json.dumps(score(args.framework, args.model, args.test, args.device)))
+    elif args.command == "compare":
+        print(compare(args.results, args.ours, args.reference))
     else:
         print(table(args.results))
 

@@ -65,3 +65,30 @@ def test_the_committed_runs_reproduce_the_documented_table():
     for line in table.splitlines()[2:]:
         assert line in documented, line
     assert np.isfinite([json.loads(r)["forces_rmse"] for r in open(root / "docs" / "accuracy_runs.jsonl")]).all()
+
+
+def test_compare_is_mean_and_standard_error_by_hand(tmp_path):
+    def row(recipe, call, seed, forces, energy):
+        return {"set": "acac", "recipe": recipe, "call": call, "seed": seed, "epochs": 30, "wall_s": 1.0,
+                "forces_rmse": forces, "forces_mae": 1.0, "energy_rmse": energy}
+
+    rows = [row("ours", 6, s, f, e) for s, (f, e) in enumerate([(40.0, 1.0), (42.0, 1.2), (44.0, 1.4)])]
+    rows += [row("ref", 6, s, f, e) for s, (f, e) in enumerate([(44.0, 1.0), (46.0, 1.0), (48.0, 1.3)])]
+    rows.append(row("ours", 5, 9, 99.0, 9.0))  # another call: left out by the selection below
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = accuracy_parity.compare(path, ["ours:6"], ["ref"])
+    # forces: 42 ± 2/sqrt(3) against 46 ± 2/sqrt(3), (42 - 46) / hypot(1.155, 1.155) = -2.45
+    # energies: 1.2 ± 0.2/sqrt(3) against 1.1 ± sqrt(0.03)/sqrt(3) = 0.1, 0.1 / hypot(0.1155, 0.1) = +0.65
+    assert "| acac | 3 / 3 | 42.0 ± 1.2 | 46.0 ± 1.2 | 0.91 | -2.4 | 1.20 ± 0.12 | 1.10 ± 0.10 | 1.09 | +0.7 |" in table
+    assert "| 4 / 3 |" in accuracy_parity.compare(path, ["ours"], ["ref"])
+
+
+def test_the_committed_runs_reproduce_the_documented_comparisons():
+    root = Path(__file__).resolve().parents[2]
+    documented = (root / "docs" / "accuracy.md").read_text()
+    runs = root / "docs" / "accuracy_runs.jsonl"
+    for ours, reference in ((["mlip-v4:6,7"], ["mace-torch:6,7"]),
+                            (["mlip-v3:2,3,4", "mlip-v4:6,7"], ["mace-torch:2,3,4,6,7"])):
+        for line in accuracy_parity.compare(runs, ours, reference).splitlines()[2:]:
+            assert line in documented, line
