@@ -46,7 +46,7 @@ from ase.io import read
 
 VARIANTS = {
     "mlip": [],
-    "mlip, 2 loader workers": ["data.num_workers=2"],
+    "mlip, no loader workers": ["data.num_workers=0"],  # the default on a GPU is two (AtomicDataModule)
     "mlip, finite checks read every step": ["module.nonfinite_check_every=1"],
     "mlip, parity plot every epoch": ["monitoring.val_parity.every_n_epochs=1"],
 }

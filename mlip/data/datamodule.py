@@ -68,7 +68,8 @@ class GraphDataModule(L.LightningDataModule):
         max_atoms / max_edges: fill training batches up to this many atoms / edges instead.
         neighbour_list: ``"workers"`` (CPU, vesin, before batching) or ``"device"``
             (vesin-torch on the batch's device).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (None: two when the trainer runs on CUDA, where
+            collating in the training process delays every step, none otherwise).
         pin_memory: batches in page-locked memory, so their copies to the GPU run asynchronously
             (None: when the trainer runs on CUDA).
         seed: shuffling seed (per epoch).
@@ -88,7 +89,7 @@ class GraphDataModule(L.LightningDataModule):
         max_atoms: int | None = None,
         max_edges: int | None = None,
         neighbour_list: str = "workers",
-        num_workers: int = 0,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
         seed: int = 0,
         e0s: str | Mapping | None = "least_squares",
@@ -167,11 +168,12 @@ class GraphDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> GraphLoader:
         world, rank = self._world()
         budget = self.max_atoms or self.max_edges
-        pin = self.pin_memory
-        if pin is None:
-            trainer = getattr(self, "trainer", None)
-            pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=pin)
+        trainer = getattr(self, "trainer", None)
+        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        pin = on_cuda if self.pin_memory is None else self.pin_memory
+        # two workers: 7.65 -> 6.80 ms per 3BPA step on an H200 (docs/performance.md, issue 20)
+        workers = (2 if on_cuda else 0) if self.num_workers is None else self.num_workers
+        common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
         if budget is not None and shuffle:
             sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
             batches = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)

@@ -159,3 +159,26 @@ def test_a_batch_with_an_element_the_model_lacks_is_refused_on_the_cpu(rng):
     module.statistics = SimpleNamespace(elements=[28])  # Ni only
     with pytest.raises(DataError, match=r"element .*\(Z=29\).* not known to this model, trained on: Ni"):
         module.on_before_batch_transfer(batch, 0)
+
+
+def test_loader_workers_and_pinning_follow_the_trainer_device_unless_set(tmp_path, rng):
+    from types import SimpleNamespace
+
+    import torch
+
+    path = _write(tmp_path / "a.xyz", rng)
+
+    def loader(device: str | None, **kwargs):
+        module = AtomicDataModule(path, r_max=4.0, val_fraction=0.2, test_fraction=0.0, **kwargs)
+        module.setup("fit")
+        if device is not None:  # what the loaders read of a trainer
+            module.trainer = SimpleNamespace(world_size=1, global_rank=0,
+                                             strategy=SimpleNamespace(root_device=torch.device(device)))
+        return module.val_dataloader()
+
+    assert (loader(None).num_workers, loader(None).pin_memory) == (0, False)
+    assert (loader("cpu").num_workers, loader("cpu").pin_memory) == (0, False)
+    cuda = loader("cuda")
+    assert (cuda.num_workers, cuda.pin_memory, cuda.persistent_workers) == (2, True, True)
+    assert loader("cuda", num_workers=0, pin_memory=False).num_workers == 0
+    assert loader("cpu", num_workers=3).num_workers == 3
