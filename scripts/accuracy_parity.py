@@ -73,6 +73,11 @@ RECIPES["mlip-v3-warmup"] = RECIPES["mlip-v3"] + ["module.warmup_steps=0"]
 # the shipped recipe with another numerical path: float64 weights and data; e3nn's tensor products (not cueq)
 RECIPES["mlip-float64"] = ["dtype=float64"]
 RECIPES["mlip-e3nn"] = ["model.tp_backend=e3nn"]
+# mace-torch's second stage (its --swa), on both sides (`--mace-stage-two` adds mace-torch's rows):
+# energy weight 1000, force weight 100, lr 1e-3 from three quarters of the epochs (@start)
+STAGE_TWO = {"energy_weight": 1000.0, "forces_weight": 100.0, "lr": 1.0e-3}
+RECIPES["mlip-stage-two"] = ["stage_two={_target_: mlip.training.stage_two.StageTwo, start_epoch: @start, "
+                             + ", ".join(f"{k}: {v}" for k, v in STAGE_TWO.items()) + "}"]
 # the other model families under the shipped recipe (model overrides in MODELS)
 MODELS = {
     "mace": ["model=mace", "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.correlation=3",
@@ -95,6 +100,11 @@ def recipe_model(recipe: str) -> str:
 
 
 SETS = ("3bpa_random", "3bpa_energy", "acac")
+
+
+def stage_two_start(epochs: int) -> int:
+    """mace-torch's default first epoch of stage two: three quarters of the run."""
+    return max(1, epochs // 4 * 3)
 
 
 def prepare(data_dir: Path, out: Path) -> None:
@@ -168,10 +178,15 @@ def mlip_command(folder: Path, run_dir: Path, recipe: str, seed: int, epochs: in
             f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=10", "data.val_batch_size=10", "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
             "module.loss.forces_weight=100", "module.loss.stress_weight=0", "module.cuda_graphs=true",
             f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null",
-            "trainer.enable_progress_bar=false", f"seed={seed}", *RECIPES[recipe], *extra, f"hydra.run.dir={run_dir}"])]
+            "trainer.enable_progress_bar=false", f"seed={seed}",
+            *(o.replace("@start", str(stage_two_start(epochs))) for o in RECIPES[recipe]), *extra,
+            f"hydra.run.dir={run_dir}"])]
 
 
-def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int) -> list[str]:
+def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int, stage_two: bool = False) -> list[str]:
+    """``mace_run_train`` with the same settings (``stage_two``: and its --swa, as `STAGE_TWO`)."""
+    swa = ["--swa", f"--start_swa={stage_two_start(epochs)}", f"--swa_energy_weight={STAGE_TWO['energy_weight']}",
+           f"--swa_forces_weight={STAGE_TWO['forces_weight']}", f"--swa_lr={STAGE_TWO['lr']}"] if stage_two else []
     return [sys.executable, "-m", "mace.cli.run_train", "--name", "mace", f"--seed={seed}",
             f"--work_dir={run_dir}", f"--train_file={folder / 'train.xyz'}", f"--valid_file={folder / 'valid.xyz'}",
             f"--E0s={e0_dict(folder / 'e0.xyz')!r}", "--model=ScaleShiftMACE",
@@ -180,7 +195,7 @@ def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int) -> list[st
             "--valid_batch_size=10", f"--max_num_epochs={epochs}", "--lr=0.01", "--amsgrad", "--ema",
             "--ema_decay=0.99", "--loss=weighted", "--energy_weight=1", "--forces_weight=100",
             "--energy_key=energy", "--forces_key=forces", "--device=cuda", "--default_dtype=float32",
-            "--eval_interval=1", "--save_cpu"]
+            "--eval_interval=1", "--save_cpu", *swa]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -189,6 +204,8 @@ def run(args: argparse.Namespace) -> None:
     jobs = [(s, r, seed) for s in args.set_names for r in args.recipes for seed in args.seeds]
     if args.mace_torch:
         jobs += [(s, "mace-torch", seed) for s in args.set_names for seed in args.seeds]
+        if args.mace_stage_two:
+            jobs += [(s, "mace-torch-stage-two", seed) for s in args.set_names for seed in args.seeds]
     deadline = time.time() + args.budget_s
 
     def one(index_job) -> None:
@@ -197,9 +214,11 @@ def run(args: argparse.Namespace) -> None:
         folder = args.sets.resolve() / name
         run_dir = args.work / f"{name}-{recipe}-{seed}-e{args.epochs}"
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), OMP_NUM_THREADS="2", WANDB_MODE="disabled")
-        if recipe == "mace-torch":
+        if recipe.startswith("mace-torch"):
             env.update(PYTHONPATH=args.mace_torch, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-            command, framework, model = mace_command(folder, run_dir, seed, args.epochs), "mace", run_dir / "mace.model"
+            stage_two = recipe == "mace-torch-stage-two"
+            command, framework = mace_command(folder, run_dir, seed, args.epochs, stage_two), "mace"
+            model = run_dir / ("mace_stagetwo.model" if stage_two else "mace.model")
         else:
             command, framework = mlip_command(folder, run_dir, recipe, seed, args.epochs), "mlip"
             model = run_dir / "model.safetensors"
@@ -301,6 +320,7 @@ def main() -> None:
     p.add_argument("--set-names", nargs="*", default=list(SETS), choices=SETS)
     p.add_argument("--recipes", nargs="*", default=["mlip"], choices=list(RECIPES))
     p.add_argument("--mace-torch", help="PYTHONPATH of a mace-torch environment: adds its rows")
+    p.add_argument("--mace-stage-two", action="store_true", help="also mace-torch with its --swa (mace-torch-stage-two)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=EPOCHS_DEFAULT)
     p.add_argument("--gpus", nargs="*", type=int, default=[0])

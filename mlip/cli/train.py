@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = instantiate(cfg.checkpoint)
     callbacks = [checkpoint, LearningRateMonitor()]
-    for extra in ("step_checkpoint", "preemption"):
+    for extra in ("step_checkpoint", "preemption", "stage_two"):
         if cfg.get(extra) is not None:
             callbacks.append(instantiate(cfg[extra]))
     callbacks += [instantiate(c) for c in (cfg.get("monitoring") or {}).values() if c is not None]

@@ -92,3 +92,15 @@ def test_the_committed_runs_reproduce_the_documented_comparisons():
                             (["mlip-v3:2,3,4", "mlip-v4:6,7"], ["mace-torch:2,3,4,6,7"])):
         for line in accuracy_parity.compare(runs, ours, reference).splitlines()[2:]:
             assert line in documented, line
+
+
+def test_stage_two_starts_at_three_quarters_on_both_sides():
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train_config
+
+    command = accuracy_parity.mlip_command(Path("/d"), Path("/r"), "mlip-stage-two", 0, 30)
+    override = next(item for item in command if item.startswith("stage_two="))
+    stage = instantiate(compose_train_config("/tmp/run", "x.xyz", override).stage_two)
+    assert (stage.start_epoch, stage.weights, stage.lr) == (21, {"energy": 1000.0, "forces": 100.0}, 1e-3)
+    assert accuracy_parity.stage_two_start(80) == 60 and accuracy_parity.stage_two_start(2) == 1
