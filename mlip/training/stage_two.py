@@ -10,9 +10,9 @@ run's best checkpoint, and the model it exports, come from stage two; the best c
 of stage one stays on disk. The EMA carries on. (mace-torch also keeps an equal-weight
 average of the stage-two epochs, SWA, which it does not export when EMA is on; it is left out.)
 
-Whether stage two has begun is saved in the checkpoint. A run resumed in stage two applies
-the weights again (they live in the config) and keeps the learning rate, scheduler state and
-best checkpoint it saved.
+Whether stage two has begun is saved in the checkpoint. A run resumed in stage two (also
+part-way through an epoch) applies the weights again (they live in the config) and keeps
+the learning rate, scheduler state and best checkpoint it saved.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ class StageTwo(Callback):
         if datamodule is not None and hasattr(datamodule, "require_labels"):
             weights = {**pl_module.loss.weights, **self.weights}
             datamodule.require_labels(**{name: bool(weight) for name, weight in weights.items()})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed part-way through an epoch gets no on_train_epoch_start for that epoch
+        self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch < self.start_epoch:

@@ -69,7 +69,20 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_saves_mid_epoch_and_the_resume_is_exact(tmp_path, emt_file, signum):
-    over = ["trainer.max_epochs=3", "dtype=float64", "step_checkpoint=null"]
+    _preempt_and_resume(tmp_path, emt_file, signum, ["trainer.max_epochs=3", "dtype=float64", "step_checkpoint=null"])
+
+
+def test_a_mid_epoch_resume_inside_stage_two_is_exact(tmp_path, emt_file):
+    # Lightning calls no on_train_epoch_start for an epoch resumed part-way: StageTwo must
+    # apply its weights from on_train_start as well
+    stage = ("stage_two={_target_: mlip.training.stage_two.StageTwo, start_epoch: 1, energy_weight: 50.0,"
+             " forces_weight: 1.0, lr: 2.0e-4}")
+    _preempt_and_resume(tmp_path, emt_file, signal.SIGTERM,
+                        ["trainer.max_epochs=3", "dtype=float64", "step_checkpoint=null", stage])
+
+
+def _preempt_and_resume(tmp_path, emt_file, signum, over: list[str]) -> None:
+    """Stop a run by ``signum`` during epoch 1, resume it, and compare with an uninterrupted run."""
     code = ("import sys; sys.path.insert(0, {root!r}); from tests.conftest import compose_train_config; "
             "from mlip.cli.train import train; train(compose_train_config({run!r}, {emt!r}, *{over!r}))").format(
         root=str(ROOT), run=str(tmp_path / "run"), emt=emt_file, over=over)

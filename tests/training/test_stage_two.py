@@ -50,7 +50,7 @@ def test_a_run_resumed_in_stage_two_keeps_its_learning_rate_and_best_checkpoint(
     stage = StageTwo(start_epoch=2, energy_weight=1000.0, forces_weight=10.0, stress_weight=1.0, lr=1e-3)
     stage.load_state_dict({"started": True})  # from the checkpoint
     trainer, module, checkpoint = _run(epoch=4, lr=7e-4, best="best-epoch=003.ckpt")
-    stage.on_train_epoch_start(trainer, module)
+    stage.on_train_start(trainer, module)  # part-way through epoch 4: Lightning skips on_train_epoch_start
     assert module.loss.weights == {"energy": 1000.0, "forces": 10.0, "stress": 1.0}  # weights live in the config
     assert module.graphed_loss is None and module.plateau is None
     assert trainer.optimizers[0].param_groups[0]["lr"] == 7e-4
