@@ -153,11 +153,12 @@ class Potential(nn.Module):
             + torch.einsum("ei,eij->ej", shifts.to(dtype), edge_cells)
         )
         node_interaction = self.scale * self.model(species, edge_index, edge_vectors) + self.shift
+        node_e0 = self.e0s.index_select(0, species)
         interaction = scatter_sum(node_interaction, batch, num_graphs)
         # Σ E0 apart and in float64: exact, and rounded once with the interaction energy (module docstring)
-        e0_energy = scatter_sum(self.e0s.to(torch.float64).index_select(0, species), batch, num_graphs)
+        e0_energy = scatter_sum(node_e0.to(torch.float64), batch, num_graphs)
         energy = (e0_energy + interaction).to(dtype)
-        node_energy = node_interaction + self.e0s.index_select(0, species)
+        node_energy = node_interaction + node_e0
         out = {"energy": energy, "node_energy": node_energy, "interaction_energy": interaction, "e0_energy": e0_energy}
         if inputs:
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
