@@ -5,13 +5,15 @@
 - `use_kernel_cache`: cuequivariance-ops compiles its ``uniform_1d`` CUDA kernels with
   NVRTC at first use, one per operation, direction and shape class: 30-45 s of a MACE
   training run's first epoch on an H200, in every new process. It keeps them on disk
-  only where ``CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR`` names a folder. Processes must not
-  share that folder while they compile: nine cueq training runs started at once on one
-  empty folder all crashed in native code, while e3nn runs beside them and eighteen cueq
-  runs on a filled folder did not (H200, cuequivariance-ops 0.13). So each process works
-  in a private folder, seeded with copies of our shared folder's kernels
+  only where ``CUEQUIVARIANCE_OPS_NVRTC_CACHE_DIR`` names a folder. Each process works in
+  a private folder, seeded with copies of our shared folder's kernels
   (``cache_dir()/cueq/nvrtc``), and at exit publishes the kernels it compiled there, each
-  through a temporary file and a rename: the shared folder only ever holds whole files.
+  through a temporary file and a rename: the shared folder only ever holds whole files,
+  and no two processes write one file at once. Why: nine cueq training runs started at
+  once on one empty shared folder once all crashed in native code (H200,
+  cuequivariance-ops 0.13). A later check did not reproduce that (six processes on one
+  empty shared folder finished), but there six cold processes took 43-45 s each with
+  private folders against 79.5 s with the shared one.
   ``scripts/check_kernel_cache.py`` runs both schemes side by side on the GPU machine.
 """
 
