@@ -165,12 +165,17 @@ def mace_torch_rows(path: str, args, calculator_model: Path | None = None) -> li
                "--dtypes", *args.dtypes, "--repeats", str(args.repeats)]
     if calculator_model is not None:
         command += ["--calculator-model", str(calculator_model)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
-    for row in rows:
-        print(row, flush=True)
-    if done.returncode != 0:
-        print(f"mace-torch run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if args.calculator_only:
+        command += ["--calculator-only"]
+    rows = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        for line in run.stdout:  # as it goes: a run cut short by a time limit keeps its rows
+            print(line, end="", flush=True)
+            if line.startswith("|"):
+                rows.append(line.strip())
+        stderr = run.stderr.read()
+    if run.returncode != 0:
+        print(f"mace-torch run failed ({run.returncode}):\n{stderr[-3000:]}")
     return rows
 
 
@@ -233,7 +238,7 @@ def main() -> None:
     graphs = molecules(args.data_dir)
     rows = []
     for dtype in (getattr(torch, d) for d in args.dtypes):
-        for backend in args.backends:
+        for backend in [] if args.calculator_only else args.backends:
             for graph in systems:
                 rows += inference_rows(graph, backend, dtype, args.repeats)
                 print("\n".join(rows[-2:]), flush=True)

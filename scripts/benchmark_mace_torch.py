@@ -101,12 +101,18 @@ def calculator_rows(systems, model_file: Path, dtypes: list[str], repeats: int, 
     torch.save(model, model_file)
     rows, forces = [], {}
     for dtype in dtypes:
-        calc = MACECalculator(model_paths=str(model_file), device=device, default_dtype=dtype)
-        for atoms in systems:
-            ms, f = calculator_ms(calc, atoms, repeats)
-            forces[f"{dtype}_{len(atoms)}"] = f
-            rows.append(f"| Si {len(atoms)} ASE calculator | mace-torch MACECalculator | {dtype} | {ms:.2f} "
-                        f"| {len(atoms) / ms * 1000:,.0f} | 0 |")
+        for name, options in (("", {}), (" cueq", {"enable_cueq": True})):
+            try:
+                calc = MACECalculator(model_paths=str(model_file), device=device, default_dtype=dtype, **options)
+            except Exception as error:  # its cuequivariance path needs cuequivariance-torch and a GPU
+                print(f"MACECalculator{name} {dtype}: not timed ({type(error).__name__}: {error})", flush=True)
+                continue
+            for atoms in systems:
+                ms, f = calculator_ms(calc, atoms, repeats)
+                forces.setdefault(f"{dtype}_{len(atoms)}", f)
+                rows.append(f"| Si {len(atoms)} ASE calculator | mace-torch MACECalculator{name} | {dtype} | {ms:.2f} "
+                            f"| {len(atoms) / ms * 1000:,.0f} | 0 |")
+                print(rows[-1], flush=True)
     np.savez(model_file.with_suffix(".forces.npz"), **forces)
     return rows
 
@@ -119,14 +125,13 @@ def main() -> None:
     path = args.data_dir / "3bpa" / "train_300K.xyz"
     molecules = ase.io.read(path, index=":32") if path.is_file() else None
     for dtype in (getattr(torch, d) for d in args.dtypes):
-        for backend in args.backends:
+        for backend in [] if args.calculator_only else args.backends:
             for atoms in systems:
                 print(inference_row(atoms, backend, dtype, args.repeats), flush=True)
             if molecules is not None:
                 print(training_row(molecules, backend, dtype, args.repeats), flush=True)
     if args.calculator_model is not None:
-        for row in calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats):
-            print(row, flush=True)
+        calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def case_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", default=["e3nn", "cueq"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--calculator-only", action="store_true",
+                        help="only the ASE-calculator rows (skip the model and training-step cases)")
     return parser
 
 
