@@ -220,7 +220,8 @@ def ratios(ours: list[str], theirs: list[str]) -> None:
     for key in best_ours:
         if key in best_theirs:
             (a, ms_a, peak_a), (b, ms_b, peak_b) = best_ours[key], best_theirs[key]
-            print(f"| {key[0]} | {key[1]} | {a} {ms_a:.2f} ms | {b} {ms_b:.2f} ms | {ms_b / ms_a:.2f}x | {peak_a:.2f} / {peak_b:.2f} |")
+            peaks = f"{peak_a:.2f} / {peak_b:.2f}" if peak_a or peak_b else "not measured"  # calculator rows
+            print(f"| {key[0]} | {key[1]} | {a} {ms_a:.2f} ms | {b} {ms_b:.2f} ms | {ms_b / ms_a:.2f}x | {peaks} |")
 
 
 def main() -> None:

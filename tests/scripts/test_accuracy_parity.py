@@ -88,8 +88,9 @@ def test_the_committed_runs_reproduce_the_documented_comparisons():
     root = Path(__file__).resolve().parents[2]
     documented = (root / "docs" / "accuracy.md").read_text()
     runs = root / "docs" / "accuracy_runs.jsonl"
-    for ours, reference in ((["mlip-v4:6,7"], ["mace-torch:6,7"]),
-                            (["mlip-v3:2,3,4", "mlip-v4:6,7"], ["mace-torch:2,3,4,6,7"])):
+    for ours, reference in ((["mlip-v4:6,7,8"], ["mace-torch:6,7,8"]),
+                            (["mlip-v3:2,3,4", "mlip-v4:6,7,8"], ["mace-torch:2,3,4,6,7,8"]),
+                            (["mlip-stage-two:8"], ["mace-torch-stage-two:8"])):
         for line in accuracy_parity.compare(runs, ours, reference).splitlines()[2:]:
             assert line in documented, line
 
