@@ -18,6 +18,7 @@ input), so MD and relaxations, whose edge counts drift, reuse a few graphs:
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -90,14 +91,21 @@ class BucketedGraphs:
         self.capture = capture and self.device.type == "cuda"
         self.buckets: OrderedDict[Any, tuple[Any, Any, dict]] = OrderedDict()
         self.captures = 0  # buckets prepared so far, evicted ones included
+        self.evictions = 0  # buckets dropped to make room (a later batch of that size captures again)
+        self.capture_s = 0.0  # seconds spent preparing buckets (warm-up and capture; GPU synchronised)
 
     def __call__(self, key, *fill_args) -> dict[str, torch.Tensor]:
         """Fill the bucket's buffers and run; the outputs are overwritten by the next call."""
         if key not in self.buckets:
+            start = time.perf_counter()
             self.buckets[key] = self._prepare(key)
+            if self.capture:
+                torch.cuda.synchronize(self.device)
+            self.capture_s += time.perf_counter() - start
             self.captures += 1
             if len(self.buckets) > self.max_graphs:
                 self.buckets.popitem(last=False)
+                self.evictions += 1
                 if self.captures == 4 * self.max_graphs:  # once: shapes vary more than the cache holds
                     warnings.warn(
                         f"{self.captures} padded sizes captured and only {self.max_graphs} kept: each new size "

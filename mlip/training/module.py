@@ -64,7 +64,11 @@ class PotentialModule(L.LightningModule):
         cuda_graphs: on CUDA, replay each step's loss and gradients from CUDA graphs captured
             per bucket of padded batch sizes (`mlip.training.cuda_graph_loss.GraphedLoss`):
             much faster for batches of small structures, at the memory of one captured step
-            per bucket (up to ``cuda_graph_buckets``). Ignored on the CPU.
+            per bucket (up to ``cuda_graph_buckets``, least recently used dropped). A size
+            met again after it was dropped is captured again (about 0.5 s on an H200), so the
+            buckets should hold the sizes the batches span: batches of 64 EMT cells span about
+            10, of 32 about 20; same-size molecules 1-3. A run that keeps dropping sizes says
+            so in its log each epoch. Ignored on the CPU.
         max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped on the
             device (the fused optimiser's ``found_inf``: no weight, optimiser-state or EMA
             update; it still counts in ``global_step``, so schedules go on) and counted; this
@@ -91,7 +95,7 @@ class PotentialModule(L.LightningModule):
         min_lr: float = 1e-5,
         ema_decay: float | None = 0.99,
         cuda_graphs: bool = False,
-        cuda_graph_buckets: int = 4,
+        cuda_graph_buckets: int = 16,
         max_nonfinite_steps: int = 10,
         nonfinite_check_every: int = 50,
     ):
@@ -110,6 +114,7 @@ class PotentialModule(L.LightningModule):
         self.test_metrics = PotentialMetrics()
         self.graphed_loss: GraphedLoss | None = None  # built at the first CUDA step
         self.graphed_evaluation: GraphedPotential | None = None  # built at the first CUDA validation
+        self._released_graphs = {"captures": 0, "evictions": 0, "capture_s": 0.0}  # of graphs let go
         self.skipped_steps = 0  # non-finite steps skipped in this process (as of the last check)
         self._counters: torch.Tensor | None = None  # device: [skipped so far, skipped in a row]
         self._skipped: torch.Tensor | None = None  # device: 1.0 if this step is skipped
@@ -129,6 +134,26 @@ class PotentialModule(L.LightningModule):
         if self.trainer.world_size > 1:
             mine = self.potential.training_statistics()
             check_same_statistics(mine, self.trainer.strategy.broadcast(mine, src=0), self.global_rank)
+
+    # -- captured graphs ---------------------------------------------------------------------
+    def release_training_graphs(self) -> None:
+        """Drop the captured training steps (they hold the loss weights they were captured
+        with); the next CUDA step captures again. Their capture counts stay in the totals."""
+        if self.graphed_loss is not None:
+            for key, value in self.graph_capture_stats(evaluation=False).items():
+                self._released_graphs[key] += value
+            self.graphed_loss = None
+
+    def graph_capture_stats(self, evaluation: bool = True) -> dict[str, float]:
+        """Padded sizes captured so far in this process (training steps and, with
+        ``evaluation``, validation), sizes evicted to make room, and seconds spent capturing."""
+        stats = dict(self._released_graphs) if evaluation else {"captures": 0, "evictions": 0, "capture_s": 0.0}
+        for owner in (self.graphed_loss, self.graphed_evaluation if evaluation else None):
+            if owner is not None:
+                stats["captures"] += owner.graphs.captures
+                stats["evictions"] += owner.graphs.evictions
+                stats["capture_s"] += owner.graphs.capture_s
+        return stats
 
     # -- which weights answer ------------------------------------------------------------
     def evaluation_potential(self) -> Potential:

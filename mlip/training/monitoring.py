@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from lightning.pytorch.callbacks import Callback
 from mlip.atomic import atomic_write_bytes
 from mlip.evaluation.plots import parity_plot
 from mlip.evaluation.scores import Predictions
+
+log = logging.getLogger(__name__)
 
 
 def logging_step(trainer) -> bool:
@@ -142,12 +145,22 @@ class EpochSummary(Callback):
         return "  ".join(parts)
 
 
+def _capture_stats(pl_module) -> dict[str, float] | None:
+    """The module's CUDA-graph capture totals, or None where it keeps none."""
+    stats = getattr(pl_module, "graph_capture_stats", None)
+    return None if stats is None or not pl_module.hparams.get("cuda_graphs") else stats()
+
+
 class PhaseTimes(Callback):
     """Where a run's wall-clock goes: ``phase_times.json`` in ``dirpath`` (rank 0), rewritten at
     the end of the fit and of the test, with wall-clock timestamps (s since the epoch) of the
     fit start, the first epoch's start (after set-up and the sanity check), the end of the
     first training step, the test start and end, and per epoch the
-    seconds of training and of validation with the number of optimiser steps.
+    seconds of training and of validation with the number of optimiser steps, and, with
+    ``module.cuda_graphs``, the padded sizes captured in that epoch (``graph_captures``; training
+    steps and validation), the seconds they took (``graph_capture_s``, part of the epoch's) and
+    the sizes evicted to make room (``graph_evictions``). A run whose batches span more sizes
+    than ``module.cuda_graph_buckets`` keeps recapturing; it is told so in the log, once per epoch.
 
     The GPU is synchronised at each phase boundary (a few times per epoch, never per step) so
     that queued work is charged to the phase that queued it.
@@ -158,6 +171,7 @@ class PhaseTimes(Callback):
         self.times: dict = {"epochs": []}
         self._mark = 0.0
         self._epoch: dict = {}
+        self._graphs: dict | None = None  # capture totals at the epoch's start
 
     @staticmethod
     def _now(pl_module) -> float:
@@ -170,6 +184,7 @@ class PhaseTimes(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch = {"epoch": trainer.current_epoch, "steps": -trainer.global_step}
+        self._graphs = _capture_stats(pl_module)
         self._mark = self._now(pl_module)
         self.times.setdefault("first_epoch_start", self._mark)  # after set-up and the sanity check
 
@@ -188,6 +203,20 @@ class PhaseTimes(Callback):
         if trainer.sanity_checking or "train_s" not in self._epoch:
             return
         self._epoch["validation_s"] = self._now(pl_module) - self._mark
+        graphs = _capture_stats(pl_module)
+        if graphs is not None and self._graphs is not None:
+            delta = {key: graphs[key] - self._graphs[key] for key in graphs}
+            self._epoch.update(graph_captures=delta["captures"], graph_capture_s=round(delta["capture_s"], 3),
+                               graph_evictions=delta["evictions"])
+            if delta["evictions"] and trainer.is_global_zero:
+                log.warning(
+                    "epoch %d: %d padded batch sizes captured as CUDA graphs (%.1f s of the epoch) and %d dropped "
+                    "to keep %d: the batches span more sizes than are kept, so sizes are captured again and again. "
+                    "Keep more (module.cuda_graph_buckets=%d) if GPU memory allows, or batch to a steadier size "
+                    "(data.max_atoms / data.max_edges).",
+                    trainer.current_epoch, delta["captures"], delta["capture_s"], delta["evictions"],
+                    pl_module.hparams.cuda_graph_buckets, 2 * pl_module.hparams.cuda_graph_buckets,
+                )
         self.times["epochs"].append(self._epoch)
         self._epoch = {}
 

@@ -69,7 +69,7 @@ class StageTwo(Callback):
             return
         if any(pl_module.loss.weights[name] != weight for name, weight in self.weights.items()):
             pl_module.loss.weights.update(self.weights)
-            pl_module.graphed_loss = None  # captured with the old weights: capture again
+            pl_module.release_training_graphs()  # captured with the old weights: capture again
         pl_module.plateau = None
         if self.started:
             return

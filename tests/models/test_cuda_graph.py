@@ -63,3 +63,4 @@ def test_thrashing_buckets_warn_once(rng):
         for graph in graphs:
             graphed(graph)
     assert graphed.graphs.captures == 5 and len(graphed.graphs.buckets) == 1
+    assert graphed.graphs.evictions == 4 and graphed.graphs.capture_s > 0

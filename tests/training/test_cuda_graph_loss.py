@@ -77,3 +77,25 @@ def test_two_ranks_of_the_padded_loss_average_to_the_global_batch_gradient(rng):
         torch.testing.assert_close((g0 + g1) / 2, g, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="sum_over_ranks"):
         graphed(ranks[0])
+
+
+def test_capture_counts_survive_releasing_the_training_graphs(rng):
+    """The module's capture totals (which PhaseTimes reports per epoch) keep the counts of
+    training graphs that were let go (stage two captures its step again)."""
+    from mlip.training.module import PotentialModule
+
+    potential = make_tiny_potential()
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=0.0)
+    module = PotentialModule(potential, loss_fn, cuda_graphs=True, cuda_graph_buckets=1)
+    batches = [Batch.from_data_list([_labelled(random_alloy(rng, (n, 1, 1)), f"s{n}", potential.r_max)]) for n in (1, 3)]
+    module.graphed_loss = GraphedLoss(potential, loss_fn, max_graphs=1, capture=False)  # as a CUDA step builds it
+    for batch in batches + batches[:1]:  # three sizes in a row through one kept graph: two evictions
+        module.graphed_loss(batch)
+    first = module.graph_capture_stats()
+    assert (first["captures"], first["evictions"]) == (3, 2) and first["capture_s"] > 0
+    module.release_training_graphs()
+    assert module.graphed_loss is None and module.graph_capture_stats() == first
+    module.graphed_loss = GraphedLoss(potential, loss_fn, max_graphs=1, capture=False)
+    module.graphed_loss(batches[0])
+    assert module.graph_capture_stats()["captures"] == 4
+    assert module.graph_capture_stats(evaluation=False)["captures"] == 1
