@@ -114,10 +114,18 @@ def load_model(
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or getattr(torch, metadata["dtype"])
     except Exception as exc:  # noqa: BLE001 - safetensors, a spec or weights that do not fit: all name the file
         raise ModelFileError(f"{path}: cannot rebuild the model ({type(exc).__name__}: {str(exc)[:300]})") from None
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        raise ModelFileError(f"{path}: weight {bad} holds NaN or inf")
+    return potential.to(device=device, dtype=dtype).eval()
+
+
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, or None."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelFileError(f"{path}: weight {name} holds NaN or inf")
-    return potential.to(device=device, dtype=dtype).eval()
+            return name
+    return None
 
 
 def potential_from_state(model_spec: dict[str, Any], state: dict[str, torch.Tensor]) -> Potential:

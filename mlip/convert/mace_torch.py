@@ -29,6 +29,7 @@ import torch
 from e3nn import o3
 
 from mlip.convert.pickled_module import PickledModuleError, Record, read_pickled_module
+from mlip.export import first_nonfinite
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.nn.irreps import channel_irreps
@@ -367,9 +368,9 @@ def _convert(model: Record, head: str | None) -> Potential:
             fan_in_ratio = math.sqrt(hidden / (hidden * num_heads))
             put(f"{where}.linear_in.weight", w1)
             put(f"{where}.linear_out.weight", w2.to(torch.float64) * constant / NormalizedSiLU.SCALE * fan_in_ratio)
-    for key, value in new.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ConversionError(f"{key.removeprefix('model.')}: the file's weights hold NaN or inf")
+    bad = first_nonfinite(new)
+    if bad is not None:
+        raise ConversionError(f"{bad.removeprefix('model.')}: the file's weights hold NaN or inf")
     missing = {k for k in state if k.startswith("model.") and k.endswith("weight") and state[k].numel()} - set(new)
     if missing:
         raise ConversionError(f"internal: weights left unmapped: {sorted(missing)}")
