@@ -1,6 +1,7 @@
 """Model file round trip and the ASE calculator."""
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -81,6 +82,20 @@ def test_a_non_finite_prediction_is_refused_by_the_calculator_and_by_predict(rng
         atoms.get_potential_energy()
     with pytest.raises(DataError, match=r"^x: the model predicts a non-finite energy$"):
         predict(potential, [structure_from_atoms(atoms, "x")])
+
+
+def test_a_model_file_with_nan_weights_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file
+
+    path = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    tensors = load_file(str(path))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and k.endswith("weight"))
+    tensors[name][..., 0] = float("inf")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ValueError, match=rf"model.safetensors: weight {re.escape(name)} holds NaN or inf"):
+        load_model(path)
 
 
 def test_a_file_that_is_not_a_model_is_refused(tmp_path):

@@ -186,3 +186,12 @@ def _is_permutation(matched: torch.Tensor) -> bool:
 
     rows, columns = linear_sum_assignment(-matched.double().numpy())
     return len(rows) == matched.shape[0] == matched.shape[1] and bool(matched[rows, columns].all())
+
+
+def test_nan_weights_are_refused_by_name():
+    from mlip.convert.mace_torch import _convert
+
+    model = _record()
+    model.child("readouts").children["0"].child("linear").tensor("weight")[0] = float("nan")
+    with pytest.raises(ConversionError, match=r"^readouts\.0\.linear\.weight: the file's weights hold NaN or inf"):
+        _convert(model, None)
