@@ -121,6 +121,10 @@ class BucketedGraphs:
         cuda_graph.replay()
         return outputs
 
+    def stats(self) -> dict[str, float]:
+        """``captures``, ``evictions`` and ``capture_s`` so far."""
+        return {"captures": self.captures, "evictions": self.evictions, "capture_s": self.capture_s}
+
     def _prepare(self, key) -> tuple[Any, Any, dict]:
         buffers = self.make_buffers(key)
         if not self.capture:

@@ -140,19 +140,18 @@ class PotentialModule(L.LightningModule):
         """Drop the captured training steps (they hold the loss weights they were captured
         with); the next CUDA step captures again. Their capture counts stay in the totals."""
         if self.graphed_loss is not None:
-            for key, value in self.graph_capture_stats(evaluation=False).items():
+            for key, value in self.graphed_loss.graphs.stats().items():
                 self._released_graphs[key] += value
             self.graphed_loss = None
 
-    def graph_capture_stats(self, evaluation: bool = True) -> dict[str, float]:
-        """Padded sizes captured so far in this process (training steps and, with
-        ``evaluation``, validation), sizes evicted to make room, and seconds spent capturing."""
-        stats = dict(self._released_graphs) if evaluation else {"captures": 0, "evictions": 0, "capture_s": 0.0}
-        for owner in (self.graphed_loss, self.graphed_evaluation if evaluation else None):
+    def graph_capture_stats(self) -> dict[str, float]:
+        """Padded sizes captured so far in this process (training steps and validation), sizes
+        evicted to make room, and seconds spent capturing (`BucketedGraphs.stats`)."""
+        stats = dict(self._released_graphs)
+        for owner in (self.graphed_loss, self.graphed_evaluation):
             if owner is not None:
-                stats["captures"] += owner.graphs.captures
-                stats["evictions"] += owner.graphs.evictions
-                stats["capture_s"] += owner.graphs.capture_s
+                for key, value in owner.graphs.stats().items():
+                    stats[key] += value
         return stats
 
     # -- which weights answer ------------------------------------------------------------
