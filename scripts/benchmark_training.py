@@ -27,6 +27,11 @@ functions that take the most time, by cumulative and by own time (the stats file
 ``--out``; ``python -m pstats`` reads them); then once more for 3N epochs under Lightning's
 ``SimpleProfiler``, whose report gives the host time of each step's parts (no added
 synchronisation: GPU time shows up where the host waits for it).
+
+``--trace-steps N`` instead runs `mlip-train` (each variant in turn) for three epochs with
+`step_trace.StepTrace`, which traces N steps of the third epoch with torch.profiler: wall
+and GPU-busy milliseconds per step, the host's waits for the GPU, and the operators by host
+and GPU time (``step_trace.txt`` in ``--out``, one folder per variant).
 """
 
 from __future__ import annotations
@@ -184,6 +189,21 @@ def profile_runs(folder: Path, epochs: int, variant: str, out: Path, work: Path,
     print(report[report.find("FIT Profiler Report"):][:12000])
 
 
+def trace_runs(folder: Path, steps: int, variants: list[str], out: Path, work: Path, env: dict) -> None:
+    """Three epochs of `mlip-train` per variant with `StepTrace` on N steps of the third."""
+    env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")])))
+    for k, name in enumerate(variants):
+        folder_out = out / f"trace-{k}"
+        trace = ("+monitoring.step_trace._target_=step_trace.StepTrace", f"+monitoring.step_trace.out={folder_out}",
+                 f"+monitoring.step_trace.steps={steps}")
+        command = mlip_command(folder, work / f"trace-{k}", "mlip", 0, 3, ("monitoring.val_parity=null", *trace,
+                                                                           *VARIANTS[name]))
+        done, wall = run_logged(command, env, out / f"trace-{k}.log")
+        summary = folder_out / "step_trace.json"
+        print(f"\n==== {name}: exit {done.returncode}, {wall:.1f} s")
+        print(summary.read_text() if summary.is_file() else done.stderr[-2000:], flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=ROOT / ".accuracy_data" / "3bpa_random")
@@ -192,6 +212,7 @@ def main() -> None:
     parser.add_argument("--mace-torch", help="PYTHONPATH of a mace-torch environment: adds its run")
     parser.add_argument("--gpus", nargs="*", type=int, default=[0])
     parser.add_argument("--profile-epochs", type=int, default=0, help="profile runs of this many epochs instead")
+    parser.add_argument("--trace-steps", type=int, default=0, help="trace this many steps of each variant instead")
     parser.add_argument("--work", type=Path, default=Path("/tmp/benchmark_training"))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_training")
     args = parser.parse_args()
@@ -203,6 +224,9 @@ def main() -> None:
     if args.profile_epochs:
         env = dict(base, CUDA_VISIBLE_DEVICES=str(ours_gpu))
         return profile_runs(folder, args.profile_epochs, args.variants[0], args.out, args.work, env)
+    if args.trace_steps:
+        env = dict(base, CUDA_VISIBLE_DEVICES=str(ours_gpu))
+        return trace_runs(folder, args.trace_steps, args.variants, args.out, args.work, env)
     rows: list[dict] = []
 
     def record(row: dict) -> None:

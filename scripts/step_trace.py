@@ -1,0 +1,83 @@
+"""`StepTrace`: a Lightning callback that traces a stretch of training steps with torch.profiler
+and writes where each step's host and GPU time goes.
+
+Used by ``scripts/benchmark_training.py --trace-steps N`` (the folder of this file on
+PYTHONPATH, the callback added as ``+monitoring.step_trace._target_=step_trace.StepTrace``).
+The trace starts at the first batch of epoch ``epoch`` (after ``skip`` steps) and covers
+``steps`` steps. Written to ``out``:
+
+- ``step_trace.txt``: the operators and CUDA runtime calls by host time and by GPU time,
+  per step (torch.profiler's key averages divided by the steps);
+- ``step_trace.json``: per step, the wall-clock milliseconds, the milliseconds of GPU kernels
+  and copies (summed over the trace: GPU busy time), and the calls that make the host wait
+  for the GPU (stream, event and device synchronisations, blocking copies, ``.item()``).
+
+A step whose host waits for the GPU costs host + GPU time instead of the larger of the two.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ",
+         "cudaMemcpy", "aten::_local_scalar_dense", "aten::item")
+
+
+class StepTrace(Callback):
+    def __init__(self, out: str, epoch: int = 2, skip: int = 5, steps: int = 30):
+        self.out, self.epoch, self.skip, self.steps = Path(out), epoch, skip, steps
+        self.profiler: torch.profiler.profile | None = None
+        self.seen = 0
+        self.started = 0.0
+        self.done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.done or trainer.current_epoch != self.epoch or trainer.global_rank != 0:
+            return
+        if self.profiler is None and batch_idx == self.skip:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize()
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.started, self.seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.profiler is None or self.done:
+            return
+        self.seen += 1
+        if self.seen == self.steps:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.started
+            self.profiler.__exit__(None, None, None)
+            self.done = True
+            self.write(wall)
+
+    def write(self, wall: float) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        events = self.profiler.key_averages()
+        n = self.steps
+        gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        waits = {e.key: {"calls": e.count / n, "host_ms": e.self_cpu_time_total / 1000 / n}
+                 for e in events if any(e.key.startswith(w) for w in WAITS)}
+        summary = {
+            "steps": n,
+            "wall_ms_per_step": 1000 * wall / n,
+            "gpu_busy_ms_per_step": gpu_us / 1000 / n,
+            "host_waits_per_step": waits,
+            "cuda_launches_per_step": sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC",
+                                                                            "cuLaunchKernel", "cudaGraphLaunch")) / n,
+            "graph_launches_per_step": sum(e.count for e in events if e.key == "cudaGraphLaunch") / n,
+        }
+        (self.out / "step_trace.json").write_text(json.dumps(summary, indent=2))
+        tables = [f"{n} steps traced; per-step figures are totals / {n}\n", json.dumps(summary, indent=2)]
+        for key in ("self_cpu_time_total", "cpu_time_total", "self_device_time_total"):
+            tables.append(f"\n==== by {key}\n" + events.table(sort_by=key, row_limit=40, max_name_column_width=70))
+        (self.out / "step_trace.txt").write_text("\n".join(tables))
