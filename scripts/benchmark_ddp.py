@@ -17,15 +17,14 @@ embedded EMT Cu/Au/Ni set (`mlip.data.emt`: periodic bulk cells, slabs and clust
 - N GPUs, batch B each (weak scaling): what N GPUs buy at a fixed per-GPU batch; its
   efficiency is its throughput over N times the 1-GPU run's.
 
-Throughput is training structures per second after the first (warm-up) epoch: the
-training steps' structures divided by the summed wall time of the training batches
-(Lightning's loop, data loading and gradient all-reduce included; validation excluded),
-from the ``structures_per_s`` each step logs on rank 0 times the number of ranks (the
-ranks step in lock-step, each waiting for the all-reduce). With ``--cuda-graphs`` that mean
-includes the steps that captured a new padded size (seconds each, the first time a size is
-met; `PhaseTimes` counts them, the table lists them), so the table also gives a steady-state
-efficiency from the median step: the 1-GPU run's median step time over the N-GPU run's at the
-same per-GPU batch.
+Throughput is training structures per second after ``--skip-epochs`` warm-up epochs: the
+steps' structures over the epochs' training seconds (rank 0's ``phase_times.json``:
+Lightning's loop, data loading and gradient all-reduce included, validation excluded; the
+ranks step in lock-step, each waiting for the all-reduce), with steps logged only every 50
+(a logged step reads the GPU). With ``--cuda-graphs`` that mean includes the epochs that
+captured a new padded size (seconds each, the first time a size is met; the table lists
+them), so the table also gives a steady-state efficiency from the epochs without a capture:
+the 1-GPU run's median seconds per step over the N-GPU run's at the same per-GPU batch.
 """
 
 from __future__ import annotations
@@ -49,24 +48,26 @@ def train(run_dir: Path, data_dir: Path, devices: int, batch: int, args) -> dict
     overrides = [
         *data, "module.loss.stress_weight=0", f"data.batch_size={batch}", "data.val_batch_size=32",
         f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "step_checkpoint=null", "preemption=null",
-        "monitoring.val_parity=null", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+        "monitoring.val_parity=null", "trainer.log_every_n_steps=50", "trainer.enable_progress_bar=false",
         f"model.hidden_irreps={args.hidden}", "model.max_ell=3",
         "trainer=ddp" if devices > 1 else "trainer=gpu", f"trainer.devices={devices}",
         f"trainer.accelerator={args.accelerator}", f"module.cuda_graphs={str(args.cuda_graphs).lower()}",
         f"module.cuda_graph_buckets={args.graph_buckets}",
     ]
     wall, rows, test = mlip_train(run_dir, overrides, env)
-    rates = np.array([float(r["structures_per_s"]) for r in rows
-                      if r.get("structures_per_s") and int(r["epoch"]) >= args.skip_epochs])
-    step_seconds = batch / rates  # a step logs batch/seconds; the run is structures over summed seconds
+    epochs = json.loads((run_dir / "phase_times.json").read_text())["epochs"]
+    timed = [e for e in epochs if e["epoch"] >= args.skip_epochs]
+    # steady: epochs that captured no new padded size (a capture costs seconds, once per size)
+    steady = [e for e in timed if not e.get("graph_captures")] or timed
     shutil.copy(run_dir / "logs" / "metrics.csv", run_dir.parent / f"{run_dir.name}_metrics.csv")
     val = [r for r in rows if r.get("val_forces_rmse")][-1]
-    epochs = json.loads((run_dir / "phase_times.json").read_text())["epochs"]
     return {
         "graph_captures": sum(e.get("graph_captures", 0) for e in epochs),
         "graph_capture_s": sum(e.get("graph_capture_s", 0.0) for e in epochs),
-        "structures_per_s": devices * batch * len(rates) / float(step_seconds.sum()),
-        "median_step_ms": float(1000 * np.median(step_seconds)),
+        # each step counted as a full batch on every rank (an epoch's last batch may be short)
+        "structures_per_s": devices * batch * sum(e["steps"] for e in timed) / sum(e["train_s"] for e in timed),
+        "median_step_ms": float(1000 * np.median([e["train_s"] / e["steps"] for e in steady])),
+        "steady_epochs": len(steady),
         "wall_s": wall,
         "val_energy_mae": float(val["val_energy_mae"]),
         "val_forces_rmse": float(val["val_forces_rmse"]),

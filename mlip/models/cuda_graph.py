@@ -50,26 +50,34 @@ class PaddedInputs:
         self.positions = torch.zeros(num_atoms, 3, dtype=dtype, device=device)
         self.batch = torch.full((num_atoms,), num_graphs - 1, dtype=torch.long, device=device)
         self.edge_index = torch.full((2, num_edges), num_atoms - 1, dtype=torch.long, device=device)
-        self.shifts = torch.zeros(num_edges, 3, dtype=dtype, device=device)
+        self.padding_shift = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=device)
+        self.shifts = self.padding_shift.expand(num_edges, 3).clone()
         self.padding_cell = 3.0 * r_max * torch.eye(3, dtype=dtype, device=device)
         self.cell = self.padding_cell.expand(num_graphs, 3, 3).clone()
-        self.padding_shift = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=device)
+        self.counts = (0, 0, 0)  # (atoms, edges, graphs) of the last fill: every entry past them is padding
 
     def fill(self, species, positions, cell, batch, edge_index, shifts) -> None:
-        """Copy one (batched) graph in; the rest becomes padding."""
+        """Copy one (batched) graph in; the rest becomes padding. Entries past the counts are
+        padding already, except where the last fill held more: only those are reset (each
+        reset is a kernel launch, and a launch is host time)."""
         n, e, g = species.shape[0], edge_index.shape[1], cell.shape[0]
+        last_n, last_e, last_g = self.counts
         self.species[:n].copy_(species)
-        self.species[n:].zero_()
         self.positions[:n].copy_(positions)
-        self.positions[n:].zero_()
         self.batch[:n].copy_(batch)
-        self.batch[n:].fill_(self.sizes[2] - 1)
+        if n < last_n:
+            self.species[n:last_n].zero_()
+            self.positions[n:last_n].zero_()
+            self.batch[n:last_n].fill_(self.sizes[2] - 1)
         self.edge_index[:, :e].copy_(edge_index)
-        self.edge_index[:, e:].fill_(self.sizes[0] - 1)
         self.shifts[:e].copy_(shifts)
-        self.shifts[e:] = self.padding_shift
+        if e < last_e:
+            self.edge_index[:, e:last_e].fill_(self.sizes[0] - 1)
+            self.shifts[e:last_e] = self.padding_shift
         self.cell[:g].copy_(cell)
-        self.cell[g:] = self.padding_cell
+        if g < last_g:
+            self.cell[g:last_g] = self.padding_cell
+        self.counts = (n, e, g)
 
     def arguments(self) -> tuple:
         return self.species, self.positions, self.cell, self.batch, self.edge_index, self.shifts, self.sizes[2]

@@ -44,15 +44,18 @@ class PaddedLabels(PaddedInputs):
         self.has_stress = torch.zeros(num_graphs, dtype=torch.bool, device=device)
 
     def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None) -> None:
+        last_n, _, last_g = self.counts
         super().fill(species, positions, cell, batch, edge_index, shifts)
         if global_counts is not None:
             self.global_counts.copy_(global_counts)
         n, g = species.shape[0], cell.shape[0]
-        for name, count in (("energy", g), ("natoms", g), ("has_energy", g), ("forces", n), ("forces_mask", n),
-                            ("stress", g), ("has_stress", g)):
+        for name, count, last in (("energy", g, last_g), ("natoms", g, last_g), ("has_energy", g, last_g),
+                                  ("forces", n, last_n), ("forces_mask", n, last_n), ("stress", g, last_g),
+                                  ("has_stress", g, last_g)):
             buffer = getattr(self, name)
             buffer[:count].copy_(getattr(graph, name).view_as(buffer[:count]))
-            buffer[count:] = 1 if name == "natoms" else 0
+            if count < last:  # as for the inputs: only what the last fill held past the counts
+                buffer[count:last] = 1 if name == "natoms" else 0
 
 
 class CarryGradients(torch.autograd.Function):

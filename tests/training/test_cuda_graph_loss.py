@@ -99,3 +99,30 @@ def test_capture_counts_survive_releasing_the_training_graphs(rng):
     module.graphed_loss(batches[0])
     assert module.graph_capture_stats()["captures"] == 4
     assert module.graphed_loss.graphs.stats()["captures"] == 1
+
+
+def test_a_bucket_refilled_with_a_smaller_batch_holds_what_a_fresh_one_does(rng):
+    """`fill` resets only the entries the last fill held past the new counts: after a large
+    batch, a smaller one in the same bucket leaves every buffer as a freshly made bucket would."""
+    from mlip.training.cuda_graph_loss import PaddedLabels
+
+    potential = make_tiny_potential(correlation=2)
+    big = Batch.from_data_list([_labelled(random_alloy(rng), "a", potential.r_max),
+                                _labelled(random_cluster(rng), "c", potential.r_max),
+                                _labelled(random_alloy(rng), "b", potential.r_max)])
+    small = Batch.from_data_list([_labelled(random_cluster(rng), "d", potential.r_max)])
+    key = (big.num_nodes + 8, big.edge_index.shape[1] + 8, 4)
+
+    def filled(*batches):
+        labels = PaddedLabels(*key, potential.r_max, "cpu", torch.float32)
+        for batch in batches:
+            *tensors, _ = potential.inputs(batch, True)
+            labels.fill(*tensors, batch)
+        return labels
+
+    reused, fresh = filled(big, small), filled(small)
+    assert reused.counts == fresh.counts == (small.num_nodes, small.edge_index.shape[1], 1)
+    for name in ("species", "positions", "batch", "edge_index", "shifts", "cell", "energy", "natoms", "has_energy",
+                 "forces", "forces_mask", "stress", "has_stress"):
+        torch.testing.assert_close(getattr(reused, name), getattr(fresh, name), rtol=0, atol=0, msg=name)
+    assert not torch.equal(filled(big).positions, fresh.positions)  # the large batch did write past the small one
