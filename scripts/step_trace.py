@@ -64,7 +64,10 @@ class StepTrace(Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         events = self.profiler.key_averages()
         n = self.steps
-        gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        # as torch.profiler's table sums it: device events, not the GPU spans of user annotations
+        # (``Optimizer.step#...``), which cover the kernels they enclose a second time
+        gpu_us = sum(e.self_device_time_total for e in events
+                     if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)
         waits = {e.key: {"calls": e.count / n, "host_ms": e.self_cpu_time_total / 1000 / n}
                  for e in events if any(e.key.startswith(w) for w in WAITS)}
         summary = {

@@ -91,19 +91,43 @@ class BucketedGraphs:
         function: buffers -> dict of output tensors (must not synchronise with the host).
         max_graphs: captured buckets kept.
         capture: ``False`` (or a CPU device) evaluates ``function`` eagerly on the padded buffers.
+        module: the model ``function`` reads. A captured graph reads its weights at the addresses
+            they had at capture, so when they move (``.cpu()`` then ``.cuda()``, as Lightning's
+            teardown does at the end of a fit before a test, or any ``.to()``), every bucket is
+            dropped and captured again; replaying would read freed memory. Moving the model
+            to another device is refused.
     """
 
-    def __init__(self, make_buffers, function, device: torch.device, max_graphs: int = 4, capture: bool = True):
+    def __init__(self, make_buffers, function, device: torch.device, max_graphs: int = 4, capture: bool = True,
+                 module: torch.nn.Module | None = None):
         self.make_buffers, self.function = make_buffers, function
         self.device, self.max_graphs = torch.device(device), max_graphs
         self.capture = capture and self.device.type == "cuda"
+        self.module = module
+        self._where = self._addresses()  # of the module's weights, at the captures kept
         self.buckets: OrderedDict[Any, tuple[Any, Any, dict]] = OrderedDict()
         self.captures = 0  # buckets prepared so far, evicted ones included
         self.evictions = 0  # buckets dropped to make room (a later batch of that size captures again)
         self.capture_s = 0.0  # seconds spent preparing buckets (warm-up and capture; GPU synchronised)
 
+    def _addresses(self) -> tuple | None:
+        """Where the module keeps its first weight and first buffer (a move reallocates all)."""
+        if self.module is None:
+            return None
+        first = [next(self.module.parameters(), None), next(self.module.buffers(), None)]
+        tensors = [t for t in first if t is not None]
+        if tensors and tensors[0].device != self.device and self.device.type == "cuda":
+            raise RuntimeError(f"the model moved from {self.device} to {tensors[0].device} after its CUDA graphs "
+                               "were set up for it: build a new graphed model on the new device")
+        return tuple(t.data_ptr() for t in tensors)
+
     def __call__(self, key, *fill_args) -> dict[str, torch.Tensor]:
         """Fill the bucket's buffers and run; the outputs are overwritten by the next call."""
+        where = self._addresses()
+        if where != self._where:  # the weights were reallocated: the captures read freed memory
+            self.evictions += len(self.buckets)
+            self.buckets.clear()
+            self._where = where
         if key not in self.buckets:
             start = time.perf_counter()
             self.buckets[key] = self._prepare(key)
@@ -191,7 +215,8 @@ class GraphedPotential:
         self.steps_per_octave = steps_per_octave
         device, dtype = potential.e0s.device, potential.e0s.dtype
         self.graphs = BucketedGraphs(
-            lambda key: PaddedInputs(*key, potential.r_max, device, dtype), self._predict, device, max_graphs, capture
+            lambda key: PaddedInputs(*key, potential.r_max, device, dtype), self._predict, device, max_graphs, capture,
+            module=potential,
         )
 
     def _predict(self, inputs: PaddedInputs) -> dict[str, torch.Tensor]:

@@ -109,7 +109,7 @@ class GraphedLoss:
         self.terms = loss.term_names(predicted)
         self.graphs = BucketedGraphs(
             lambda key: PaddedLabels(*key, potential.r_max, device, dtype, len(self.terms)), self._loss_and_gradients,
-            device, max_graphs, capture,
+            device, max_graphs, capture, module=potential,
         )
 
     def _loss_and_gradients(self, labels: PaddedLabels) -> dict[str, torch.Tensor]:

@@ -33,6 +33,24 @@ def test_replayed_graph_equals_eager_across_calls_and_sizes(backend, rng):
 
 
 @pytest.mark.parametrize("backend", ["e3nn", "cueq"])
+def test_a_model_moved_off_and_back_is_captured_again(backend, rng):
+    """Lightning's teardown moves the module to the CPU after a fit and the test moves it back:
+    graphs captured before read the weights' old, freed addresses unless they are dropped."""
+    potential = make_tiny_potential(correlation=3, tp_backend=backend).cuda().requires_grad_(False)
+    graphed = GraphedPotential(potential)
+    graph = _graph(random_alloy(rng, (2, 2, 2)), potential)
+    graphed(graph)
+    potential.cpu()
+    potential.cuda()
+    clutter = [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(64)]  # reuse the freed blocks
+    out, reference = graphed(graph), potential(graph, compute_stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], reference[key], rtol=1e-10, atol=1e-10)
+    assert graphed.graphs.evictions == 1 and graphed.graphs.captures == 2
+    del clutter
+
+
+@pytest.mark.parametrize("backend", ["e3nn", "cueq"])
 def test_prediction_does_not_synchronise_with_the_host(backend, rng):
     potential = make_tiny_potential(correlation=3, tp_backend=backend).cuda()
     graph = _graph(random_alloy(rng, (2, 2, 2)), potential)

@@ -54,6 +54,21 @@ def test_a_smaller_graph_in_the_same_bucket_leaves_no_trace(rng):
     assert len(graphed.graphs.buckets) == 1
 
 
+def test_reallocated_weights_drop_the_buckets(rng):
+    """A move reallocates the weights (Lightning moves the module to the CPU after a fit and
+    back for the test); graphs captured before would read the old addresses, so all go."""
+    potential = make_tiny_potential()
+    graphed = GraphedPotential(potential, capture=False)
+    graph = structure_to_graph(structure_from_atoms(random_alloy(rng, (2, 2, 1)), "a"), potential.r_max)
+    graphed(graph)
+    graphed(graph)
+    assert (len(graphed.graphs.buckets), graphed.graphs.evictions) == (1, 0)  # same weights: kept
+    potential.double().float()  # new storage for every weight and buffer
+    out = graphed(graph)
+    assert (graphed.graphs.captures, graphed.graphs.evictions) == (2, 1)
+    torch.testing.assert_close(out["forces"], potential(graph)["forces"], rtol=1e-6, atol=1e-6)
+
+
 def test_thrashing_buckets_warn_once(rng):
     potential = make_tiny_potential()
     graphed = GraphedPotential(potential, steps_per_octave=8, max_graphs=1, capture=False)
