@@ -104,16 +104,25 @@ def main() -> None:
     results = {}
     args.out.mkdir(parents=True, exist_ok=True)
     for k, (name, devices, batch, _) in enumerate(runs):
-        results[name] = train(args.out / f"run{k}", data_dir.resolve(), devices, batch, args)
+        try:
+            results[name] = train(args.out / f"run{k}", data_dir.resolve(), devices, batch, args)
+        except SystemExit as failed:  # a failed run is reported and the others still run
+            (args.out / f"run{k}_error.txt").write_text(str(failed))
+            results[name] = {"error": str(failed)[-3000:]}
         print(f"{name}: {json.dumps(results[name])}", flush=True)  # each as it ends: a run cut short keeps them
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
     base = results[runs[0][0]]
+    if "error" in base:
+        raise SystemExit(f"the 1-GPU run failed:\n{base['error']}")
     print(f"\n{args.epochs} epochs of {args.data}, model {args.hidden}, ℓ ≤ 3\n")
     print("| run | structures/s | vs 1 GPU | weak-scaling efficiency | median step (ms) | steady efficiency "
           "| graph captures (s) | val energy MAE (meV/atom) | val force RMSE (meV/Å) | test force RMSE (meV/Å) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, devices, _, kind in runs:
+    for k, (name, devices, _, kind) in enumerate(runs):
         r = results[name]
+        if "error" in r:
+            print(f"| {name} | failed: run{k}_error.txt |" + " |" * 8)
+            continue
         speedup = r["structures_per_s"] / base["structures_per_s"]
         efficiency = f"{speedup / devices:.0%}" if kind == "weak" else ""
         # the same per-GPU batch: a step of N GPUs as fast as one GPU's is 100% (captures and
@@ -124,7 +133,7 @@ def main() -> None:
               f"{steady} | {r['graph_captures']} ({r['graph_capture_s']:.0f}) | {1000 * r['val_energy_mae']:.3f} | "
               f"{1000 * r['val_forces_rmse']:.3f} | {1000 * r['test']['test_forces_rmse']:.3f} |")
     for name, devices, _, kind in runs:
-        if kind == "same":
+        if kind == "same" and "error" not in results[name]:
             same = results[name]["test"]["test_forces_rmse"]
             gap = abs(same - base["test"]["test_forces_rmse"]) / base["test"]["test_forces_rmse"]
             print(f"same global batch on {devices} GPUs vs 1 GPU: test force RMSE differs by {gap:.1e} (relative)")
