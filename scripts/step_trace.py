@@ -9,8 +9,9 @@ The trace starts at the first batch of epoch ``epoch`` (after ``skip`` steps) an
 - ``step_trace.txt``: the operators and CUDA runtime calls by host time and by GPU time,
   per step (torch.profiler's key averages divided by the steps);
 - ``step_trace.json``: per step, the wall-clock milliseconds, the milliseconds of GPU kernels
-  and copies (summed over the trace: GPU busy time), and the calls that make the host wait
-  for the GPU (stream, event and device synchronisations, blocking copies, ``.item()``).
+  and copies (summed over the trace: GPU busy time), the calls that make the host wait for
+  the GPU (stream, event and device synchronisations, blocking copies, ``.item()``), the
+  asynchronous copies, and the kernel and graph launches.
 
 A step whose host waits for the GPU costs host + GPU time instead of the larger of the two.
 """
@@ -24,8 +25,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ",
-         "cudaMemcpy", "aten::_local_scalar_dense", "aten::item")
+# calls that make the host wait for the GPU (a blocking copy, a read of a device value);
+# cudaMemcpyAsync is not one of them (from pinned memory it returns at once): it is counted apart
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+         "aten::_local_scalar_dense", "aten::item")
 
 
 class StepTrace(Callback):
@@ -69,12 +72,13 @@ class StepTrace(Callback):
         gpu_us = sum(e.self_device_time_total for e in events
                      if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)
         waits = {e.key: {"calls": e.count / n, "host_ms": e.self_cpu_time_total / 1000 / n}
-                 for e in events if any(e.key.startswith(w) for w in WAITS)}
+                 for e in events if e.key in WAITS}
         summary = {
             "steps": n,
             "wall_ms_per_step": 1000 * wall / n,
             "gpu_busy_ms_per_step": gpu_us / 1000 / n,
             "host_waits_per_step": waits,
+            "async_copies_per_step": sum(e.count for e in events if e.key == "cudaMemcpyAsync") / n,
             "cuda_launches_per_step": sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC",
                                                                             "cuLaunchKernel", "cudaGraphLaunch")) / n,
             "graph_launches_per_step": sum(e.count for e in events if e.key == "cudaGraphLaunch") / n,

@@ -107,7 +107,7 @@ class BucketedGraphs:
         self._where = self._addresses()  # of the module's weights, at the captures kept
         self.buckets: OrderedDict[Any, tuple[Any, Any, dict]] = OrderedDict()
         self.captures = 0  # buckets prepared so far, evicted ones included
-        self.evictions = 0  # buckets dropped to make room (a later batch of that size captures again)
+        self.evictions = 0  # buckets dropped to make room, or all at once after the weights moved
         self.capture_s = 0.0  # seconds spent preparing buckets (warm-up and capture; GPU synchronised)
 
     def _addresses(self) -> tuple | None:
