@@ -11,6 +11,10 @@ Padding atoms carry no force label, padding graphs no energy or stress label (an
 atom in the per-atom energy, to keep the masked mean finite), so the masked means of
 the loss are those of the real batch.
 
+With ``into`` (a `mlip.training.cuda_graph_update.GraphedUpdate`), the captured step ends by
+copying its loss and gradients into the update's persistent buffers, and the optimiser
+update is replayed from a graph of its own; no autograd pass is left for ``backward()``.
+
 Under data parallelism (``world_size`` > 1) the loss divides by the label counts of the
 global batch, as the eager loss does (`mlip.training.loss`): each call sums this rank's
 counts over the ranks first (an all-reduce queued on the device before the replay, not
@@ -26,6 +30,7 @@ import torch
 
 from mlip.models.cuda_graph import BucketedGraphs, PaddedInputs, bucket_of
 from mlip.models.potential import Potential
+from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.loss import EnergyForcesStressLoss, label_counts
 
 
@@ -81,10 +86,13 @@ class GraphedLoss:
         compute_forces, compute_stress: what the loss needs predicted.
         steps_per_octave, max_graphs, capture, check_elements: as for `mlip.models.cuda_graph.GraphedPotential`.
         world_size: the number of data-parallel ranks; above 1, calls take ``sum_over_ranks``.
+        into: a graphed optimiser update (one process only): each call leaves its loss and
+            gradients in the update's buffers, for ``into.step()``.
 
     Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``
-    (with ``sum_over_ranks``: like ``loss(..., sum_over_ranks, world_size)``);
-    ``loss.backward()`` (before the next call) puts the gradients on the parameters.
+    (with ``sum_over_ranks``: like ``loss(..., sum_over_ranks, world_size)``). Without ``into``,
+    ``loss.backward()`` (before the next call) puts the gradients on the parameters; with it,
+    the loss is a plain tensor and the gradients are in ``into``'s buffers.
     """
 
     def __init__(
@@ -98,12 +106,17 @@ class GraphedLoss:
         capture: bool = True,
         check_elements: bool = True,
         world_size: int = 1,
+        into: GraphedUpdate | None = None,
     ):
+        if into is not None and world_size > 1:
+            raise ValueError("a graphed update (into=) takes the gradients of one process: DDP reduces them in backward()")
         self.potential, self.loss = potential, loss
         self.check_elements, self.world_size = check_elements, world_size
         self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}
         self.steps_per_octave = steps_per_octave
         self.parameters = [p for p in potential.parameters() if p.requires_grad]
+        self.into = into
+        self._outputs = None if into is None else (into.loss, [into.gradient_of(p) for p in self.parameters])
         device, dtype = potential.e0s.device, potential.e0s.dtype
         predicted = ["energy"] + [name for name in ("forces", "stress") if self.wants[f"compute_{name}"]]
         self.terms = loss.term_names(predicted)
@@ -120,8 +133,13 @@ class GraphedLoss:
             loss, terms = self.loss(pred, labels)
         gradients = torch.autograd.grad(loss, self.parameters, allow_unused=True)
         out = {"loss": loss.detach(), **{f"term_{k}": v.detach() for k, v in terms.items()}}
-        for k, (p, g) in enumerate(zip(self.parameters, gradients)):
-            out[f"grad_{k}"] = torch.zeros_like(p) if g is None else g
+        gradients = [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, gradients)]
+        if self._outputs is not None:  # into the update's buffers, as part of the captured step
+            loss_buffer, gradient_buffers = self._outputs
+            loss_buffer.copy_(out["loss"])
+            torch._foreach_copy_(gradient_buffers, gradients)
+            return out
+        out.update((f"grad_{k}", g) for k, g in enumerate(gradients))
         return out
 
     def __call__(
@@ -135,9 +153,10 @@ class GraphedLoss:
                 raise ValueError(f"world_size={self.world_size}: give sum_over_ranks (an all-reduce sum)")
             global_counts = sum_over_ranks(label_counts(batch, self.terms).to(tensors[1].dtype))
         out = self.graphs(key, *tensors, batch, global_counts)
+        terms = {k[5:]: v.clone() for k, v in out.items() if k.startswith("term_")}
+        if self.into is not None:
+            return out["loss"].clone(), terms
         # the static gradient buffers themselves: backward() multiplies them into new tensors,
         # so call it before the next call overwrites them
         gradients = [out[f"grad_{k}"] for k in range(len(self.parameters))]
-        loss = CarryGradients.apply(out["loss"], gradients, *self.parameters)
-        terms = {k[5:]: v.clone() for k, v in out.items() if k.startswith("term_")}
-        return loss, terms
+        return CarryGradients.apply(out["loss"], gradients, *self.parameters), terms

@@ -16,6 +16,7 @@ from mlip.data.structure import DataError
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
 from mlip.training.cuda_graph_loss import GraphedLoss
+from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.loss import EnergyForcesStressLoss
 from mlip.training.metrics import PotentialMetrics
@@ -69,6 +70,11 @@ class PotentialModule(L.LightningModule):
             buckets should hold the sizes the batches span: batches of 64 EMT cells span about
             10, of 32 about 20; same-size molecules 1-3. A run that keeps dropping sizes says
             so in its log each epoch. Ignored on the CPU.
+        cuda_graph_update: with ``cuda_graphs`` on one GPU (no DDP, no gradient accumulation,
+            clipping by norm or none), the rest of the step too: gradient norm, finite check,
+            clipping, the fused optimiser step, the EMA and the skip counters, replayed from one
+            more graph (`mlip.training.cuda_graph_update.GraphedUpdate`) instead of launched
+            kernel by kernel from Lightning's hooks. False: those run eagerly.
         max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped on the
             device (the fused optimiser's ``found_inf``: no weight, optimiser-state or EMA
             update; it still counts in ``global_step``, so schedules go on) and counted; this
@@ -96,6 +102,7 @@ class PotentialModule(L.LightningModule):
         ema_decay: float | None = 0.99,
         cuda_graphs: bool = False,
         cuda_graph_buckets: int = 16,
+        cuda_graph_update: bool = True,
         max_nonfinite_steps: int = 10,
         nonfinite_check_every: int = 50,
     ):
@@ -114,6 +121,8 @@ class PotentialModule(L.LightningModule):
         self.test_metrics = PotentialMetrics()
         self.graphed_loss: GraphedLoss | None = None  # built at the first CUDA step
         self.graphed_evaluation: GraphedPotential | None = None  # built at the first CUDA validation
+        self.graphed_update: GraphedUpdate | None = None  # built at the first graphed optimiser step
+        self._in_graphed_update = False  # within a graphed update's closure (zero_grad and backward do nothing)
         self._released_graphs = {"captures": 0, "evictions": 0, "capture_s": 0.0}  # of graphs let go
         self.skipped_steps = 0  # non-finite steps skipped in this process (as of the last check)
         self._counters: torch.Tensor | None = None  # device: [skipped so far, skipped in a row]
@@ -136,6 +145,16 @@ class PotentialModule(L.LightningModule):
             check_same_statistics(mine, self.trainer.strategy.broadcast(mine, src=0), self.global_rank)
 
     # -- captured graphs ---------------------------------------------------------------------
+    def _graphed(self) -> bool:
+        """Whether steps replay from CUDA graphs: ``cuda_graphs`` and a model on CUDA."""
+        return self.hparams.cuda_graphs and self.device.type == "cuda"
+
+    def _graphs_update(self) -> bool:
+        """Whether the optimiser update replays from a graph too (``cuda_graph_update``)."""
+        trainer = self.trainer
+        return (self._graphed() and self.hparams.cuda_graph_update and trainer.world_size == 1
+                and trainer.accumulate_grad_batches == 1 and trainer.gradient_clip_algorithm in (None, "norm"))
+
     def release_training_graphs(self) -> None:
         """Drop the captured training steps (they hold the loss weights they were captured
         with); the next CUDA step captures again. Their capture counts stay in the totals."""
@@ -165,11 +184,11 @@ class PotentialModule(L.LightningModule):
     # -- steps ---------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self._warm_up_learning_rate()
-        if self.hparams.cuda_graphs and batch.positions.is_cuda:
+        if self._graphed():
             if self.graphed_loss is None:
                 self.graphed_loss = GraphedLoss(
                     self.potential, self.loss, max_graphs=self.hparams.cuda_graph_buckets, check_elements=False,
-                    world_size=self.trainer.world_size, **self._wants()
+                    world_size=self.trainer.world_size, into=self.graphed_update, **self._wants()
                 )
             loss, terms = self.graphed_loss(batch, self._sum_over_ranks)
         else:
@@ -224,23 +243,56 @@ class PotentialModule(L.LightningModule):
         coefficient = torch.clamp(float(gradient_clip_val) / (norm + 1e-6), max=1.0)
         torch._foreach_mul_(tensors, coefficient)
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)  # runs training_step and backward (the closure), then steps
-        # here, not in on_train_batch_end: checkpoint callbacks run before the module's
-        # hooks there, and a step checkpoint must hold the EMA of the step it records
-        if self._skipped is None:  # no gradients at all
-            return
-        if self.ema is not None:
-            self.ema.update(self.potential, self._skipped)
-        skipped = self._skipped.to(torch.long)
-        if self._counters is None:
-            self._counters = torch.zeros(2, dtype=torch.long, device=skipped.device)
-        self._counters[0] += skipped
-        self._counters[1] = (self._counters[1] + 1) * skipped
-        self._skipped = None
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if self._graphs_update():
+            update = self._graphed_update_for(getattr(optimizer, "optimizer", optimizer))
+            self._in_graphed_update = True
+            try:  # training_step: the loss graph leaves loss and gradients in the update's buffers
+                optimizer_closure()
+            finally:
+                self._in_graphed_update = False
+            update.step()  # norm, finite check, clipping, optimiser, EMA, counters: one replay
+            if logging_step(self.trainer):
+                self.log("grad_norm", update.norm.clone(), on_step=True, on_epoch=False)
+        else:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # closure, hooks, step
+            if self._skipped is None:  # no gradients at all
+                return
+            skipped, self._skipped = self._skipped, None
+            # here, not in on_train_batch_end: checkpoint callbacks run before the module's
+            # hooks there, and a step checkpoint must hold the EMA of the step it records
+            self._after_update(skipped)
         self._steps_since_check += 1
         if self._steps_since_check >= self.hparams.nonfinite_check_every:
             self._check_nonfinite(self.global_step + 1)  # Lightning counts this step after the hook
+
+    def _after_update(self, skipped: torch.Tensor) -> None:
+        """The EMA and the skip counters after an optimiser step (device work only: it is captured
+        with the graphed update); ``skipped``: 1.0 where the step was skipped."""
+        if self.ema is not None:
+            self.ema.update(self.potential, skipped)
+        skipped = skipped.to(torch.long)
+        if self._counters is None:  # created by the first, eager, update: a capture never allocates it
+            self._counters = torch.zeros(2, dtype=torch.long, device=skipped.device)
+        self._counters[0] += skipped
+        self._counters[1] = (self._counters[1] + 1) * skipped
+
+    def _graphed_update_for(self, optimizer: torch.optim.Optimizer) -> GraphedUpdate:
+        """The graphed update of this optimiser; a new one (and new loss graphs, which write
+        into its buffers) when the optimiser is new."""
+        if self.graphed_update is None or self.graphed_update.optimizer is not optimizer:
+            self.release_training_graphs()
+            self.graphed_update = GraphedUpdate(optimizer, self.trainer.gradient_clip_val, after=[self._after_update])
+        return self.graphed_update
+
+    # the graphed update owns the gradient buffers: Lightning must neither reset nor fill them
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if not self._in_graphed_update:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if not self._in_graphed_update:
+            super().backward(loss, *args, **kwargs)
 
     def on_train_epoch_end(self) -> None:
         self._log_train_epoch()  # if the epoch ended before its last batch (limit_train_batches, max_steps)
@@ -279,7 +331,7 @@ class PotentialModule(L.LightningModule):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("forces need autograd during evaluation: build the Trainer with inference_mode=False")
         with torch.enable_grad():
-            if self.hparams.cuda_graphs and batch.positions.is_cuda:  # replayed, as the training step
+            if self._graphed():  # replayed, as the training step
                 if self.graphed_evaluation is None:
                     self.graphed_evaluation = GraphedPotential(
                         self.evaluation_potential(), max_graphs=self.hparams.cuda_graph_buckets, check_elements=False
