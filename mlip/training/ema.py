@@ -26,7 +26,8 @@ class ExponentialMovingAverage(nn.Module):
         self.decay = float(decay)
         self.module = copy.deepcopy(module)
         self.module.requires_grad_(False)
-        self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+        first = next(self.module.parameters(), None)  # the count lives beside the weights it counts
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long, device=None if first is None else first.device))
         self._pairs: tuple | None = None  # (token, averaged params, params)
 
     def _token(self, module: nn.Module) -> tuple:
