@@ -11,15 +11,21 @@ The trace starts at the first batch of epoch ``epoch`` (after ``skip`` steps) an
 - ``step_trace.json``: per step, the wall-clock milliseconds, the milliseconds of GPU kernels
   and copies (summed over the trace: GPU busy time), the calls that make the host wait for
   the GPU (stream, event and device synchronisations, blocking copies, ``.item()``), the
-  asynchronous copies, and the kernel and graph launches.
+  asynchronous copies, and the kernel and graph launches; and where the synchronising calls
+  come from: during the trace torch's sync debug mode (``torch.cuda.set_sync_debug_mode``)
+  warns at each operation that waits for the GPU, and the Python stack of each warning is
+  counted (``sync_sources_per_step``, innermost frame first).
 
 A step whose host waits for the GPU costs host + GPU time instead of the larger of the two.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,6 +44,8 @@ class StepTrace(Callback):
         self.seen = 0
         self.started = 0.0
         self.done = False
+        self.sync_sources: collections.Counter = collections.Counter()
+        self._warnings: warnings.catch_warnings | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.done or trainer.current_epoch != self.epoch or trainer.global_rank != 0:
@@ -49,6 +57,7 @@ class StepTrace(Callback):
                 torch.cuda.synchronize()
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
+            self._watch_syncs(True)
             self.started, self.seen = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -59,9 +68,34 @@ class StepTrace(Callback):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             wall = time.perf_counter() - self.started
+            self._watch_syncs(False)
             self.profiler.__exit__(None, None, None)
             self.done = True
             self.write(wall)
+
+    def _watch_syncs(self, on: bool) -> None:
+        """Count the Python stacks of the operations that synchronise with the GPU (on CUDA)."""
+        if not torch.cuda.is_available():
+            return
+        if not on:
+            torch.cuda.set_sync_debug_mode(0)
+            self._warnings.__exit__(None, None, None)
+            return
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("always")
+        show = warnings.showwarning
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            if "synchroniz" not in str(message).lower():
+                return show(message, category, filename, lineno, file, line)
+            frames = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith(("warnings.py", "step_trace.py"))]
+            where = " <- ".join(f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}({f.name})"
+                                for f in reversed(frames[-6:]))
+            self.sync_sources[f"{message} @ {where}"] += 1
+
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
 
     def write(self, wall: float) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -82,6 +116,7 @@ class StepTrace(Callback):
             "cuda_launches_per_step": sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC",
                                                                             "cuLaunchKernel", "cudaGraphLaunch")) / n,
             "graph_launches_per_step": sum(e.count for e in events if e.key == "cudaGraphLaunch") / n,
+            "sync_sources_per_step": {k: v / n for k, v in self.sync_sources.most_common(12)},
         }
         (self.out / "step_trace.json").write_text(json.dumps(summary, indent=2))
         tables = [f"{n} steps traced; per-step figures are totals / {n}\n", json.dumps(summary, indent=2)]

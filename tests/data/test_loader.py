@@ -46,3 +46,22 @@ def test_graphs_with_other_keys_go_to_torch_geometric(rng):
     graphs = _graphs(rng)[:2]
     graphs[1].extra = torch.ones(1)  # keys differ
     _assert_same(batch_graphs(graphs), Batch.from_data_list(graphs))
+
+
+def test_a_packed_batch_is_pinned_by_the_loaders_pinning_thread(rng, monkeypatch):
+    """torch's pinning utility hands a packed batch to `PackedBatch.pin_memory`: what reaches
+    the main process is the rebuilt batch with every tensor pinned (pinning itself needs CUDA,
+    so here each tensor's pin_memory only marks it)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = set()
+
+    def mark(tensor, *args, **kwargs):
+        pinned.add(id(tensor))
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", mark)
+    graphs = _graphs(rng)
+    out = pin_memory(PackedBatch.pack(batch_graphs(graphs)))
+    _assert_same(out, Batch.from_data_list(graphs))
+    assert all(id(value) in pinned for value in out._store.values() if isinstance(value, torch.Tensor))
