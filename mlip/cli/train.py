@@ -18,7 +18,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.atomic import atomic_write_bytes
@@ -30,6 +30,7 @@ from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.training.checkpoint_io import BackgroundCheckpointIO, newest_checkpoint
 from mlip.training.module import NonFiniteLossError
+from mlip.training.monitoring import ProgressBar
 
 CONFIG_DIR = config_dir("train")
 log = logging.getLogger("mlip.train")
@@ -96,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             callbacks.append(instantiate(cfg[extra]))
     callbacks += [instantiate(c) for c in (cfg.get("monitoring") or {}).values() if c is not None]
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar(refresh_rate=cfg.get("progress_bar_refresh_rate", 20)))
+        callbacks.append(ProgressBar(refresh_rate=cfg.get("progress_bar_refresh_rate", 20)))
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     plugins = [BackgroundCheckpointIO(), *instantiate(cfg.trainer.get("plugins") or [])]  # e.g. SLURMEnvironment
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins)

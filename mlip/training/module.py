@@ -128,7 +128,7 @@ class PotentialModule(L.LightningModule):
         self._counters: torch.Tensor | None = None  # device: [skipped so far, skipped in a row]
         self._skipped: torch.Tensor | None = None  # device: 1.0 if this step is skipped
         self._gradients: tuple[list[torch.Tensor], torch.Tensor] | None = None  # this step's, and their norm
-        self._train_loss: torch.Tensor | None = None
+        self.last_train_loss: torch.Tensor | None = None  # device: the last training step's loss (progress bar)
         self._train_sums: torch.Tensor | None = None  # device: Σ size·(loss, terms) over this epoch's steps
         self._train_count, self._train_terms = 0, []
         self._steps_since_check = 0
@@ -200,16 +200,18 @@ class PotentialModule(L.LightningModule):
                 loss, terms = self.loss(pred, batch, self._sum_over_ranks, world)
             else:
                 loss, terms = self.loss(pred, batch)
-        self._train_loss = loss.detach()  # its finiteness is checked with the gradients, on the device
+        self.last_train_loss = loss.detach()  # its finiteness is checked with the gradients, on the device
         # Lightning's self.log costs about 0.7 ms of host time a call: the epoch means are summed
         # here on the device and logged once an epoch, the step loss only at logging steps
         size = int(batch.num_graphs)
-        values = torch.stack([self._train_loss, *(v.detach() for v in terms.values())]).to(torch.float64) * size
+        values = torch.stack([self.last_train_loss, *(v.detach() for v in terms.values())]).to(torch.float64) * size
         self._train_sums = values if self._train_sums is None else self._train_sums + values
         self._train_count += size
         self._train_terms = list(terms)
         if logging_step(self.trainer):
-            self.log("train_loss_step", self._train_loss, prog_bar=True, on_step=True, on_epoch=False)
+            # not prog_bar=True: Lightning would read every progress-bar value from the GPU at
+            # every later step's end (a host wait per step); the bar reads last_train_loss itself
+            self.log("train_loss_step", self.last_train_loss, on_step=True, on_epoch=False)
         if self.trainer.is_last_batch:
             self._log_train_epoch()
         return loss
@@ -225,7 +227,7 @@ class PotentialModule(L.LightningModule):
             return
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
         self._gradients = (gradients, norm)  # the clipping below reuses the norm
-        finite = torch.isfinite(norm) & torch.isfinite(self._train_loss)
+        finite = torch.isfinite(norm) & torch.isfinite(self.last_train_loss)
         finite = self.trainer.strategy.reduce(finite.to(torch.float32), reduce_op="min")  # every rank alike
         self._skipped = 1.0 - finite
         # the fused Adam/AdamW step leaves weights and state alone where found_inf is 1

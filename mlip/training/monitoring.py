@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from mlip.atomic import atomic_write_bytes
 from mlip.evaluation.plots import parity_plot
@@ -23,6 +23,20 @@ def logging_step(trainer) -> bool:
     """Whether Lightning writes this training step's logged values to the loggers (every
     ``log_every_n_steps``): values logged at other steps would only cost host time."""
     return trainer._logger_connector.should_update_logs
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the last training step's ``loss``, read from the GPU
+    only when the bar redraws (every ``refresh_rate`` steps). A value logged with
+    ``prog_bar=True`` would instead be read by Lightning at the end of every step after it was
+    logged, each read a wait for the GPU (H200, 3BPA batch 10: 1.5 ms a step)."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "last_train_loss", None)
+        if trainer.training and loss is not None:
+            metrics["loss"] = f"{float(loss):.4g}"
+        return metrics
 
 
 class Throughput(Callback):

@@ -1,13 +1,37 @@
-"""PhaseTimes: where a run's time goes, CUDA-graph captures per epoch included (stand-ins on the CPU)."""
+"""PhaseTimes: where a run's time goes, CUDA-graph captures per epoch included (stand-ins on
+the CPU); the progress bar reads the step loss only when it redraws."""
 
 import json
 import logging
 from types import SimpleNamespace
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.parsing import AttributeDict
 
+from mlip.cli.train import train
 from mlip.training.monitoring import PhaseTimes
+from tests.conftest import compose_train_config
+
+
+class ProgressBarProbe(Callback):
+    """Records, after each training step, the values Lightning converts for the progress bar."""
+
+    seen: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ProgressBarProbe.seen.append(set(trainer.progress_bar_metrics))
+
+
+def test_the_progress_bar_shows_the_loss_without_lightning_reading_it_every_step(tmp_path, emt_file, capsys):
+    """Lightning reads every ``prog_bar`` value from the device at every step's end (on a GPU, a
+    wait per step); the step loss reaches the bar through `ProgressBar` at its redraws instead."""
+    ProgressBarProbe.seen = []
+    cfg = compose_train_config(tmp_path, emt_file, "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=1",
+                               "+monitoring.probe._target_=tests.training.test_monitoring.ProgressBarProbe")
+    train(cfg)
+    assert len(ProgressBarProbe.seen) == 16 and not any("train_loss_step" in keys for keys in ProgressBarProbe.seen)
+    assert "loss=" in capsys.readouterr().out  # Lightning's bar writes to stdout
 
 
 def _epoch(callback, trainer, module, totals, captured: dict) -> None:
