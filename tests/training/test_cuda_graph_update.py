@@ -89,12 +89,14 @@ def _last_checkpoint(path):
     return torch.load(path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
-def test_a_run_through_the_graphed_update_equals_the_eager_run(tmp_path, emt_file):
+@pytest.mark.parametrize("scheduler", ["plateau", "cosine"])
+def test_a_run_through_the_graphed_update_equals_the_eager_run(tmp_path, emt_file, scheduler):
     """Lightning's loop with the graphed path (no zero_grad, no backward, the update from
-    `GraphedUpdate`) gives the eager run's metrics, steps, EMA count and optimiser state."""
+    `GraphedUpdate`) gives the eager run's metrics, steps, EMA count and optimiser state;
+    the learning rate set per step (warm-up, then the cosine schedule) reaches the update."""
     metrics, states = {}, {}
     for name, extra in (("eager", []), ("graphed", GRAPHED)):
-        cfg = compose_train_config(tmp_path / name, emt_file, "dtype=float64", *extra)
+        cfg = compose_train_config(tmp_path / name, emt_file, "dtype=float64", f"module.scheduler={scheduler}", *extra)
         metrics[name], states[name] = train(cfg), _last_checkpoint(tmp_path / name)
     assert metrics["graphed"].keys() == metrics["eager"].keys() and "test_forces_rmse" in metrics["eager"]
     for key, value in metrics["eager"].items():
@@ -105,7 +107,7 @@ def test_a_run_through_the_graphed_update_equals_the_eager_run(tmp_path, emt_fil
     assert [g["lr"] for g in graphed["param_groups"]] == pytest.approx([g["lr"] for g in eager["param_groups"]])
     assert not any(g["capturable"] for g in graphed["param_groups"])
     for k, state in eager["state"].items():
-        torch.testing.assert_close(graphed["state"][k]["exp_avg"], state["exp_avg"], rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(graphed["state"][k]["exp_avg"], state["exp_avg"], rtol=1e-5, atol=1e-9)
 
 
 def test_skipped_steps_under_the_graphed_update_are_counted_as_in_the_eager_run(tmp_path, emt_file, caplog):
