@@ -217,8 +217,16 @@ class PotentialModule(L.LightningModule):
         return loss
 
     def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        """An all-reduce sum over the data-parallel ranks (queued on the device, not waited for)."""
-        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+        """``tensor`` summed over the data-parallel ranks, in place (queued on the device, not waited for)."""
+        return self._all_reduce(tensor, torch.distributed.ReduceOp.SUM)
+
+    def _all_reduce(self, tensor: torch.Tensor, op) -> torch.Tensor:
+        """An in-place all-reduce over the ranks; nothing with one process. Not Lightning's
+        ``strategy.reduce``, which puts a barrier before every all-reduce: an NCCL barrier makes
+        the host wait for the GPU, and these run at every training step."""
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(tensor, op=op)
+        return tensor
 
     # -- non-finite steps (decided on the device, read on the host every few steps) --------
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -228,7 +236,7 @@ class PotentialModule(L.LightningModule):
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
         self._gradients = (gradients, norm)  # the clipping below reuses the norm
         finite = torch.isfinite(norm) & torch.isfinite(self.last_train_loss)
-        finite = self.trainer.strategy.reduce(finite.to(torch.float32), reduce_op="min")  # every rank alike
+        finite = self._all_reduce(finite.to(torch.float32), torch.distributed.ReduceOp.MIN)  # every rank alike
         self._skipped = 1.0 - finite
         # the fused Adam/AdamW step leaves weights and state alone where found_inf is 1
         getattr(optimizer, "optimizer", optimizer).found_inf = self._skipped
