@@ -86,8 +86,8 @@ class GraphedLoss:
         compute_forces, compute_stress: what the loss needs predicted.
         steps_per_octave, max_graphs, capture, check_elements: as for `mlip.models.cuda_graph.GraphedPotential`.
         world_size: the number of data-parallel ranks; above 1, calls take ``sum_over_ranks``.
-        into: a graphed optimiser update (one process only): each call leaves its loss and
-            gradients in the update's buffers, for ``into.step()``.
+        into: a graphed optimiser update: each call leaves its loss and gradients (this
+            rank's) in the update's buffers, for ``into.step()``.
 
     Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``
     (with ``sum_over_ranks``: like ``loss(..., sum_over_ranks, world_size)``). Without ``into``,
@@ -108,8 +108,6 @@ class GraphedLoss:
         world_size: int = 1,
         into: GraphedUpdate | None = None,
     ):
-        if into is not None and world_size > 1:
-            raise ValueError("a graphed update (into=) takes the gradients of one process: DDP reduces them in backward()")
         self.potential, self.loss = potential, loss
         self.check_elements, self.world_size = check_elements, world_size
         self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}

@@ -23,6 +23,12 @@ stay put between steps:
   scalar and ``capturable=True`` (what torch's Adam needs to be captured);
 - the optimiser's state, created by the eager update.
 
+Under data parallelism (``world_size`` > 1) the gradient buffers are views of one flat
+buffer, and ``step`` first sums it and the loss over the ranks (two all-reduces queued before
+the replay, outside the graph); the graph divides the gradients by the world size, as DDP's
+average does. Every rank then sees the same gradients and summed loss, so every rank skips
+the same steps.
+
 A new optimiser, or state or weights at other addresses (a move, a state loaded by
 replacing tensors), is seen at the next step and the update is run eagerly and captured
 again. On the CPU, or with ``capture=False``, every step runs the update eagerly: the same
@@ -48,6 +54,8 @@ class GraphedUpdate:
             gradient norm is not finite, else 0.0) run after the optimiser step (the weight
             average, counters); they must only queue device work.
         capture: ``False`` runs every update eagerly.
+        sum_over_ranks: with ``world_size`` > 1, an in-place all-reduce sum (it must not wait
+            for the GPU: `torch.distributed.all_reduce`).
 
     A step whose loss or gradient norm is NaN/inf changes no weight and no optimiser state
     (the fused step's ``found_inf``); what the ``after`` functions do with ``skipped`` is theirs.
@@ -59,14 +67,24 @@ class GraphedUpdate:
         max_norm: float | None = None,
         after: Sequence[Callable[[torch.Tensor], None]] = (),
         capture: bool = True,
+        world_size: int = 1,
+        sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        if world_size > 1 and sum_over_ranks is None:
+            raise ValueError(f"world_size={world_size}: give sum_over_ranks (an in-place all-reduce sum)")
         if not all(group.get("fused") for group in optimizer.param_groups):
             raise ValueError("GraphedUpdate needs a fused optimiser (fused=True): it skips steps through found_inf")
         self.optimizer, self.max_norm, self.after = optimizer, float(max_norm or 0.0), list(after)
         self.parameters = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if len({p.dtype for p in self.parameters}) > 1:
+            raise ValueError("GraphedUpdate keeps the gradients in one flat buffer: the parameters must share a dtype")
         device = self.parameters[0].device
         self.capture = capture and device.type == "cuda"
-        self.gradients = [torch.zeros_like(p) for p in self.parameters]
+        self.world_size, self.sum_over_ranks = world_size, sum_over_ranks
+        # one flat buffer (one all-reduce under DDP); each parameter's gradient is a view of it
+        self.flat = torch.zeros(sum(p.numel() for p in self.parameters), dtype=self.parameters[0].dtype, device=device)
+        self.gradients = [g.view_as(p) for g, p in zip(self.flat.split([p.numel() for p in self.parameters]),
+                                                         self.parameters)]
         self._gradient_of = {id(p): g for p, g in zip(self.parameters, self.gradients)}
         self.loss = torch.zeros((), dtype=torch.float64, device=device)  # any loss dtype converts exactly
         self.norm = torch.zeros((), dtype=self.parameters[0].dtype, device=device)  # this step's, before clipping
@@ -84,6 +102,9 @@ class GraphedUpdate:
     def step(self) -> None:
         """Update from the gradients and loss now in the buffers: replayed, or run and captured."""
         self._sync_learning_rates()
+        if self.world_size > 1:  # queued on the device before the replay; the graph reads the sums
+            self.sum_over_ranks(self.flat)
+            self.sum_over_ranks(self.loss)
         if self._graph is not None and self._addresses() == self._where:
             self._graph.replay()
             return
@@ -101,6 +122,8 @@ class GraphedUpdate:
 
     def _update(self) -> None:
         gradients = self.gradients
+        if self.world_size > 1:  # the mean over the ranks, as DDP's
+            self.flat.div_(self.world_size)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
         self.norm.copy_(norm)
         self.skipped.copy_(1.0 - (torch.isfinite(norm) & torch.isfinite(self.loss)).to(torch.float32))

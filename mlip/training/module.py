@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
 import numpy as np
 import torch
 
@@ -70,11 +72,13 @@ class PotentialModule(L.LightningModule):
             buckets should hold the sizes the batches span: batches of 64 EMT cells span about
             10, of 32 about 20; same-size molecules 1-3. A run that keeps dropping sizes says
             so in its log each epoch. Ignored on the CPU.
-        cuda_graph_update: with ``cuda_graphs`` on one GPU (no DDP, no gradient accumulation,
+        cuda_graph_update: with ``cuda_graphs`` (one GPU or DDP; no gradient accumulation,
             clipping by norm or none), the rest of the step too: gradient norm, finite check,
             clipping, the fused optimiser step, the EMA and the skip counters, replayed from one
             more graph (`mlip.training.cuda_graph_update.GraphedUpdate`) instead of launched
-            kernel by kernel from Lightning's hooks. False: those run eagerly.
+            kernel by kernel from Lightning's hooks. Under DDP the gradients are summed over
+            the ranks by one all-reduce of a flat buffer before the replay, not by DDP's
+            backward hooks. False: those run eagerly.
         max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped on the
             device (the fused optimiser's ``found_inf``: no weight, optimiser-state or EMA
             update; it still counts in ``global_step``, so schedules go on) and counted; this
@@ -152,8 +156,9 @@ class PotentialModule(L.LightningModule):
     def _graphs_update(self) -> bool:
         """Whether the optimiser update replays from a graph too (``cuda_graph_update``)."""
         trainer = self.trainer
-        return (self._graphed() and self.hparams.cuda_graph_update and trainer.world_size == 1
-                and trainer.accumulate_grad_batches == 1 and trainer.gradient_clip_algorithm in (None, "norm"))
+        return (self._graphed() and self.hparams.cuda_graph_update and trainer.accumulate_grad_batches == 1
+                and (trainer.world_size == 1 or isinstance(trainer.strategy, DDPStrategy))
+                and trainer.gradient_clip_algorithm in (None, "norm"))
 
     def release_training_graphs(self) -> None:
         """Drop the captured training steps (they hold the loss weights they were captured
@@ -256,9 +261,12 @@ class PotentialModule(L.LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         if self._graphs_update():
             update = self._graphed_update_for(getattr(optimizer, "optimizer", optimizer))
+            # no DDP reducer: the update sums the gradients over the ranks itself
+            ddp_sync_off = self.trainer.strategy.block_backward_sync() if self.trainer.world_size > 1 else nullcontext()
             self._in_graphed_update = True
             try:  # training_step: the loss graph leaves loss and gradients in the update's buffers
-                optimizer_closure()
+                with ddp_sync_off:
+                    optimizer_closure()
             finally:
                 self._in_graphed_update = False
             update.step()  # norm, finite check, clipping, optimiser, EMA, counters: one replay
@@ -292,7 +300,9 @@ class PotentialModule(L.LightningModule):
         into its buffers) when the optimiser is new."""
         if self.graphed_update is None or self.graphed_update.optimizer is not optimizer:
             self.release_training_graphs()
-            self.graphed_update = GraphedUpdate(optimizer, self.trainer.gradient_clip_val, after=[self._after_update])
+            self.graphed_update = GraphedUpdate(optimizer, self.trainer.gradient_clip_val, after=[self._after_update],
+                                                world_size=self.trainer.world_size,
+                                                sum_over_ranks=self._sum_over_ranks)
         return self.graphed_update
 
     # the graphed update owns the gradient buffers: Lightning must neither reset nor fill them

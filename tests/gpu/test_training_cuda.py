@@ -34,3 +34,16 @@ def test_nonfinite_steps_are_skipped_on_the_device(tmp_path, emt_file):
     assert all(torch.isfinite(v).all() for v in stopped["state_dict"].values() if v.is_floating_point())
     steps = {int(s["step"]) for s in stopped["optimizer_states"][0]["state"].values()}
     assert steps == {5}  # and the optimiser's state
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("update", ["graphed", "eager"])
+def test_two_gpus_match_one_with_graphs(tmp_path, emt_file, update):
+    """DDP over NCCL with the graphed steps (flat gradient all-reduce before the update graph,
+    or DDP's hooks with the eager update) trains like one GPU on the same global batches."""
+    from tests.training.test_distributed import _run, _same_runs
+
+    graphs = [*GPU, "module.cuda_graphs=true", f"module.cuda_graph_update={str(update == 'graphed').lower()}"]
+    _run(tmp_path / "one", emt_file, "data.batch_size=8", *graphs)
+    _run(tmp_path / "two", emt_file, "data.batch_size=4", "trainer=ddp", "trainer.devices=2", *graphs[1:])
+    _same_runs(tmp_path)

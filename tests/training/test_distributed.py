@@ -24,11 +24,7 @@ def _run(run_dir: Path, emt_file: str, *overrides: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, emt_file):
-    # 32 training structures: 4 per rank on 2 ranks is the same global batch of 8 as one process
-    # (each rank takes every other structure of the epoch's permutation)
-    _run(tmp_path / "one", emt_file, "data.batch_size=8")
-    _run(tmp_path / "two", emt_file, "data.batch_size=4", "trainer.devices=2", "+trainer.strategy=ddp")
+def _same_runs(tmp_path) -> None:
     one = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     two = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert one["global_step"] == two["global_step"] == 8
@@ -41,6 +37,23 @@ def test_two_gloo_processes_match_one_process(tmp_path, emt_file):
     for key in m1:
         if key != "test_loss":  # the logged loss is a mean of per-rank batch means
             assert abs(m1[key] - m2[key]) <= 1e-9 * abs(m1[key]) + 1e-12, key
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, emt_file):
+    # 32 training structures: 4 per rank on 2 ranks is the same global batch of 8 as one process
+    # (each rank takes every other structure of the epoch's permutation)
+    _run(tmp_path / "one", emt_file, "data.batch_size=8")
+    _run(tmp_path / "two", emt_file, "data.batch_size=4", "trainer.devices=2", "+trainer.strategy=ddp")
+    _same_runs(tmp_path)
+
+
+def test_two_gloo_processes_through_the_graphed_update_match_one_process(tmp_path, emt_file):
+    """The graphed path (run eagerly on the CPU): no DDP reducer, the flat gradient buffer and
+    the loss summed over the ranks by the update, divided by the world size in its graph."""
+    graphed = ["module._target_=tests.training.test_cuda_graph_update.GraphedOnCPU", "module.cuda_graphs=true"]
+    _run(tmp_path / "one", emt_file, "data.batch_size=8", *graphed)
+    _run(tmp_path / "two", emt_file, "data.batch_size=4", "trainer.devices=2", "+trainer.strategy=ddp", *graphed)
+    _same_runs(tmp_path)
 
 
 def test_a_rank_with_other_statistics_stops_the_run(tiny_potential):
