@@ -11,10 +11,10 @@ graph, and replays that graph at every later step.
 A replay reads and writes the tensors at the addresses they had at the capture, so these
 stay put between steps:
 
-- the gradients: one persistent buffer per trainable parameter (``gradient_of``). The loss
-  graph copies its gradients there (`GraphedLoss` with ``outputs``); they are set as
-  ``p.grad`` for the capture, and nothing sets them to None (the module's
-  ``optimizer_zero_grad`` does nothing while the update is graphed);
+- the gradients: views of one persistent flat buffer, one per trainable parameter
+  (``gradient_of``). The loss graph copies its gradients there (`GraphedLoss` with
+  ``into``); they are set as ``p.grad`` for the capture, and nothing sets them to None (the
+  module's ``optimizer_zero_grad`` does nothing while the update is graphed);
 - the loss (``loss``), which the finite check reads;
 - the learning rate of each parameter group: a float32 device scalar (the fused kernels read
   a tensor learning rate as float32). The group's ``lr`` stays a float, as schedulers,
@@ -23,10 +23,9 @@ stay put between steps:
   scalar and ``capturable=True`` (what torch's Adam needs to be captured);
 - the optimiser's state, created by the eager update.
 
-Under data parallelism (``world_size`` > 1) the gradient buffers are views of one flat
-buffer, and ``step`` first sums it and the loss over the ranks (two all-reduces queued before
-the replay, outside the graph); the graph divides the gradients by the world size, as DDP's
-average does. Every rank then sees the same gradients and summed loss, so every rank skips
+Under data parallelism (``world_size`` > 1) ``step`` first sums the flat buffer and the loss
+over the ranks (two all-reduces queued before the replay, outside the graph); the graph
+divides the gradients by the world size, as DDP's average does. Every rank then sees the same gradients and summed loss, so every rank skips
 the same steps.
 
 A new optimiser, or state or weights at other addresses (a move, a state loaded by
@@ -54,6 +53,7 @@ class GraphedUpdate:
             gradient norm is not finite, else 0.0) run after the optimiser step (the weight
             average, counters); they must only queue device work.
         capture: ``False`` runs every update eagerly.
+        world_size: the number of data-parallel ranks.
         sum_over_ranks: with ``world_size`` > 1, an in-place all-reduce sum (it must not wait
             for the GPU: `torch.distributed.all_reduce`).
 
