@@ -87,7 +87,7 @@ class StepTrace(Callback):
         show = warnings.showwarning
 
         def record(message, category, filename, lineno, file=None, line=None):
-            if "synchroniz" not in str(message).lower():
+            if "synchronizing cuda operation" not in str(message).lower():  # the debug mode's own notice too
                 return show(message, category, filename, lineno, file, line)
             frames = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith(("warnings.py", "step_trace.py"))]
             where = " <- ".join(f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}({f.name})"
