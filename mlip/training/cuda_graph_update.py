@@ -41,6 +41,8 @@ from contextlib import contextmanager
 
 import torch
 
+from mlip.training.gradients import clip_by_norm_, global_norm
+
 
 class GraphedUpdate:
     """Gradient norm, finite check, clipping, ``optimizer.step()`` and ``after`` hooks, captured once.
@@ -124,11 +126,11 @@ class GraphedUpdate:
         gradients = self.gradients
         if self.world_size > 1:  # the mean over the ranks, as DDP's
             self.flat.div_(self.world_size)
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+        norm = global_norm(gradients)
         self.norm.copy_(norm)
         self.skipped.copy_(1.0 - (torch.isfinite(norm) & torch.isfinite(self.loss)).to(torch.float32))
-        if self.max_norm:  # clip_grad_norm_'s coefficient
-            torch._foreach_mul_(gradients, torch.clamp(self.max_norm / (norm + 1e-6), max=1.0))
+        if self.max_norm:
+            clip_by_norm_(gradients, norm, self.max_norm)
         with self._capturable():
             self.optimizer.step()
         for function in self.after:

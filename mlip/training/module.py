@@ -20,6 +20,7 @@ from mlip.models.potential import Potential
 from mlip.training.cuda_graph_loss import GraphedLoss
 from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.ema import ExponentialMovingAverage
+from mlip.training.gradients import clip_by_norm_, global_norm
 from mlip.training.loss import EnergyForcesStressLoss
 from mlip.training.metrics import PotentialMetrics
 from mlip.training.monitoring import logging_step
@@ -238,7 +239,7 @@ class PotentialModule(L.LightningModule):
         gradients = [p.grad for p in self.potential.parameters() if p.grad is not None]
         if not gradients:
             return
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+        norm = global_norm(gradients)
         self._gradients = (gradients, norm)  # the clipping below reuses the norm
         finite = torch.isfinite(norm) & torch.isfinite(self.last_train_loss)
         finite = self._all_reduce(finite.to(torch.float32), torch.distributed.ReduceOp.MIN)  # every rank alike
@@ -255,8 +256,7 @@ class PotentialModule(L.LightningModule):
         if not gradient_clip_val or gradient_clip_algorithm not in (None, "norm") or gradients is None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         tensors, norm = gradients
-        coefficient = torch.clamp(float(gradient_clip_val) / (norm + 1e-6), max=1.0)
-        torch._foreach_mul_(tensors, coefficient)
+        clip_by_norm_(tensors, norm, gradient_clip_val)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         if self._graphs_update():
