@@ -113,7 +113,6 @@ class GraphedLoss:
         self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}
         self.steps_per_octave = steps_per_octave
         self.parameters = [p for p in potential.parameters() if p.requires_grad]
-        self.into = into
         self._outputs = None if into is None else (into.loss, [into.gradient_of(p) for p in self.parameters])
         device, dtype = potential.e0s.device, potential.e0s.dtype
         predicted = ["energy"] + [name for name in ("forces", "stress") if self.wants[f"compute_{name}"]]
@@ -152,7 +151,7 @@ class GraphedLoss:
             global_counts = sum_over_ranks(label_counts(batch, self.terms).to(tensors[1].dtype))
         out = self.graphs(key, *tensors, batch, global_counts)
         terms = {k[5:]: v.clone() for k, v in out.items() if k.startswith("term_")}
-        if self.into is not None:
+        if self._outputs is not None:  # the gradients are in the update's buffers
             return out["loss"].clone(), terms
         # the static gradient buffers themselves: backward() multiplies them into new tensors,
         # so call it before the next call overwrites them
