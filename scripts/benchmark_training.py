@@ -129,7 +129,7 @@ def startup_and_ceiling(folder: Path, device: str = "cuda", repeats: int = 200, 
     for function in (step, eager_update_step):
         for _ in range(warm):
             function()
-        phase("warm_steps")
+        phase("warm_steps" if function is step else "eager_update_warm_steps")
         for _ in range(repeats):
             function()
         phase("timed")
