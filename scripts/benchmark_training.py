@@ -97,7 +97,8 @@ def startup_and_ceiling(folder: Path, device: str = "cuda", repeats: int = 200, 
     torch.set_float32_matmul_precision("highest")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader())).to(device)
+    host_batch = next(iter(datamodule.train_dataloader()))
+    batch = host_batch.clone().to(device)
     val_batch = next(iter(datamodule.val_dataloader())).to(device)
     phase("data")
     module = instantiate(cfg.module, potential=build_potential(cfg.model, datamodule.statistics)).to(device)
@@ -134,7 +135,39 @@ def startup_and_ceiling(folder: Path, device: str = "cuda", repeats: int = 200, 
             function()
         phase("timed")
         times["step_ms" if function is step else "eager_update_ms"] = round(1000 * times.pop("timed") / repeats, 2)
+    if device == "cuda":
+        times.update(host_costs(host_batch, device, graphed, batch, update))
     return times
+
+
+def host_costs(host_batch, device: str, graphed, batch, update, repeats: int = 50) -> dict[str, float]:
+    """Host milliseconds (the GPU idle before each call, so no queue pushes back) of the step's
+    parts that launch work: a pinned batch's transfer, tensor by tensor (``Batch.to``) and in
+    one copy (`batch_to_device`, as the data module moves worker batches); the graphed loss
+    (buffer fill and replay); the graphed update (replay)."""
+    import torch
+
+    from mlip.data.loader import PackedBatch, batch_to_device
+
+    def host_ms(calls) -> float:
+        total = 0.0
+        for call in calls:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            call()
+            total += time.perf_counter() - start
+        torch.cuda.synchronize()
+        return round(1000 * total / len(calls), 3)
+
+    packed = PackedBatch.pack(host_batch)
+    per_tensor = [host_batch.clone().pin_memory() for _ in range(repeats)]
+    one_buffer = [packed.pin_memory() for _ in range(repeats)]
+    return {
+        "transfer_per_tensor_host_ms": host_ms([lambda b=b: b.to(device, non_blocking=True) for b in per_tensor]),
+        "transfer_one_copy_host_ms": host_ms([lambda b=b: batch_to_device(b, device) for b in one_buffer]),
+        "loss_host_ms": host_ms([lambda: graphed(batch)] * repeats),
+        "update_host_ms": host_ms([update.step] * repeats),
+    }
 
 
 def summarise(name: str, run_dir: Path, launched: float, wall: float, n_train: int, epochs: int) -> dict:
@@ -282,6 +315,8 @@ def table(rows: list[dict], epochs: int, n_train: int) -> str:
         lines.append("\nstartup by hand, s: " + ", ".join(
             f"{k} {startup[k]}" for k in ("imports", "data", "model", "first_step", "first_validation", "warm_steps")))
         lines.append(f"ceiling with the update launched eagerly: {startup.get('eager_update_ms')} ms")
+        lines.append("host ms per call, GPU idle: " + ", ".join(
+            f"{k[:-8]} {startup[k]}" for k in startup if k.endswith("_host_ms")))
         ours = next((r for r in rows if r["run"] == "mlip" and "step_ms" in r), None)
         if ours:
             lines.append(f"steady step / ceiling: {startup['step_ms'] / ours['step_ms']:.0%}")

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import BatchSampler, Dataset, Subset
 from torch_geometric.data import Batch
 
-from mlip.data.loader import GraphLoader
+from mlip.data.loader import GraphLoader, batch_to_device
 from mlip.data.checks import unknown_elements
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers import SkippedRecords, iter_structures
@@ -212,10 +212,11 @@ class GraphDataModule(L.LightningDataModule):
         return batch
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """One asynchronous copy per tensor (from pinned memory when ``pin_memory``): the host
-        prepares the next batch while the GPU works."""
+        """Asynchronous copies (from pinned memory when ``pin_memory``): the host prepares the
+        next batch while the GPU works. A batch from a loader worker crosses in one copy
+        (`mlip.data.loader.batch_to_device`), others in one per tensor."""
         if isinstance(batch, Batch):
-            return batch.to(device, non_blocking=True)
+            return batch_to_device(batch, device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

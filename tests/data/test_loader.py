@@ -1,12 +1,13 @@
 """`batch_graphs`: the same batch as torch_geometric's collation, built directly."""
 
 import numpy as np
+import pytest
 import torch
 from ase import Atoms
 from torch_geometric.data import Batch
 
 from mlip.data.graph import structure_to_graph
-from mlip.data.loader import PackedBatch, batch_graphs
+from mlip.data.loader import PackedBatch, batch_graphs, batch_to_device
 from mlip.data.readers.atoms import structure_from_atoms
 from tests.conftest import random_alloy, random_cluster
 
@@ -48,20 +49,66 @@ def test_graphs_with_other_keys_go_to_torch_geometric(rng):
     _assert_same(batch_graphs(graphs), Batch.from_data_list(graphs))
 
 
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
 def test_a_packed_batch_is_pinned_by_the_loaders_pinning_thread(rng, monkeypatch):
     """torch's pinning utility hands a packed batch to `PackedBatch.pin_memory`: what reaches
-    the main process is the rebuilt batch with every tensor pinned (pinning itself needs CUDA,
-    so here each tensor's pin_memory only marks it)."""
+    the main process is the rebuilt batch, every tensor a view of one pinned buffer (pinning
+    itself needs CUDA, so here the buffer's pin_memory only marks it)."""
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    pinned = set()
+    pinned = []
 
     def mark(tensor, *args, **kwargs):
-        pinned.add(id(tensor))
-        return tensor
+        pinned.append(tensor.clone())
+        return pinned[-1]
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", mark)
     graphs = _graphs(rng)
     out = pin_memory(PackedBatch.pack(batch_graphs(graphs)))
     _assert_same(out, Batch.from_data_list(graphs))
-    assert all(id(value) in pinned for value in out._store.values() if isinstance(value, torch.Tensor))
+    assert len(pinned) == 1 and pinned[0].dtype == torch.uint8
+    assert all(_storage(value) == _storage(pinned[0]) for value in out._store.values() if isinstance(value, torch.Tensor))
+
+
+def test_a_packed_batch_crosses_to_the_device_in_one_copy(rng, monkeypatch):
+    """`batch_to_device` copies the buffer once and views the copy (to the meta device here:
+    no data, so only shapes and dtypes are checked), never through ``Batch.to``; a batch
+    whose tensor was replaced since it was rebuilt goes tensor by tensor, as do others."""
+    graphs = _graphs(rng)
+    reference = Batch.from_data_list(graphs)
+    copies = []
+    original_to = torch.Tensor.to
+
+    def counted(tensor, *args, **kwargs):
+        copies.append(tensor.shape)
+        return original_to(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counted)
+    monkeypatch.setattr(Batch, "to", lambda *a, **k: pytest.fail("moved tensor by tensor"), raising=False)
+    moved = batch_to_device(PackedBatch.pack(batch_graphs(graphs)).unpack(), "meta")
+    assert len(copies) == 1 and len(copies[0]) == 1  # the byte buffer, once
+    tensors = {k: v for k, v in reference._store.items() if isinstance(v, torch.Tensor)}
+    assert {k for k, v in moved._store.items() if isinstance(v, torch.Tensor)} == set(tensors)
+    for key, value in tensors.items():
+        assert moved[key].device.type == "meta" and (moved[key].dtype, moved[key].shape) == (value.dtype, value.shape), key
+    assert moved.num_graphs == reference.num_graphs and moved.num_nodes == reference.num_nodes
+
+    monkeypatch.undo()
+    replaced = PackedBatch.pack(batch_graphs(graphs)).unpack()
+    replaced.positions = replaced.positions + 1.0
+    calls = []
+    monkeypatch.setattr(Batch, "to", lambda self, *a, **k: calls.append(a) or self, raising=False)
+    for batch in (replaced, batch_graphs(graphs)):
+        assert batch_to_device(batch, "meta") is batch
+    assert calls == [("meta",), ("meta",)]
+
+
+def test_a_batch_moved_in_one_copy_equals_the_batch(rng):
+    graphs = _graphs(rng)
+    packed = PackedBatch.pack(batch_graphs(graphs))
+    buffer = torch.from_numpy(packed.data.copy())  # a copy, as on a device
+    moved = batch_to_device(packed.unpack(buffer), torch.device("cpu"))
+    _assert_same(moved, Batch.from_data_list(graphs))
