@@ -144,7 +144,9 @@ def host_costs(host_batch, device: str, graphed, batch, update, repeats: int = 5
     """Host milliseconds (the GPU idle before each call, so no queue pushes back) of the step's
     parts that launch work: a pinned batch's transfer, tensor by tensor (``Batch.to``) and in
     one copy (`batch_to_device`, as the data module moves worker batches); the graphed loss
-    (buffer fill and replay); the graphed update (replay)."""
+    (buffer fill and replay) of a batch on the GPU and of a pinned batch on the host (as
+    training steps take it: one copy of a host image of the padded buffers); the graphed
+    update (replay)."""
     import torch
 
     from mlip.data.loader import PackedBatch, batch_to_device
@@ -162,10 +164,12 @@ def host_costs(host_batch, device: str, graphed, batch, update, repeats: int = 5
     packed = PackedBatch.pack(host_batch)
     per_tensor = [host_batch.clone().pin_memory() for _ in range(repeats)]
     one_buffer = [packed.pin_memory() for _ in range(repeats)]
+    pinned = packed.pin_memory()  # stays on the host: the graphed loss copies it in itself
     return {
         "transfer_per_tensor_host_ms": host_ms([lambda b=b: b.to(device, non_blocking=True) for b in per_tensor]),
         "transfer_one_copy_host_ms": host_ms([lambda b=b: batch_to_device(b, device) for b in one_buffer]),
         "loss_host_ms": host_ms([lambda: graphed(batch)] * repeats),
+        "loss_from_host_batch_host_ms": host_ms([lambda: graphed(pinned)] * repeats),
         "update_host_ms": host_ms([update.step] * repeats),
     }
 

@@ -214,8 +214,15 @@ class GraphDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """Asynchronous copies (from pinned memory when ``pin_memory``): the host prepares the
         next batch while the GPU works. A batch from a loader worker crosses in one copy
-        (`mlip.data.loader.batch_to_device`), others in one per tensor."""
+        (`mlip.data.loader.batch_to_device`), others in one per tensor. Training batches stay
+        on the host for a module that ``copies_training_batches`` (`PotentialModule` with
+        CUDA graphs: one copy straight into its padded buffers, `mlip.models.cuda_graph.PaddedInputs`)."""
         if isinstance(batch, Batch):
+            trainer = getattr(self, "trainer", None)
+            module = trainer.lightning_module if trainer is not None else None
+            if (trainer is not None and trainer.training and self.neighbour_list != "device"
+                    and getattr(module, "copies_training_batches", False)):
+                return batch  # the module's graphed step copies it into its padded buffers itself
             return batch_to_device(batch, device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

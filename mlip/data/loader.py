@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 from torch_geometric.data import Batch
 
+from mlip.data.flat_buffer import Slot, flatten, views_of
 from mlip.data.graph import AtomicGraph
 
 
@@ -45,39 +46,6 @@ def _to_torch(value: Any) -> Any:
     return value
 
 
-ALIGN = 16  # bytes: every tensor starts at a multiple of any element size
-
-
-@dataclass
-class Slot:
-    """Where one tensor of a batch lies in its byte buffer."""
-
-    key: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    offset: int  # in elements of ``dtype`` from the buffer's start
-
-
-def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
-    stride, step = [], 1
-    for size in reversed(shape):
-        stride.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(stride))
-
-
-def views_of(buffer: torch.Tensor, slots: Sequence[Slot]) -> dict[str, torch.Tensor]:
-    """The tensors laid out in a byte buffer (``uint8``, on any device), as views of it."""
-    typed: dict[torch.dtype, torch.Tensor] = {}
-    out = {}
-    for slot in slots:
-        if slot.dtype not in typed:
-            typed[slot.dtype] = buffer.view(slot.dtype)
-        out[slot.key] = typed[slot.dtype].as_strided(slot.shape, slot.stride, slot.offset)
-    return out
-
-
 @dataclass
 class PackedBatch:
     """A collated batch as one byte buffer of its tensors, the rest of its store, and its slices
@@ -92,20 +60,10 @@ class PackedBatch:
 
     @classmethod
     def pack(cls, batch: Batch) -> PackedBatch:
-        tensors = {k: v.contiguous() for k, v in batch._store.items() if isinstance(v, torch.Tensor)}
-        slots, size = [], 0
-        for key, tensor in tensors.items():
-            itemsize = tensor.element_size()
-            size = -(-size // ALIGN) * ALIGN
-            shape = tuple(tensor.shape)
-            slots.append(Slot(key, tensor.dtype, shape, _contiguous_stride(shape), size // itemsize))
-            size += tensor.numel() * itemsize
-        data = np.empty(-(-size // ALIGN) * ALIGN, dtype=np.uint8)
-        for slot, tensor in zip(slots, tensors.values()):
-            start = slot.offset * tensor.element_size()
-            data[start : start + tensor.numel() * tensor.element_size()] = tensor.reshape(-1).view(torch.uint8).numpy()
+        tensors = {k: v for k, v in batch._store.items() if isinstance(v, torch.Tensor)}
+        data, slots, _ = flatten(tensors, "cpu")
         return cls(
-            data,
+            data.numpy(),
             slots,
             {k: v for k, v in batch._store.items() if k not in tensors},
             _to_numpy(batch._slice_dict),

@@ -23,9 +23,19 @@ import warnings
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
 
+from mlip.data.flat_buffer import flatten
 from mlip.models.potential import Potential
+
+PADDING_SHIFT = np.array([1.0, 0.0, 0.0])  # of padding edges, in cells of 3 r_max (`PaddedInputs`)
+NUMPY_DTYPES = {dtype: torch.empty(0, dtype=dtype).numpy().dtype
+                for dtype in (torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8)}
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().numpy()
 
 
 def padded_size(count: int, steps_per_octave: int = 8) -> int:
@@ -39,10 +49,17 @@ def padded_size(count: int, steps_per_octave: int = 8) -> int:
 class PaddedInputs:
     """Static input tensors of one bucket: filled in place before each replay.
 
+    Every buffer is a view of one byte buffer, ``flat`` (`mlip.data.flat_buffer`). A batch on
+    the host is written, padding included, into a host image of it and crosses in one copy
+    (page-locked when ``flat`` is on CUDA, so the copy is asynchronous); a batch already on
+    the device is copied in tensor by tensor.
+
     Args:
         num_atoms, num_edges, num_graphs: padded sizes (atoms include at least one padding atom).
         r_max: the model's cutoff, Å (sets the length of padding edges).
     """
+
+    NAMES = ("species", "positions", "batch", "edge_index", "shifts", "cell")
 
     def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype):
         self.sizes = (num_atoms, num_edges, num_graphs)
@@ -50,16 +67,73 @@ class PaddedInputs:
         self.positions = torch.zeros(num_atoms, 3, dtype=dtype, device=device)
         self.batch = torch.full((num_atoms,), num_graphs - 1, dtype=torch.long, device=device)
         self.edge_index = torch.full((2, num_edges), num_atoms - 1, dtype=torch.long, device=device)
-        self.padding_shift = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=device)
+        self.padding_shift = torch.tensor(PADDING_SHIFT, dtype=dtype, device=device)
         self.shifts = self.padding_shift.expand(num_edges, 3).clone()
-        self.padding_cell = 3.0 * r_max * torch.eye(3, dtype=dtype, device=device)
+        self.padding_cell_host = 3.0 * r_max * np.eye(3)
+        self.padding_cell = torch.tensor(self.padding_cell_host, dtype=dtype, device=device)
         self.cell = self.padding_cell.expand(num_graphs, 3, 3).clone()
         self.counts = (0, 0, 0)  # (atoms, edges, graphs) of the last fill: every entry past them is padding
+        self._flatten(PaddedInputs.NAMES)
+
+    def _flatten(self, names: tuple[str, ...]) -> None:
+        """Make the named buffers views of one new byte buffer, ``flat``."""
+        self.flat, self.slots, views = flatten({name: getattr(self, name) for name in names})
+        for name, view in views.items():
+            setattr(self, name, view)
 
     def fill(self, species, positions, cell, batch, edge_index, shifts) -> None:
-        """Copy one (batched) graph in; the rest becomes padding. Entries past the counts are
-        padding already, except where the last fill held more: only those are reset (each
-        reset is a kernel launch, and a launch is host time)."""
+        """Copy one (batched) graph in; the rest becomes padding: in one copy of a host image
+        when the graph is on the host, else tensor by tensor."""
+        if positions.device.type == "cpu":
+            self._fill_from_host(species, positions, cell, batch, edge_index, shifts)
+        else:
+            self._fill_on_device(species, positions, cell, batch, edge_index, shifts)
+
+    def _fill_from_host(self, species, positions, cell, batch, edge_index, shifts) -> None:
+        images = self._host_images()
+        self._write_inputs(images, species, positions, cell, batch, edge_index, shifts)
+        self._send(images)
+
+    # -- from the host: the whole bucket written into an image, then one copy ------------
+    def _host_images(self) -> dict[str, np.ndarray]:
+        """NumPy views of a host image of ``flat``: ``flat`` itself on the CPU, else a new
+        page-locked buffer (torch's caching host allocator hands it out again only once the
+        copy queued from it has run)."""
+        if self.flat.device.type == "cpu":
+            self._image = self.flat
+        else:
+            self._image = torch.empty(self.flat.shape, dtype=torch.uint8, pin_memory=True)
+        data = self._image.numpy()
+        images = {}
+        for slot in self.slots:
+            start, end = slot.byte_range
+            images[slot.key] = data[start:end].view(NUMPY_DTYPES[slot.dtype]).reshape(slot.shape)
+        return images
+
+    def _send(self, images: dict[str, np.ndarray]) -> None:
+        """Copy the image written through ``images`` into ``flat``."""
+        if self._image is not self.flat:
+            self.flat.copy_(self._image, non_blocking=True)
+        self._image = None
+
+    def _write_inputs(self, images, species, positions, cell, batch, edge_index, shifts) -> None:
+        n, e, g = species.shape[0], edge_index.shape[1], cell.shape[0]
+        num_atoms, _, num_graphs = self.sizes
+        for name, value, count, padding in (
+            ("species", species, n, 0), ("positions", positions, n, 0), ("batch", batch, n, num_graphs - 1),
+            ("shifts", shifts, e, PADDING_SHIFT), ("cell", cell, g, self.padding_cell_host),
+        ):
+            image = images[name]
+            image[:count] = _numpy(value).reshape(image[:count].shape)
+            image[count:] = padding
+        images["edge_index"][:, :e] = _numpy(edge_index)
+        images["edge_index"][:, e:] = num_atoms - 1
+        self.counts = (n, e, g)
+
+    # -- from the device: tensor by tensor, resetting only what the last fill held -------
+    def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts) -> None:
+        """Entries past the counts are padding already, except where the last fill held more:
+        only those are reset (each reset is a kernel launch, and a launch is host time)."""
         n, e, g = species.shape[0], edge_index.shape[1], cell.shape[0]
         last_n, last_e, last_g = self.counts
         self.species[:n].copy_(species)

@@ -80,10 +80,20 @@ class Potential(nn.Module):
     def species(self, atomic_numbers: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Species indices [n] of atomic numbers [n]; raises `UnknownElementError` for others
         (``check=False``: no check, no host sync; unknown elements get index -1)."""
-        species = self.species_of_z[atomic_numbers.clamp(0, 118)]
+        table = self.species_of_z
+        if atomic_numbers.device != table.device:  # a batch left on the host (`GraphedLoss` copies it in)
+            table = self._species_table_on(atomic_numbers.device)
+        species = table[atomic_numbers.clamp(0, 118)]
         if check and bool((species < 0).any()):
             raise UnknownElementError(unknown_elements(atomic_numbers.cpu(), self.elements.tolist()))
         return species
+
+    def _species_table_on(self, device: torch.device) -> torch.Tensor:
+        """A copy of ``species_of_z`` on another device, made once (one host sync) per placement of the model."""
+        key = (self.species_of_z.data_ptr(), device)
+        if getattr(self, "_species_table_copy", (None,))[0] != key:
+            self._species_table_copy = (key, self.species_of_z.to(device))
+        return self._species_table_copy[1]
 
     def forward(
         self,

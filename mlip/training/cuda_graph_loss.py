@@ -35,7 +35,10 @@ from mlip.training.loss import EnergyForcesStressLoss, label_counts
 
 
 class PaddedLabels(PaddedInputs):
-    """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``)."""
+    """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``), and the
+    label counts of the global batch (under data parallelism)."""
+
+    LABELS = ("global_counts", "energy", "natoms", "has_energy", "forces", "forces_mask", "stress", "has_stress")
 
     def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype, num_terms: int = 3):
         super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype)
@@ -47,10 +50,39 @@ class PaddedLabels(PaddedInputs):
         self.forces_mask = torch.zeros(num_atoms, dtype=torch.bool, device=device)
         self.stress = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=device)
         self.has_stress = torch.zeros(num_graphs, dtype=torch.bool, device=device)
+        self._flatten(PaddedInputs.NAMES + self.LABELS)
 
-    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None) -> None:
+    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None,
+             sum_over_ranks=None) -> None:
+        """As `PaddedInputs.fill`, with ``graph``'s labels. ``global_counts``: the label counts
+        of the global batch; or, from the host with ``sum_over_ranks``, this rank's, summed
+        over the ranks on the device after the copy."""
+        if positions.device.type == "cpu":
+            self._fill_from_host(species, positions, cell, batch, edge_index, shifts, graph, global_counts, sum_over_ranks)
+        else:
+            self._fill_on_device(species, positions, cell, batch, edge_index, shifts, graph, global_counts)
+
+    def _fill_from_host(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None,
+                        sum_over_ranks=None) -> None:
+        images = self._host_images()
+        self._write_inputs(images, species, positions, cell, batch, edge_index, shifts)
+        n, g = species.shape[0], cell.shape[0]
+        images["global_counts"][:] = 1 if global_counts is None else global_counts.numpy()
+        for name, count in (("energy", g), ("natoms", g), ("has_energy", g), ("forces", n), ("forces_mask", n),
+                            ("stress", g), ("has_stress", g)):
+            image = images[name]
+            image[:count] = getattr(graph, name).numpy().reshape(image[:count].shape)
+            image[count:] = 1 if name == "natoms" else 0
+        self._send(images)
+        if sum_over_ranks is not None:
+            summed = sum_over_ranks(self.global_counts)  # in place, for an all-reduce
+            if summed is not self.global_counts:
+                self.global_counts.copy_(summed)
+
+    def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts, graph=None,
+                        global_counts=None) -> None:
         last_n, _, last_g = self.counts
-        super().fill(species, positions, cell, batch, edge_index, shifts)
+        super()._fill_on_device(species, positions, cell, batch, edge_index, shifts)
         if global_counts is not None:
             self.global_counts.copy_(global_counts)
         n, g = species.shape[0], cell.shape[0]
@@ -115,6 +147,7 @@ class GraphedLoss:
         self.parameters = [p for p in potential.parameters() if p.requires_grad]
         self._outputs = None if into is None else (into.loss, [into.gradient_of(p) for p in self.parameters])
         device, dtype = potential.e0s.device, potential.e0s.dtype
+        self.dtype = dtype
         predicted = ["energy"] + [name for name in ("forces", "stress") if self.wants[f"compute_{name}"]]
         self.terms = loss.term_names(predicted)
         self.graphs = BucketedGraphs(
@@ -144,12 +177,16 @@ class GraphedLoss:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         *tensors, num_graphs = self.potential.inputs(batch, self.check_elements)
         key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
-        global_counts = None
+        global_counts, sum_after_copy = None, None
         if self.world_size > 1:
             if sum_over_ranks is None:
                 raise ValueError(f"world_size={self.world_size}: give sum_over_ranks (an all-reduce sum)")
-            global_counts = sum_over_ranks(label_counts(batch, self.terms).to(tensors[1].dtype))
-        out = self.graphs(key, *tensors, batch, global_counts)
+            global_counts = label_counts(batch, self.terms).to(self.dtype)
+            if global_counts.device.type == "cpu":  # a host batch: summed on the device once copied in
+                sum_after_copy = sum_over_ranks
+            else:
+                global_counts = sum_over_ranks(global_counts)
+        out = self.graphs(key, *tensors, batch, global_counts, sum_after_copy)
         terms = {k[5:]: v.clone() for k, v in out.items() if k.startswith("term_")}
         if self._outputs is not None:  # the gradients are in the update's buffers
             return out["loss"].clone(), terms

@@ -154,6 +154,13 @@ class PotentialModule(L.LightningModule):
         """Whether steps replay from CUDA graphs: ``cuda_graphs`` and a model on CUDA."""
         return self.hparams.cuda_graphs and self.device.type == "cuda"
 
+    @property
+    def copies_training_batches(self) -> bool:
+        """Whether training steps take their batches on the host (the data module then leaves
+        them there): the graphed step writes a batch, padding included, into a host image of
+        its buffers and copies it in at once (`mlip.models.cuda_graph.PaddedInputs.fill`)."""
+        return self._graphed()
+
     def _graphs_update(self) -> bool:
         """Whether the optimiser update replays from a graph too (``cuda_graph_update``)."""
         trainer = self.trainer

@@ -65,7 +65,7 @@ class Throughput(Callback):
         pl_module.log("structures_per_s", self._structures / seconds, on_step=True, on_epoch=False)
         pl_module.log("atoms_per_s", self._atoms / seconds, on_step=True, on_epoch=False)
         self._last, self._structures, self._atoms = now, 0, 0
-        if batch.positions.is_cuda:
+        if pl_module.device.type == "cuda":
             pl_module.log("gpu_memory_gb", torch.cuda.max_memory_allocated() / 1e9, on_step=True, on_epoch=False)
             torch.cuda.reset_peak_memory_stats()
 

@@ -101,9 +101,12 @@ def test_capture_counts_survive_releasing_the_training_graphs(rng):
     assert module.graphed_loss.graphs.stats()["captures"] == 1
 
 
-def test_a_bucket_refilled_with_a_smaller_batch_holds_what_a_fresh_one_does(rng):
-    """`fill` resets only the entries the last fill held past the new counts: after a large
-    batch, a smaller one in the same bucket leaves every buffer as a freshly made bucket would."""
+@pytest.mark.parametrize("path", ["_fill_from_host", "_fill_on_device"])
+def test_a_bucket_refilled_with_a_smaller_batch_holds_what_a_fresh_one_does(rng, path):
+    """After a large batch, a smaller one in the same bucket leaves every buffer as a freshly
+    made bucket would: the host image is written whole, padding included; the device path
+    resets only the entries the last fill held past the new counts. Both paths leave the
+    same bytes (``fill`` takes the first for a batch on the host, the second for one on the GPU)."""
     from mlip.training.cuda_graph_loss import PaddedLabels
 
     potential = make_tiny_potential(correlation=2)
@@ -113,16 +116,19 @@ def test_a_bucket_refilled_with_a_smaller_batch_holds_what_a_fresh_one_does(rng)
     small = Batch.from_data_list([_labelled(random_cluster(rng), "d", potential.r_max)])
     key = (big.num_nodes + 8, big.edge_index.shape[1] + 8, 4)
 
-    def filled(*batches):
+    def filled(*batches, how=path):
         labels = PaddedLabels(*key, potential.r_max, "cpu", torch.float32)
         for batch in batches:
             *tensors, _ = potential.inputs(batch, True)
-            labels.fill(*tensors, batch)
+            getattr(labels, how)(*tensors, batch)
         return labels
 
     reused, fresh = filled(big, small), filled(small)
     assert reused.counts == fresh.counts == (small.num_nodes, small.edge_index.shape[1], 1)
     for name in ("species", "positions", "batch", "edge_index", "shifts", "cell", "energy", "natoms", "has_energy",
-                 "forces", "forces_mask", "stress", "has_stress"):
+                 "forces", "forces_mask", "stress", "has_stress", "global_counts"):
         torch.testing.assert_close(getattr(reused, name), getattr(fresh, name), rtol=0, atol=0, msg=name)
+    other = "_fill_on_device" if path == "_fill_from_host" else "_fill_from_host"
+    for batches in ((big,), (big, small), (small, big)):
+        assert torch.equal(filled(*batches).flat, filled(*batches, how=other).flat)
     assert not torch.equal(filled(big).positions, fresh.positions)  # the large batch did write past the small one
