@@ -31,10 +31,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class BackgroundCheckpointIO(AtomicCheckpointIO):
     """`AtomicCheckpointIO` writes in a background thread, so training goes on meanwhile.
 
-    Each save first takes a snapshot of the checkpoint's tensors (a clone on their device,
-    queued on the caller's stream, so it holds the state of this moment); one thread then
-    serialises the snapshots in order. On an H200 the two epoch-end saves of a 2.6 M-weight
-    MACE (best and last) held the training thread for ~80 ms per epoch.
+    Each save first takes a snapshot of the checkpoint's tensors on the host, holding the state
+    of this moment: GPU tensors by asynchronous copies into page-locked memory, queued on the
+    current stream, with one CUDA event after them; others by a clone. One thread then waits
+    for each snapshot's event and serialises the snapshots in order, without calling into CUDA
+    again: serialising GPU tensors would copy each back to the host with a synchronous copy
+    (about 370 tensors for a 128-channel MACE with its EMA and AMSGrad state) in the middle of
+    the next epoch's steps. On an H200 the two epoch-end saves of a 2.6 M-weight MACE (best and last)
+    held the training thread for ~80 ms per epoch when they were written in it.
+
+    The files hold host tensors (loadable without a GPU; Lightning moves them where the
+    model and optimiser live when it resumes).
 
     A failed write is raised at the next save, at `wait` or at teardown (Lightning's end of
     fit or test, also after an exception), which waits for every pending write; so does
@@ -48,11 +55,17 @@ class BackgroundCheckpointIO(AtomicCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         self._raise_failed()
-        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        snapshot, copied = host_snapshot(checkpoint)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         write = super().save_checkpoint
-        self._pending.append(self._executor.submit(write, snapshot, path, storage_options))
+
+        def write_when_copied() -> None:
+            for event in copied:
+                event.synchronize()
+            write(snapshot, path, storage_options)
+
+        self._pending.append(self._executor.submit(write_when_copied))
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         """Queued behind the pending writes (`ModelCheckpoint` removes the previous best right
@@ -81,6 +94,27 @@ class BackgroundCheckpointIO(AtomicCheckpointIO):
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+
+def host_snapshot(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], list[torch.cuda.Event]]:
+    """The checkpoint with every tensor copied to the host, and the CUDA events to wait for
+    before reading the copies of GPU tensors (queued asynchronously, one event per device)."""
+    devices: set[torch.device] = set()
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        if tensor.is_cuda:
+            devices.add(tensor.device)
+            return tensor.to("cpu", non_blocking=True)  # into page-locked memory
+        return tensor.clone()
+
+    snapshot = apply_to_collection(checkpoint, torch.Tensor, copy)
+    events = []
+    for device in devices:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        events.append(event)
+    return snapshot, events
 
 
 def wait_for_checkpoints(trainer) -> None:
