@@ -182,3 +182,25 @@ def test_loader_workers_and_pinning_follow_the_trainer_device_unless_set(tmp_pat
     assert (cuda.num_workers, cuda.pin_memory, cuda.persistent_workers) == (2, True, True)
     assert loader("cuda", num_workers=0, pin_memory=False).num_workers == 0
     assert loader("cpu", num_workers=3).num_workers == 3
+
+
+@pytest.mark.parametrize("neighbour_list", ["workers", "device"])
+def test_training_batches_stay_on_the_host_for_a_module_that_copies_them(tmp_path, rng, neighbour_list):
+    """The graphed training step copies a host batch into its padded buffers itself; other
+    stages, other modules and device neighbour lists (which need the batch there) get it moved
+    (to the meta device here: no data, only where the tensors are)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    module = AtomicDataModule(_write(tmp_path / "a.xyz", rng), r_max=4.0, val_fraction=0.2, test_fraction=0.0,
+                              neighbour_list=neighbour_list)
+    module.setup("fit")
+    meta = torch.device("meta")
+    for training, copies in ((True, True), (False, True), (True, False)):
+        module.trainer = None
+        batch = next(iter(module.train_dataloader()))
+        module.trainer = SimpleNamespace(training=training, lightning_module=SimpleNamespace(copies_training_batches=copies))
+        moved = module.transfer_batch_to_device(batch, meta, 0)
+        stays = training and copies and neighbour_list == "workers"
+        assert moved.positions.device == (torch.device("cpu") if stays else meta), (training, copies)
