@@ -339,8 +339,9 @@ def table(rows: list[dict], epochs: int, n_train: int) -> str:
         lines.append("\nstartup by hand, s: " + ", ".join(
             f"{k} {startup[k]}" for k in ("imports", "data", "model", "first_step", "first_validation", "warm_steps")))
         lines.append(f"ceiling with the update launched eagerly: {startup.get('eager_update_ms')} ms")
-        lines.append("host ms per call, GPU idle: " + ", ".join(
-            f"{k[:-8]} {startup[k]}" for k in startup if k.endswith("_host_ms")))
+        host = [f"{k[:-8]} {startup[k]}" for k in startup if k.endswith("_host_ms")]
+        if host:
+            lines.append("host ms per call, GPU idle: " + ", ".join(host))
         ours = next((r for r in rows if r["run"] == "mlip" and "step_ms" in r), None)
         if ours:
             lines.append(f"steady step / ceiling: {startup['step_ms'] / ours['step_ms']:.0%}")
