@@ -15,10 +15,15 @@ With ``into`` (a `mlip.training.cuda_graph_update.GraphedUpdate`), the captured 
 copying its loss and gradients into the update's persistent buffers, and the optimiser
 update is replayed from a graph of its own; no autograd pass is left for ``backward()``.
 
+A batch may arrive on the host (training steps get it there: the data module leaves it
+for `PotentialModule`): it is then written, labels and padding included, into a pinned
+image of the bucket's buffers and copied in at once (`PaddedLabels.fill`).
+
 Under data parallelism (``world_size`` > 1) the loss divides by the label counts of the
 global batch, as the eager loss does (`mlip.training.loss`): each call sums this rank's
-counts over the ranks first (an all-reduce queued on the device before the replay, not
-captured) and the captured loss reads them from a buffer.
+counts over the ranks (an all-reduce queued on the device before the replay, not
+captured; for a host batch, in the buffer once the image is copied in) and the captured
+loss reads them from that buffer.
 """
 
 from __future__ import annotations
