@@ -38,6 +38,11 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().numpy()
 
 
+def _span(dim: int, start: int, stop: int | None) -> tuple[slice, ...]:
+    """The index of entries ``start:stop`` along axis ``dim``."""
+    return (slice(None),) * dim + (slice(start, stop),)
+
+
 def padded_size(count: int, steps_per_octave: int = 8) -> int:
     """Smallest bucket >= count: a multiple of 2^k for counts in [steps·2^k, 2·steps·2^k)."""
     if count <= 2 * steps_per_octave:
@@ -59,27 +64,40 @@ class PaddedInputs:
         r_max: the model's cutoff, Å (sets the length of padding edges).
     """
 
-    NAMES = ("species", "positions", "batch", "edge_index", "shifts", "cell")
+    # each padded buffer: which count sizes it (0 atoms, 1 edges, 2 graphs) and along which axis
+    PADDED = (("species", 0, 0), ("positions", 0, 0), ("batch", 0, 0), ("edge_index", 1, 1), ("shifts", 1, 0),
+              ("cell", 2, 0))
+    UNPADDED: tuple[str, ...] = ()  # buffers filled whole (none here)
 
     def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype):
         self.sizes = (num_atoms, num_edges, num_graphs)
-        self.species = torch.zeros(num_atoms, dtype=torch.long, device=device)
-        self.positions = torch.zeros(num_atoms, 3, dtype=dtype, device=device)
-        self.batch = torch.full((num_atoms,), num_graphs - 1, dtype=torch.long, device=device)
-        self.edge_index = torch.full((2, num_edges), num_atoms - 1, dtype=torch.long, device=device)
-        self.padding_shift = torch.tensor(PADDING_SHIFT, dtype=dtype, device=device)
-        self.shifts = self.padding_shift.expand(num_edges, 3).clone()
-        self.padding_cell_host = 3.0 * r_max * np.eye(3)
-        self.padding_cell = torch.tensor(self.padding_cell_host, dtype=dtype, device=device)
-        self.cell = self.padding_cell.expand(num_graphs, 3, 3).clone()
-        self.counts = (0, 0, 0)  # (atoms, edges, graphs) of the last fill: every entry past them is padding
-        self._flatten(PaddedInputs.NAMES)
+        self.species = torch.empty(num_atoms, dtype=torch.long, device=device)
+        self.positions = torch.empty(num_atoms, 3, dtype=dtype, device=device)
+        self.batch = torch.empty(num_atoms, dtype=torch.long, device=device)
+        self.edge_index = torch.empty(2, num_edges, dtype=torch.long, device=device)
+        self.shifts = torch.empty(num_edges, 3, dtype=dtype, device=device)
+        self.cell = torch.empty(num_graphs, 3, 3, dtype=dtype, device=device)
+        self.padding_cell = 3.0 * r_max * np.eye(3)  # padding graphs' cell: no padding edge shorter than r_max
+        self._set_up()
 
-    def _flatten(self, names: tuple[str, ...]) -> None:
-        """Make the named buffers views of one new byte buffer, ``flat``."""
+    def _paddings(self) -> dict[str, Any]:
+        """The value of every padded buffer's entries past the counts (host values)."""
+        num_atoms, _, num_graphs = self.sizes
+        return {"species": 0, "positions": 0.0, "batch": num_graphs - 1, "edge_index": num_atoms - 1,
+                "shifts": PADDING_SHIFT, "cell": self.padding_cell}
+
+    def _set_up(self) -> None:
+        """Make the buffers views of one byte buffer, ``flat``, and pad them whole."""
+        names = [name for name, _, _ in self.PADDED] + list(self.UNPADDED)
         self.flat, self.slots, views = flatten({name: getattr(self, name) for name in names})
         for name, view in views.items():
             setattr(self, name, view)
+        self._host_padding = self._paddings()
+        self._device_padding = {  # arrays as device tensors, made once: a fill then copies no host data
+            name: torch.as_tensor(value, dtype=getattr(self, name).dtype, device=self.flat.device)
+            if isinstance(value, np.ndarray) else value for name, value in self._host_padding.items()}
+        self.counts = self.sizes  # all entries "held": the reset below pads every one
+        self._copy_in({name: getattr(self, name)[_span(dim, 0, 0)] for name, _, dim in self.PADDED}, (0, 0, 0))
 
     def fill(self, species, positions, cell, batch, edge_index, shifts) -> None:
         """Copy one (batched) graph in; the rest becomes padding: in one copy of a host image
@@ -89,10 +107,20 @@ class PaddedInputs:
         else:
             self._fill_on_device(species, positions, cell, batch, edge_index, shifts)
 
+    @staticmethod
+    def _inputs(species, positions, cell, batch, edge_index, shifts) -> tuple[dict[str, torch.Tensor], tuple]:
+        """The tensor for each input buffer, and the counts (atoms, edges, graphs) they hold."""
+        values = {"species": species, "positions": positions, "batch": batch, "edge_index": edge_index,
+                  "shifts": shifts, "cell": cell}
+        return values, (species.shape[0], edge_index.shape[1], cell.shape[0])
+
     def _fill_from_host(self, species, positions, cell, batch, edge_index, shifts) -> None:
         images = self._host_images()
-        self._write_inputs(images, species, positions, cell, batch, edge_index, shifts)
-        self._send(images)
+        self._write(images, *self._inputs(species, positions, cell, batch, edge_index, shifts))
+        self._send()
+
+    def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts) -> None:
+        self._copy_in(*self._inputs(species, positions, cell, batch, edge_index, shifts))
 
     # -- from the host: the whole bucket written into an image, then one copy ------------
     def _host_images(self) -> dict[str, np.ndarray]:
@@ -110,48 +138,32 @@ class PaddedInputs:
             images[slot.key] = data[start:end].view(NUMPY_DTYPES[slot.dtype]).reshape(slot.shape)
         return images
 
-    def _send(self, images: dict[str, np.ndarray]) -> None:
-        """Copy the image written through ``images`` into ``flat``."""
+    def _write(self, images: dict[str, np.ndarray], values: dict[str, torch.Tensor], counts: tuple) -> None:
+        """Every padded buffer's image written whole: the values, then padding."""
+        for name, which, dim in self.PADDED:
+            image, count = images[name], counts[which]
+            head = image[_span(dim, 0, count)]
+            head[...] = _numpy(values[name]).reshape(head.shape)
+            image[_span(dim, count, None)] = self._host_padding[name]
+        self.counts = counts
+
+    def _send(self) -> None:
+        """Copy the image written through `_host_images` into ``flat``."""
         if self._image is not self.flat:
             self.flat.copy_(self._image, non_blocking=True)
         self._image = None
 
-    def _write_inputs(self, images, species, positions, cell, batch, edge_index, shifts) -> None:
-        n, e, g = species.shape[0], edge_index.shape[1], cell.shape[0]
-        num_atoms, _, num_graphs = self.sizes
-        for name, value, count, padding in (
-            ("species", species, n, 0), ("positions", positions, n, 0), ("batch", batch, n, num_graphs - 1),
-            ("shifts", shifts, e, PADDING_SHIFT), ("cell", cell, g, self.padding_cell_host),
-        ):
-            image = images[name]
-            image[:count] = _numpy(value).reshape(image[:count].shape)
-            image[count:] = padding
-        images["edge_index"][:, :e] = _numpy(edge_index)
-        images["edge_index"][:, e:] = num_atoms - 1
-        self.counts = (n, e, g)
-
     # -- from the device: tensor by tensor, resetting only what the last fill held -------
-    def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts) -> None:
+    def _copy_in(self, values: dict[str, torch.Tensor], counts: tuple) -> None:
         """Entries past the counts are padding already, except where the last fill held more:
         only those are reset (each reset is a kernel launch, and a launch is host time)."""
-        n, e, g = species.shape[0], edge_index.shape[1], cell.shape[0]
-        last_n, last_e, last_g = self.counts
-        self.species[:n].copy_(species)
-        self.positions[:n].copy_(positions)
-        self.batch[:n].copy_(batch)
-        if n < last_n:
-            self.species[n:last_n].zero_()
-            self.positions[n:last_n].zero_()
-            self.batch[n:last_n].fill_(self.sizes[2] - 1)
-        self.edge_index[:, :e].copy_(edge_index)
-        self.shifts[:e].copy_(shifts)
-        if e < last_e:
-            self.edge_index[:, e:last_e].fill_(self.sizes[0] - 1)
-            self.shifts[e:last_e] = self.padding_shift
-        self.cell[:g].copy_(cell)
-        if g < last_g:
-            self.cell[g:last_g] = self.padding_cell
-        self.counts = (n, e, g)
+        for name, which, dim in self.PADDED:
+            buffer, count, last = getattr(self, name), counts[which], self.counts[which]
+            head = buffer[_span(dim, 0, count)]
+            head.copy_(values[name].view_as(head))
+            if count < last:
+                buffer[_span(dim, count, last)] = self._device_padding[name]
+        self.counts = counts
 
     def arguments(self) -> tuple:
         return self.species, self.positions, self.cell, self.batch, self.edge_index, self.shifts, self.sizes[2]

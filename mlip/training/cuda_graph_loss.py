@@ -43,19 +43,25 @@ class PaddedLabels(PaddedInputs):
     """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``), and the
     label counts of the global batch (under data parallelism)."""
 
-    LABELS = ("global_counts", "energy", "natoms", "has_energy", "forces", "forces_mask", "stress", "has_stress")
+    LABELS = (("energy", 2, 0), ("natoms", 2, 0), ("has_energy", 2, 0), ("forces", 0, 0), ("forces_mask", 0, 0),
+              ("stress", 2, 0), ("has_stress", 2, 0))
+    PADDED = PaddedInputs.PADDED + LABELS
+    UNPADDED = ("global_counts",)
 
     def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype, num_terms: int = 3):
-        super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype)
         self.global_counts = torch.ones(num_terms, dtype=dtype, device=device)  # summed over the ranks
-        self.energy = torch.zeros(num_graphs, dtype=torch.float64, device=device)  # exact labels (label_errors)
-        self.natoms = torch.ones(num_graphs, dtype=torch.long, device=device)
-        self.has_energy = torch.zeros(num_graphs, dtype=torch.bool, device=device)
-        self.forces = torch.zeros(num_atoms, 3, dtype=dtype, device=device)
-        self.forces_mask = torch.zeros(num_atoms, dtype=torch.bool, device=device)
-        self.stress = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=device)
-        self.has_stress = torch.zeros(num_graphs, dtype=torch.bool, device=device)
-        self._flatten(PaddedInputs.NAMES + self.LABELS)
+        self.energy = torch.empty(num_graphs, dtype=torch.float64, device=device)  # exact labels (label_errors)
+        self.natoms = torch.empty(num_graphs, dtype=torch.long, device=device)
+        self.has_energy = torch.empty(num_graphs, dtype=torch.bool, device=device)
+        self.forces = torch.empty(num_atoms, 3, dtype=dtype, device=device)
+        self.forces_mask = torch.empty(num_atoms, dtype=torch.bool, device=device)
+        self.stress = torch.empty(num_graphs, 3, 3, dtype=dtype, device=device)
+        self.has_stress = torch.empty(num_graphs, dtype=torch.bool, device=device)
+        super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype)
+
+    def _paddings(self) -> dict:
+        # one atom in a padding graph, so that the per-atom energy's masked mean stays finite
+        return {**super()._paddings(), **{name: 0 for name, _, _ in self.LABELS}, "natoms": 1}
 
     def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None,
              sum_over_ranks=None) -> None:
@@ -67,18 +73,16 @@ class PaddedLabels(PaddedInputs):
         else:
             self._fill_on_device(species, positions, cell, batch, edge_index, shifts, graph, global_counts)
 
+    def _labelled(self, species, positions, cell, batch, edge_index, shifts, graph) -> tuple[dict, tuple]:
+        values, counts = self._inputs(species, positions, cell, batch, edge_index, shifts)
+        return {**values, **{name: getattr(graph, name) for name, _, _ in self.LABELS}}, counts
+
     def _fill_from_host(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None,
                         sum_over_ranks=None) -> None:
         images = self._host_images()
-        self._write_inputs(images, species, positions, cell, batch, edge_index, shifts)
-        n, g = species.shape[0], cell.shape[0]
+        self._write(images, *self._labelled(species, positions, cell, batch, edge_index, shifts, graph))
         images["global_counts"][:] = 1 if global_counts is None else global_counts.numpy()
-        for name, count in (("energy", g), ("natoms", g), ("has_energy", g), ("forces", n), ("forces_mask", n),
-                            ("stress", g), ("has_stress", g)):
-            image = images[name]
-            image[:count] = getattr(graph, name).numpy().reshape(image[:count].shape)
-            image[count:] = 1 if name == "natoms" else 0
-        self._send(images)
+        self._send()
         if sum_over_ranks is not None:
             summed = sum_over_ranks(self.global_counts)  # in place, for an all-reduce
             if summed is not self.global_counts:
@@ -86,18 +90,9 @@ class PaddedLabels(PaddedInputs):
 
     def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts, graph=None,
                         global_counts=None) -> None:
-        last_n, _, last_g = self.counts
-        super()._fill_on_device(species, positions, cell, batch, edge_index, shifts)
+        self._copy_in(*self._labelled(species, positions, cell, batch, edge_index, shifts, graph))
         if global_counts is not None:
             self.global_counts.copy_(global_counts)
-        n, g = species.shape[0], cell.shape[0]
-        for name, count, last in (("energy", g, last_g), ("natoms", g, last_g), ("has_energy", g, last_g),
-                                  ("forces", n, last_n), ("forces_mask", n, last_n), ("stress", g, last_g),
-                                  ("has_stress", g, last_g)):
-            buffer = getattr(self, name)
-            buffer[:count].copy_(getattr(graph, name).view_as(buffer[:count]))
-            if count < last:  # as for the inputs: only what the last fill held past the counts
-                buffer[count:last] = 1 if name == "natoms" else 0
 
 
 class CarryGradients(torch.autograd.Function):
