@@ -7,6 +7,7 @@ in one ``uint8`` buffer, they cross in one copy and are used as views of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,10 +29,7 @@ class Slot:
     @property
     def byte_range(self) -> tuple[int, int]:
         start = self.offset * self.dtype.itemsize
-        numel = 1
-        for size in self.shape:
-            numel *= size
-        return start, start + numel * self.dtype.itemsize
+        return start, start + math.prod(self.shape) * self.dtype.itemsize
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
