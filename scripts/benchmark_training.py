@@ -17,7 +17,9 @@ step, seconds in training epochs, in validation and in the test, steady-state mi
 per step (median over epochs after the first) and structures per second over the whole run
 (``phase_times.json``, `mlip.training.monitoring.PhaseTimes`), and milliseconds per step within
 epochs (``in_epoch_step_ms``: from the throughput logged every 10 steps, so without each epoch's
-start and end). The ceiling is our graphed
+start and end), and within the first logged interval of each epoch from the third on
+(``epoch_start_step_ms``: what the previous epoch's end, validation and checkpoint leave
+behind). The ceiling is our graphed
 step alone (loss and gradients replayed from a CUDA graph, then the update replayed from
 another: gradient clipping, fused AMSGrad, EMA; ``step_ms``) on one batch of the same data,
 beside the same step with the update launched eagerly (``eager_update_ms``, the ceiling of
@@ -60,6 +62,7 @@ VARIANTS = {
     "mlip, eager update": ["module.cuda_graph_update=false"],  # clipping, Adam and EMA from Lightning's hooks
     "mlip, finite checks read every step": ["module.nonfinite_check_every=1"],
     "mlip, parity plot every epoch": ["monitoring.val_parity.every_n_epochs=1"],
+    "mlip, no checkpoints": ["checkpoint.save_top_k=0", "checkpoint.save_last=false", "step_checkpoint=null"],
 }
 
 
@@ -195,18 +198,27 @@ def summarise(name: str, run_dir: Path, launched: float, wall: float, n_train: i
         logged = in_epoch_throughput(run_dir)
         if logged:
             structures_per_step = n_train / per_epoch[-1]["steps"]
-            row["in_epoch_step_ms"] = round(1000 * structures_per_step / statistics.median(logged), 2)
+            row["in_epoch_step_ms"] = round(1000 * structures_per_step / statistics.median(v for _, v in logged), 2)
+            # each epoch's first interval (its first steps, after the last epoch's validation and
+            # checkpoint), from the third epoch on: the second epoch captures new sizes
+            first = {}
+            for epoch, value in logged:
+                first.setdefault(epoch, value)
+            later = [v for epoch, v in first.items() if epoch >= 2]
+            if later:
+                row["epoch_start_step_ms"] = round(1000 * structures_per_step / statistics.median(later), 2)
     return row
 
 
-def in_epoch_throughput(run_dir: Path) -> list[float]:
-    """The structures per second that `mlip.training.monitoring.Throughput` logged (CSV logger),
-    each over the steps since the last logging step or the epoch's first step: training
-    within epochs, without their starts and ends (``step_ms`` has them)."""
+def in_epoch_throughput(run_dir: Path) -> list[tuple[int, float]]:
+    """The (epoch, structures per second) that `mlip.training.monitoring.Throughput` logged
+    (CSV logger), each over the steps since the last logging step or the epoch's first step:
+    training within epochs, without their starts and ends (``step_ms`` has them)."""
     values = []
     for path in run_dir.glob("logs/**/metrics.csv"):
         with path.open() as file:
-            values += [float(row["structures_per_s"]) for row in csv.DictReader(file) if row.get("structures_per_s")]
+            values += [(int(float(row["epoch"])), float(row["structures_per_s"]))
+                       for row in csv.DictReader(file) if row.get("structures_per_s")]
     return values
 
 
@@ -329,7 +341,7 @@ def main() -> None:
 
 def table(rows: list[dict], epochs: int, n_train: int) -> str:
     keys = ("wall_s", "fit_start_s", "first_epoch_s", "first_step_s", "train_s", "validation_s", "test_s", "step_ms",
-            "in_epoch_step_ms", "structures_per_s")
+            "in_epoch_step_ms", "epoch_start_step_ms", "structures_per_s")
     lines = [f"{epochs} epochs of {n_train} structures", "| run | " + " | ".join(keys) + " |",
              "|---|" + "---|" * len(keys)]
     for row in rows:

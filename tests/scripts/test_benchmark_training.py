@@ -24,14 +24,16 @@ def test_summary_of_phase_times(tmp_path):
     logs = tmp_path / "logs" / "version_0"
     logs.mkdir(parents=True)
     (logs / "metrics.csv").write_text("epoch,step,structures_per_s,train_loss_step\n0,9,2000.0,\n0,9,,0.5\n"
-                                      "0,19,1000.0,\n1,49,2500.0,\n")
+                                      "0,19,1000.0,\n1,49,2500.0,\n2,89,500.0,\n2,99,2000.0,\n2,109,2000.0,\n"
+                                      "3,129,250.0,\n3,139,2200.0,\n")
     row = benchmark_training.summarise("mlip", tmp_path, launched=100.0, wall=80.0, n_train=400, epochs=4)
     assert row["in_epoch_step_ms"] == 10.0  # 20 structures a step (400 over the last epoch's 20 steps) at 2000/s
+    assert row["epoch_start_step_ms"] == 53.33  # first intervals of epochs 2 and 3: 20 structures at 375/s (median)
     startup = {"run": "graphed step alone (ceiling)", "imports": 3.0, "data": 1.0, "model": 0.5, "first_step": 20.0,
                "first_validation": 2.0, "warm_steps": 0.1, "step_ms": 4.5}
     table = benchmark_training.table([startup, row, {"run": "mace-torch", "wall_s": 160.0}], 4, 400)
     assert "startup by hand, s: imports 3.0, data 1.0, model 0.5, first_step 20.0, first_validation 2.0" in table
-    assert "| mlip | 80.0 | 5.0 | 8.0 | 30.0 | 31.1 | 2.3 | 1.5 | 10.0 | 10.0 | 20.0 |" in table
+    assert "| mlip | 80.0 | 5.0 | 8.0 | 30.0 | 31.1 | 2.3 | 1.5 | 10.0 | 10.0 | 53.33 | 20.0 |" in table
     assert "steady step / ceiling: 45%" in table and "within epochs / ceiling: 45%" in table
     assert "host ms" not in table  # none timed
     assert "mace-torch / mlip wall-clock: 2.00x" in table
