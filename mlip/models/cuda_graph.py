@@ -99,13 +99,12 @@ class PaddedInputs:
         self.counts = self.sizes  # all entries "held": the reset below pads every one
         self._copy_in({name: getattr(self, name)[_span(dim, 0, 0)] for name, _, dim in self.PADDED}, (0, 0, 0))
 
-    def fill(self, species, positions, cell, batch, edge_index, shifts) -> None:
+    def fill(self, species, positions, cell, batch, edge_index, shifts, *more) -> None:
         """Copy one (batched) graph in; the rest becomes padding: in one copy of a host image
-        when the graph is on the host, else tensor by tensor."""
-        if positions.device.type == "cpu":
-            self._fill_from_host(species, positions, cell, batch, edge_index, shifts)
-        else:
-            self._fill_on_device(species, positions, cell, batch, edge_index, shifts)
+        when the graph is on the host, else tensor by tensor. ``more``: what a subclass's two
+        fill paths take besides (`PaddedLabels`: the labels)."""
+        fill = self._fill_from_host if positions.device.type == "cpu" else self._fill_on_device
+        fill(species, positions, cell, batch, edge_index, shifts, *more)
 
     @staticmethod
     def _inputs(species, positions, cell, batch, edge_index, shifts) -> tuple[dict[str, torch.Tensor], tuple]:

@@ -21,9 +21,8 @@ image of the bucket's buffers and copied in at once (`PaddedLabels.fill`).
 
 Under data parallelism (``world_size`` > 1) the loss divides by the label counts of the
 global batch, as the eager loss does (`mlip.training.loss`): each call sums this rank's
-counts over the ranks (an all-reduce queued on the device before the replay, not
-captured; for a host batch, in the buffer once the image is copied in) and the captured
-loss reads them from that buffer.
+counts over the ranks in a buffer, once the batch is copied in (an all-reduce queued on
+the device before the replay, not captured), and the captured loss reads them there.
 """
 
 from __future__ import annotations
@@ -63,36 +62,31 @@ class PaddedLabels(PaddedInputs):
         # one atom in a padding graph, so that the per-atom energy's masked mean stays finite
         return {**super()._paddings(), **{name: 0 for name, _, _ in self.LABELS}, "natoms": 1}
 
-    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None,
+    def fill(self, species, positions, cell, batch, edge_index, shifts, graph=None, counts=None,
              sum_over_ranks=None) -> None:
-        """As `PaddedInputs.fill`, with ``graph``'s labels. ``global_counts``: the label counts
-        of the global batch; or, from the host with ``sum_over_ranks``, this rank's, summed
-        over the ranks on the device after the copy."""
-        if positions.device.type == "cpu":
-            self._fill_from_host(species, positions, cell, batch, edge_index, shifts, graph, global_counts, sum_over_ranks)
-        else:
-            self._fill_on_device(species, positions, cell, batch, edge_index, shifts, graph, global_counts)
-
-    def _labelled(self, species, positions, cell, batch, edge_index, shifts, graph) -> tuple[dict, tuple]:
-        values, counts = self._inputs(species, positions, cell, batch, edge_index, shifts)
-        return {**values, **{name: getattr(graph, name) for name, _, _ in self.LABELS}}, counts
-
-    def _fill_from_host(self, species, positions, cell, batch, edge_index, shifts, graph=None, global_counts=None,
-                        sum_over_ranks=None) -> None:
-        images = self._host_images()
-        self._write(images, *self._labelled(species, positions, cell, batch, edge_index, shifts, graph))
-        images["global_counts"][:] = 1 if global_counts is None else global_counts.numpy()
-        self._send()
+        """As `PaddedInputs.fill`, with ``graph``'s labels. ``counts``: this rank's label counts
+        (None: ones); with ``sum_over_ranks``, summed over the ranks in ``global_counts`` once
+        copied in (an all-reduce queued on the device)."""
+        super().fill(species, positions, cell, batch, edge_index, shifts, graph, counts)
         if sum_over_ranks is not None:
             summed = sum_over_ranks(self.global_counts)  # in place, for an all-reduce
             if summed is not self.global_counts:
                 self.global_counts.copy_(summed)
 
-    def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts, graph=None,
-                        global_counts=None) -> None:
+    def _labelled(self, species, positions, cell, batch, edge_index, shifts, graph) -> tuple[dict, tuple]:
+        values, counts = self._inputs(species, positions, cell, batch, edge_index, shifts)
+        return {**values, **{name: getattr(graph, name) for name, _, _ in self.LABELS}}, counts
+
+    def _fill_from_host(self, species, positions, cell, batch, edge_index, shifts, graph=None, counts=None) -> None:
+        images = self._host_images()
+        self._write(images, *self._labelled(species, positions, cell, batch, edge_index, shifts, graph))
+        images["global_counts"][:] = 1 if counts is None else counts.numpy()
+        self._send()
+
+    def _fill_on_device(self, species, positions, cell, batch, edge_index, shifts, graph=None, counts=None) -> None:
         self._copy_in(*self._labelled(species, positions, cell, batch, edge_index, shifts, graph))
-        if global_counts is not None:
-            self.global_counts.copy_(global_counts)
+        if counts is not None:  # else still ones: a GraphedLoss gives counts at every call or at none
+            self.global_counts.copy_(counts)
 
 
 class CarryGradients(torch.autograd.Function):
@@ -177,16 +171,12 @@ class GraphedLoss:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         *tensors, num_graphs = self.potential.inputs(batch, self.check_elements)
         key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
-        global_counts, sum_after_copy = None, None
+        counts = None
         if self.world_size > 1:
             if sum_over_ranks is None:
                 raise ValueError(f"world_size={self.world_size}: give sum_over_ranks (an all-reduce sum)")
-            global_counts = label_counts(batch, self.terms).to(self.dtype)
-            if global_counts.device.type == "cpu":  # a host batch: summed on the device once copied in
-                sum_after_copy = sum_over_ranks
-            else:
-                global_counts = sum_over_ranks(global_counts)
-        out = self.graphs(key, *tensors, batch, global_counts, sum_after_copy)
+            counts = label_counts(batch, self.terms).to(self.dtype)  # this rank's: summed in the buffer
+        out = self.graphs(key, *tensors, batch, counts, sum_over_ranks if self.world_size > 1 else None)
         terms = {k[5:]: v.clone() for k, v in out.items() if k.startswith("term_")}
         if self._outputs is not None:  # the gradients are in the update's buffers
             return out["loss"].clone(), terms
