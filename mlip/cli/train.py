@@ -25,6 +25,7 @@ from mlip.atomic import atomic_write_bytes
 from mlip.cli.console import quiet_lightning
 from mlip.configs import config_dir, search_path
 from mlip.data.structure import DataError
+from mlip.evaluation.plots import learning_curve
 from mlip.export import save_model
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
@@ -120,8 +121,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_bytes(output_dir / "test_metrics.json", json.dumps(metrics, indent=2).encode())
     print(f"\n{split} set ({datamodule.split_size(split)} structures, EMA weights of the best checkpoint):")
     print(format_metrics(metrics, split))
-    print(f"model file: {cfg.model_file}\ncheckpoints: {checkpoint.dirpath}\n")
+    plots = write_learning_curve(output_dir)
+    print(f"model file: {cfg.model_file}\ncheckpoints: {checkpoint.dirpath}")
+    if plots is not None:
+        print(f"plots: {plots} (learning_curve.png, val_parity_epochNNN.png)")
+    print()
     return metrics
+
+
+def write_learning_curve(output_dir: Path) -> Path | None:
+    """``plots/learning_curve.png`` from the CSV logger's ``logs/metrics.csv``; the plots folder, or
+    None without a CSV log."""
+    metrics_csv = output_dir / "logs" / "metrics.csv"
+    if not metrics_csv.is_file():
+        return None
+    plots = output_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(plots / "learning_curve.png", learning_curve(metrics_csv))
+    return plots
 
 
 @hydra.main(version_base="1.3", config_path=search_path("train"), config_name="train")

@@ -1,8 +1,10 @@
-"""Parity plots and error histograms as PNG bytes (matplotlib's object API: no pyplot state)."""
+"""Parity plots, error histograms and learning curves as PNG bytes (matplotlib's object API: no pyplot state)."""
 
 from __future__ import annotations
 
+import csv
 import io
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -58,4 +60,30 @@ def error_histogram(p: Predictions, title: str) -> bytes:
         ax.set_xlabel(f"error, {label}")
         ax.set_ylabel("count")
     figure.suptitle(title)
+    return _png(figure)
+
+
+def learning_curve(metrics_csv: str | Path) -> bytes:
+    """Loss per epoch (training and validation) and validation force RMSE (meV/Å) from a run's
+    ``logs/metrics.csv`` (Lightning's CSV logger: one row per logged step or epoch)."""
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        points = sorted((int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, ""))
+        return [e for e, _ in points], [v for _, v in points]
+
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    losses, forces = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    for key in ("train_loss_epoch", "val_loss"):
+        epochs, values = series(key)
+        if epochs:
+            losses.semilogy(epochs, values, marker="o", ms=3, label=key)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("loss")
+    losses.legend()
+    epochs, values = series("val_forces_rmse")
+    forces.plot(epochs, [1000 * v for v in values], marker="o", ms=3)
+    forces.set_xlabel("epoch")
+    forces.set_ylabel("validation force RMSE (meV/Å)")
     return _png(figure)

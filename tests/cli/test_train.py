@@ -16,9 +16,11 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_file):
+def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_file, capsys):
     cfg = compose_train_config(tmp_path, emt_file, "trainer.max_epochs=4", "monitoring.val_parity.every_n_epochs=2")
     metrics = train(cfg)
+    printed = capsys.readouterr().out
+    assert f"model file: {tmp_path / 'model.safetensors'}" in printed and f"plots: {tmp_path / 'plots'}" in printed
     for name in ("config_resolved.yaml", "logs/metrics.csv", "checkpoints/last.ckpt", "model.safetensors", "test_metrics.json"):
         assert (tmp_path / name).is_file(), f"missing {name}"
     assert set(json.loads((tmp_path / "test_metrics.json").read_text())) >= {"test_energy_mae", "test_forces_rmse", "test_stress_rmse"}
@@ -31,7 +33,7 @@ def test_training_writes_run_folder_and_lowers_validation_loss(tmp_path, emt_fil
     assert steps and all(float(r["structures_per_s"]) > 0 and float(r["atoms_per_s"]) > 0 for r in steps)
     assert any(r.get("grad_norm") for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert plots == ["val_parity_epoch001.png", "val_parity_epoch003.png"]  # every second epoch
+    assert plots == ["learning_curve.png", "val_parity_epoch001.png", "val_parity_epoch003.png"]  # every second epoch
     # phase times: per epoch its training steps and seconds, then validation; the first step; the test
     times = json.loads((tmp_path / "phase_times.json").read_text())
     assert [e["epoch"] for e in times["epochs"]] == [0, 1, 2, 3] and all(e["steps"] > 0 for e in times["epochs"])

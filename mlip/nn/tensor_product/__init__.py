@@ -2,9 +2,9 @@
 
 - ``e3nn``: e3nn's reference implementation (any device);
 - ``cueq``: cuequivariance-torch on CUDA: the channel-wise tensor product fused with
-  the gather from senders and the sum at receivers (`convolution`), and the
-  symmetric contraction (`symmetric_contraction.CueqContraction`: our weights mapped
-  through a change of basis computed at first use). CPU tensors take the e3nn path;
+  the gather from senders and the sum at receivers (`convolution`); the symmetric
+  contraction reads the same setting (`mlip.nn.symmetric_contraction.cueq_executor`).
+  CPU tensors take the e3nn path;
 - ``auto``: cueq on CUDA when cuequivariance and its CUDA ops
   (``cuequivariance-ops-torch-cu12``/``-cu13``) are installed, else e3nn;
 - ``cp`` (`cp.CPConvolution`, TDN) and ``grid`` (`grid.GridConvolution`, the Gaunt

@@ -1,7 +1,8 @@
 """Where the cuequivariance backend keeps what it derives, between processes.
 
 - `cache_dir`: our folder (``$MLIP_CACHE_DIR`` or ``~/.cache/mlip``): cuequivariance's
-  polynomials and our change of basis (`symmetric_contraction`), written atomically.
+  polynomials and our change of basis (`mlip.nn.symmetric_contraction.cueq_executor`),
+  written atomically.
 - `use_kernel_cache`: cuequivariance-ops compiles its ``uniform_1d`` CUDA kernels with
   NVRTC at first use, one per operation, direction and shape class: 30-45 s of a MACE
   training run's first epoch on an H200, in every new process. It keeps them on disk

@@ -1,7 +1,7 @@
-"""MACE's symmetric contraction (Eq. 10) through cuequivariance, on our weights.
+"""The symmetric contraction evaluated by cuequivariance (CUDA), on our weights.
 
-cuequivariance spans the same space of symmetric equivariant polynomials as
-`mlip.nn.symmetric_contraction.SymmetricContraction`, in another basis. The change of
+cuequivariance spans the same space of symmetric equivariant polynomials as our basis
+(`basis.product_basis`, evaluated by `torch_executor`), in another basis. The change of
 basis T is found once by probing both with unit weights on random inputs (one channel,
 one element) and solving ``Y_cueq T = Y_ours`` by least squares; a residual above
 round-off means the bases do not span the same space and is an error. At each call
@@ -26,7 +26,9 @@ import torch
 from e3nn import o3
 
 from mlip.atomic import atomic_write_bytes
-from mlip.nn.irreps import channel_irreps
+from mlip.nn.irreps import channel_irreps, from_channels, to_channels
+from mlip.nn.symmetric_contraction import torch_executor
+from mlip.nn.symmetric_contraction.basis import compress_symmetric, monomial_recursion, product_basis
 from mlip.nn.tensor_product.cache import cache_dir
 
 try:
@@ -94,8 +96,6 @@ def change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: s
     """T [P_cueq, P_ours] (float64, CPU) with ``cueq(T W) = ours(W)``, found by probing on ``device``
     once and kept in `cache_dir` (keyed by cuequivariance's version and a digest of our basis:
     the probe takes seconds to tens of seconds at ℓ = 3, ν = 3, in every new process)."""
-    from mlip.nn.symmetric_contraction import product_basis
-
     _, per_channel_in = channel_irreps(o3.Irreps(irreps_in))
     _, per_channel_out = channel_irreps(o3.Irreps(irreps_out))
     digest = hashlib.sha256()
@@ -111,46 +111,46 @@ def change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: s
     return transform
 
 
-def _probe_change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: str) -> torch.Tensor:
-    """`change_of_basis` by evaluating both contractions on unit weights and solving for T."""
-    from mlip.nn.symmetric_contraction import SymmetricContraction
+def _basis_columns(irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, x: torch.Tensor) -> torch.Tensor:
+    """Our contraction's output for unit weight on each of our basis functions in turn (every
+    channel alike) on inputs ``x`` [samples, irreps_in.dim]: [samples · irreps_out.dim, P_ours]."""
+    num_channels, per_channel_in = channel_irreps(irreps_in)
+    _, per_channel_out = channel_irreps(irreps_out)
+    recursion = {nu: monomial_recursion(per_channel_in.dim, nu) for nu in range(2, correlation + 1)}
+    recursion = {nu: (parent.to(x.device), last.to(x.device)) for nu, (parent, last) in recursion.items()}
+    by_degree = torch_executor.monomials(to_channels(x, irreps_in), recursion)
+    columns, offset = [], 0
+    for _, ir_out in per_channel_out:
+        for nu in range(1, correlation + 1):
+            basis = product_basis(per_channel_in, nu, ir_out)
+            if basis.shape[0] == 0:
+                continue
+            features = torch_executor.path_features(by_degree[nu], compress_symmetric(basis, nu).to(x.device))
+            for j in range(features.shape[2]):
+                out = x.new_zeros(x.shape[0], num_channels, per_channel_out.dim)
+                out[:, :, offset : offset + ir_out.dim] = features[:, :, j]
+                columns.append(from_channels(out, irreps_out).reshape(-1))
+        offset += ir_out.dim
+    return torch.stack(columns, dim=1).cpu()
 
-    # one "element" per basis function of ours: element j carries unit weight j in every
-    # channel, so one call evaluates all of them on the same random inputs
-    # built in float64: its basis buffers take the default dtype, and a float32 basis moved to
-    # float64 keeps its float32 rounding (a 1e-8 residual)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        probe = SymmetricContraction(o3.Irreps(irreps_in), o3.Irreps(irreps_out), correlation, 1)
-        num_channels = probe.irreps_in[0].mul
-        sizes = [probe.weights[name].shape[-1] for paths in probe.paths for _, name in paths]
-        probe = SymmetricContraction(probe.irreps_in, probe.irreps_out, correlation, sum(sizes)).to(device)
-    finally:
-        torch.set_default_dtype(previous)
-    p_ours = sum(sizes)
-    with torch.no_grad():
-        offset = 0
-        for name in [name for paths in probe.paths for _, name in paths]:
-            weight = probe.weights[name]
-            size = weight.shape[-1]
-            weight.zero_()
-            weight[torch.arange(offset, offset + size), :, torch.arange(size)] = 1.0
-            offset += size
-    theirs = CueqEvaluation(polynomial(irreps_in, irreps_out, correlation), device, torch.float64)
+
+def _probe_change_of_basis(irreps_in: str, irreps_out: str, correlation: int, device: str) -> torch.Tensor:
+    """`change_of_basis` by evaluating both contractions on unit weights (float64) and solving for T."""
+    irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    num_channels = irreps_in[0].mul
+    theirs = CueqEvaluation(polynomial(str(irreps_in), str(irreps_out), correlation), device, torch.float64)
     p_theirs = theirs.num_weights
+    p_ours = sum(product_basis(channel_irreps(irreps_in)[1], nu, ir).shape[0]
+                 for _, ir in channel_irreps(irreps_out)[1] for nu in range(1, correlation + 1))
     generator = torch.Generator().manual_seed(0)
     samples = max(p_ours, p_theirs) // num_channels + 8
-    x = torch.randn(samples, probe.irreps_in.dim, generator=generator, dtype=torch.float64).to(device)
-
-    def columns(evaluate, count):
-        species = torch.arange(count, device=device).repeat_interleave(samples)
-        return evaluate(x.repeat(count, 1), species).reshape(count, -1).T.cpu()  # [samples * out, count]
-
+    x = torch.randn(samples, irreps_in.dim, generator=generator, dtype=torch.float64).to(device)
     with torch.no_grad():
-        y_ours = columns(probe, p_ours)
+        y_ours = _basis_columns(irreps_in, irreps_out, correlation, x)  # [samples * out, P_ours]
+        # cuequivariance with one "element" per weight of its own: element q carries unit weight q
         identity = torch.eye(p_theirs, dtype=torch.float64, device=device)[:, :, None].expand(-1, -1, num_channels)
-        y_theirs = columns(lambda xs, zs: theirs(identity, xs, zs), p_theirs)
+        species = torch.arange(p_theirs, device=device).repeat_interleave(samples)
+        y_theirs = theirs(identity, x.repeat(p_theirs, 1), species).reshape(p_theirs, -1).T.cpu()
     transform = torch.linalg.lstsq(y_theirs, y_ours).solution
     residual = (y_theirs @ transform - y_ours).abs().max() / y_ours.abs().max()
     if residual > 1e-9:
@@ -163,8 +163,6 @@ def stored_to_fresh(contraction, name: str) -> torch.Tensor:
     weights W on the stored basis act as W R on the one `product_basis` builds here. The identity
     when both came from the same linear algebra library; a rotation within degenerate singular
     subspaces (or a sign) when the model file was written on another."""
-    from mlip.nn.symmetric_contraction import compress_symmetric, product_basis
-
     i_out, nu = (int(part) for part in name.split("_"))
     _, per_channel_in = channel_irreps(contraction.irreps_in)
     fresh = compress_symmetric(product_basis(per_channel_in, nu, contraction.per_channel_out[i_out].ir), nu)
