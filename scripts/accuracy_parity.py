@@ -1,26 +1,30 @@
 #!/usr/bin/env python
-"""Held-out accuracy of our MACE against mace-torch's, same model, data, split and epochs.
+"""How accurate are our potentials on held-out molecules, against mace-torch's on the same data?
+
+Same model, data, split and epochs on both sides (or ours at equal training seconds):
 
     python scripts/accuracy_parity.py prepare --data-dir ../shared/datasets --out .accuracy_data
     python scripts/accuracy_parity.py run --sets .accuracy_data --epochs 40 --seeds 0 1 2 \
         --recipes mlip-v1 mlip --mace-torch /tmp/site_mace:/tmp/site --gpus 0 1 --out $OUT
     python scripts/accuracy_parity.py table $OUT/results.jsonl
-    python scripts/accuracy_parity.py compare docs/accuracy_runs.jsonl --ours mlip-v4:6,7 --reference mace-torch:6,7
+    python scripts/accuracy_parity.py compare docs/accuracy_runs.jsonl --ours mlip-v4:9-20 --reference mace-torch:9-20
+    python scripts/accuracy_parity.py run --recipes mlip facet --variant facet-wide=facet:model.grid_hidden=256 \
+        --seconds 120 --set-names 3bpa_random --gpus 0          # model families at equal wall-clock
 
 Three held-out sets (``prepare``): ``3bpa_random`` (3BPA train_300K, random 400/50/50:
 in distribution), ``3bpa_energy`` (the 400 lowest-energy configurations train and validate,
 the 100 highest are the test: energy extrapolation) and ``acac`` (acetylacetone train_300K
 450/50, tested on test_MD_300K). Every framework trains on the same files.
 
-The model is the issue's MACE: 128x0e+128x1o, edge ℓ ≤ 3, ν = 3, 2 layers, r_max 5 Å,
+The model is the benchmark MACE: 128x0e+128x1o, edge ℓ ≤ 3, ν = 3, 2 layers, r_max 5 Å,
 8 Bessel functions, radial MLP [64, 64, 64], readout MLP 16; batch 10, lr 0.01, AMSGrad,
 EMA 0.99, per-atom energy weight 1, force weight 100. Ours trains through `mlip-train`
 under the named recipes (`RECIPES`); mace-torch through ``mace.cli.run_train``
 (ScaleShiftMACE) in its own environment (``--mace-torch`` is its PYTHONPATH). Each
 framework's final model is scored through its own ASE calculator by one scoring function:
 force RMSE and MAE over all components (meV/Å), energy RMSE per atom (meV/atom).
-Runs go at once, spread over ``--gpus``; each result is appended to ``results.jsonl`` as
-soon as it is known.
+Runs go at once, spread over ``--gpus`` (with ``--seconds``, one run per GPU at a time);
+each result is appended to ``results.jsonl`` as soon as it is known.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import re
 import subprocess
 import sys
 import time
@@ -95,8 +101,34 @@ RECIPES["tdn"] = []
 RECIPES["facet"] = []
 
 
+VARIANT_BASE: dict[str, str] = {}  # --variant name -> the recipe it extends
+
+
 def recipe_model(recipe: str) -> str:
+    recipe = VARIANT_BASE.get(recipe, recipe)
     return recipe if recipe in MODELS else "mace"
+
+
+def add_variant(text: str) -> str:
+    """``name=recipe:key=value,key=value`` -> a recipe ``name``: ``recipe``'s overrides, then these
+    (later keys win). E.g. ``facet-wide=facet:model.grid_hidden=256``."""
+    name, _, spec = text.partition("=")
+    base, _, extra = spec.partition(":")
+    if not name or base not in RECIPES:
+        raise SystemExit(f"--variant {text!r}: expected name=recipe:key=value,... with recipe one of {list(RECIPES)}")
+    RECIPES[name] = RECIPES[base] + [item for item in re.split(r",(?![^\[]*\])", extra) if item]  # not inside [..]
+    VARIANT_BASE[name] = base
+    return name
+
+
+def budget_overrides(epochs: int, seconds: float | None) -> list[str]:
+    """A fixed number of epochs, or ``seconds`` of training (Lightning's ``max_time``, DD:HH:MM:SS,
+    which counts the whole fit loop, validation included)."""
+    if seconds is None:
+        return [f"trainer.max_epochs={epochs}"]
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return ["trainer.max_epochs=100000", f"+trainer.max_time={hours // 24:02d}:{hours % 24:02d}:{minutes:02d}:{secs:02d}"]
 
 
 SETS = ("3bpa_random", "3bpa_energy", "acac")
@@ -169,7 +201,7 @@ def e0_dict(path: Path) -> dict[int, float]:
 
 
 def mlip_command(folder: Path, run_dir: Path, recipe: str, seed: int, epochs: int, extra: tuple[str, ...] = (
-        "monitoring.val_parity=null",)) -> list[str]:
+        "monitoring.val_parity=null",), seconds: float | None = None) -> list[str]:
     """`mlip-train` on ``folder``'s files with the issue's settings, the recipe's overrides and ``extra``."""
     return [sys.executable, "-m", "mlip.cli.train", *merged([*MODELS[recipe_model(recipe)], "data=extxyz", "trainer=gpu",
             f"data.train_files=[{folder / 'train.xyz'}]", f"data.val_files=[{folder / 'valid.xyz'}]",
@@ -177,7 +209,7 @@ def mlip_command(folder: Path, run_dir: Path, recipe: str, seed: int, epochs: in
             "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
             f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=10", "data.val_batch_size=10", "module.lr=0.01", "module.amsgrad=true", "module.ema_decay=0.99", "module.loss.energy_weight=1",
             "module.loss.forces_weight=100", "module.loss.stress_weight=0", "module.cuda_graphs=true",
-            f"trainer.max_epochs={epochs}", "step_checkpoint=null", "preemption=null",
+            *budget_overrides(epochs, seconds), "step_checkpoint=null", "preemption=null",
             "trainer.enable_progress_bar=false", f"seed={seed}",
             *(o.replace("@start", str(stage_two_start(epochs))) for o in RECIPES[recipe]), *extra,
             f"hydra.run.dir={run_dir}"])]
@@ -198,7 +230,17 @@ def mace_command(folder: Path, run_dir: Path, seed: int, epochs: int, stage_two:
             "--eval_interval=1", "--save_cpu", *swa]
 
 
+def trained_epochs(run_dir: Path) -> int:
+    """Epochs a run validated (its ``logs/metrics.csv``; the test row has one more)."""
+    import csv
+
+    with open(run_dir / "logs" / "metrics.csv", newline="") as handle:
+        return max(int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val_loss")) + 1
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.seconds is not None and args.mace_torch:
+        raise SystemExit("--seconds: mace_run_train has no wall-clock budget; compare with mace-torch at equal --epochs")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     jobs = [(s, r, seed) for s in args.set_names for r in args.recipes for seed in args.seeds]
@@ -208,11 +250,24 @@ def run(args: argparse.Namespace) -> None:
             jobs += [(s, "mace-torch-stage-two", seed) for s in args.set_names for seed in args.seeds]
     deadline = time.time() + args.budget_s
 
+    free_gpus: queue.Queue[int] = queue.Queue()  # with --seconds: a run takes a GPU to itself
+    for gpu in args.gpus:
+        free_gpus.put(gpu)
+
     def one(index_job) -> None:
+        if args.seconds is not None:
+            gpu = free_gpus.get()
+            try:
+                return timed_one(index_job, gpu)
+            finally:
+                free_gpus.put(gpu)
+        return timed_one(index_job, args.gpus[index_job[0] % len(args.gpus)])
+
+    def timed_one(index_job, gpu: int) -> None:
         index, (name, recipe, seed) = index_job
-        gpu = args.gpus[index % len(args.gpus)]
         folder = args.sets.resolve() / name
-        run_dir = args.work / f"{name}-{recipe}-{seed}-e{args.epochs}"
+        budget = f"e{args.epochs}" if args.seconds is None else f"s{args.seconds:g}"
+        run_dir = args.work / f"{name}-{recipe}-{seed}-{budget}"
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), OMP_NUM_THREADS="2", WANDB_MODE="disabled")
         if recipe.startswith("mace-torch"):
             env.update(PYTHONPATH=args.mace_torch, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
@@ -220,7 +275,7 @@ def run(args: argparse.Namespace) -> None:
             command, framework = mace_command(folder, run_dir, seed, args.epochs, stage_two), "mace"
             model = run_dir / ("mace_stagetwo.model" if stage_two else "mace.model")
         else:
-            command, framework = mlip_command(folder, run_dir, recipe, seed, args.epochs), "mlip"
+            command, framework = mlip_command(folder, run_dir, recipe, seed, args.epochs, seconds=args.seconds), "mlip"
             model = run_dir / "model.safetensors"
         start = time.perf_counter()
         try:
@@ -234,7 +289,9 @@ def run(args: argparse.Namespace) -> None:
                                     timeout=max(deadline + 60 - time.time(), 1))
             if scored.returncode != 0:
                 raise RuntimeError(scored.stderr[-1500:])
-            row = {"set": name, "recipe": recipe, "seed": seed, "epochs": args.epochs, "wall_s": round(wall, 1),
+            epochs = args.epochs if args.seconds is None else trained_epochs(run_dir)
+            row = {"set": name, "recipe": recipe, "seed": seed, "epochs": epochs, "wall_s": round(wall, 1),
+                   **({"seconds": args.seconds} if args.seconds is not None else {}),
                    **json.loads(scored.stdout.strip().splitlines()[-1])}
         except Exception as exc:  # noqa: BLE001 - a failed or unfinished run is reported, the others go on
             row = {"set": name, "recipe": recipe, "seed": seed, "error": f"{type(exc).__name__}: {str(exc)[-600:]}"}
@@ -242,27 +299,53 @@ def run(args: argparse.Namespace) -> None:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
-    with ThreadPoolExecutor(len(jobs)) as pool:
+    with ThreadPoolExecutor(len(args.gpus) if args.seconds is not None else len(jobs)) as pool:
         list(pool.map(one, enumerate(jobs)))
 
 
+def seed_ranges(seeds) -> str:
+    """[0, 1, 2, 6, 7] -> "0-2, 6-7"."""
+    seeds, parts = sorted(seeds), []
+    for seed in seeds:
+        if parts and seed == parts[-1][1] + 1:
+            parts[-1][1] = seed
+        else:
+            parts.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def parse_seeds(spec: str) -> set[int]:
+    """"0-2,6-8" or "9,10" -> the seeds."""
+    seeds = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        seeds |= set(range(int(low), int(high or low) + 1))
+    return seeds
+
+
 def table(path: Path) -> str:
-    """Mean ± spread (half the range) over seeds, per set, recipe and device call (``call``,
-    1 where a row has none: the runs of one call shared the GPUs), as a markdown table."""
+    """Mean ± spread (half the range) over seeds, per set, recipe and batch of runs launched
+    together (``batch``, 1 where a row has none), labelled by its seeds and date; a batch that
+    repeats seeds an earlier batch of the same recipe ran is marked as a repeat. Markdown."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     groups: dict[tuple[str, int, str, int], list[dict]] = {}
     for row in rows:
         if "error" not in row:
-            groups.setdefault((row["set"], row["epochs"], row["recipe"], row.get("call", 1)), []).append(row)
-    lines = ["| set | recipe | call | seeds | epochs | force RMSE meV/Å | force MAE meV/Å | energy RMSE meV/atom "
+            groups.setdefault((row["set"], row["epochs"], row["recipe"], row.get("batch", 1)), []).append(row)
+    lines = ["| set | recipe | seeds | date | epochs | force RMSE meV/Å | force MAE meV/Å | energy RMSE meV/atom "
              "| wall s |", "|---|---|---|---|---|---|---|---|---|"]
 
     def stat(values: list[float], digits: int) -> str:
         v = np.asarray(values)
         return f"{v.mean():.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"
 
-    for (name, _, recipe, call), group in sorted(groups.items()):
-        lines.append(f"| {name} | {recipe} | {call} | {len(group)} | {group[0]['epochs']} | "
+    seen: set[tuple[str, int, str, int]] = set()
+    for (name, epochs, recipe, batch), group in sorted(groups.items()):
+        seeds = {g["seed"] for g in group}
+        repeat = any((name, epochs, recipe, seed) in seen for seed in seeds)
+        seen |= {(name, epochs, recipe, seed) for seed in seeds}
+        lines.append(f"| {name} | {recipe} | {seed_ranges(seeds)}{' (repeat)' if repeat else ''} | "
+                     f"{group[0].get('date', '')} | {epochs} | "
                      f"{stat([g['forces_rmse'] for g in group], 1)} | {stat([g['forces_mae'] for g in group], 1)} | "
                      f"{stat([g['energy_rmse'] for g in group], 2)} | {stat([g['wall_s'] for g in group], 0)} |")
     failed = [r for r in rows if "error" in r]
@@ -273,23 +356,25 @@ def table(path: Path) -> str:
 
 
 def selection(spec: str) -> tuple[str, set[int] | None]:
-    """``recipe`` or ``recipe:call,call,...`` -> (recipe, calls or None for all)."""
-    recipe, _, calls = spec.partition(":")
-    return recipe, ({int(c) for c in calls.split(",")} if calls else None)
+    """``recipe`` or ``recipe:seeds`` (``0-2,6-8``) -> (recipe, seeds or None for all)."""
+    recipe, _, seeds = spec.partition(":")
+    return recipe, (parse_seeds(seeds) if seeds else None)
 
 
 def compare(path: Path, ours: list[str], reference: list[str]) -> str:
     """Per set: mean ± standard error over seeds of the rows selected by ``ours`` and by
-    ``reference`` (each a list of ``recipe[:calls]``), their ratio, and the difference of the
-    means in standard errors of that difference (a markdown table)."""
+    ``reference`` (each a list of ``recipe[:seeds]``; a seed run more than once counts once, its
+    latest batch), their ratio, and the difference of the means in standard errors of that
+    difference (a markdown table)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
 
     def pick(specs: list[str], name: str) -> list[dict]:
-        chosen = []
-        for recipe, calls in map(selection, specs):
-            chosen += [r for r in rows if "error" not in r and r["set"] == name and r["recipe"] == recipe
-                       and (calls is None or r.get("call", 1) in calls)]
-        return chosen
+        chosen: dict[tuple[str, int], dict] = {}
+        for recipe, seeds in map(selection, specs):
+            for r in sorted(rows, key=lambda r: r.get("batch", 1)):  # the latest run of a seed wins
+                if "error" not in r and r["set"] == name and r["recipe"] == recipe and (seeds is None or r["seed"] in seeds):
+                    chosen[recipe, r["seed"]] = r
+        return list(chosen.values())
 
     def mean_se(values: np.ndarray) -> tuple[float, float]:
         return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
@@ -318,7 +403,10 @@ def main() -> None:
     p = sub.add_parser("run")
     p.add_argument("--sets", type=Path, default=ROOT / ".accuracy_data")
     p.add_argument("--set-names", nargs="*", default=list(SETS), choices=SETS)
-    p.add_argument("--recipes", nargs="*", default=["mlip"], choices=list(RECIPES))
+    p.add_argument("--recipes", nargs="*", default=["mlip"], help=f"of {list(RECIPES)} and the --variant names")
+    p.add_argument("--variant", action="append", default=[], help="name=recipe:key=value,... (repeatable)")
+    p.add_argument("--seconds", type=float, help="train each mlip run this many seconds instead of --epochs "
+                   "(one run per GPU at a time: runs sharing a GPU cannot be compared at equal time)")
     p.add_argument("--mace-torch", help="PYTHONPATH of a mace-torch environment: adds its rows")
     p.add_argument("--mace-stage-two", action="store_true", help="also mace-torch with its --swa (mace-torch-stage-two)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -336,12 +424,17 @@ def main() -> None:
     p.add_argument("results", type=Path)
     p = sub.add_parser("compare", help="ours against a reference: mean ± standard error, ratio, difference in SE")
     p.add_argument("results", type=Path)
-    p.add_argument("--ours", nargs="+", default=["mlip"], help="recipe[:call,call,...] whose rows are ours")
-    p.add_argument("--reference", nargs="+", default=["mace-torch"], help="recipe[:call,...] compared against")
+    p.add_argument("--ours", nargs="+", default=["mlip"], help="recipe[:seeds] whose rows are ours (seeds: 0-2,9)")
+    p.add_argument("--reference", nargs="+", default=["mace-torch"], help="recipe[:seeds] compared against")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.data_dir, args.out)
     elif args.command == "run":
+        names = [add_variant(v) for v in args.variant]
+        args.recipes = [*args.recipes, *(n for n in names if n not in args.recipes)]
+        unknown = [r for r in args.recipes if r not in RECIPES]
+        if unknown:
+            raise SystemExit(f"unknown recipes {unknown}: one of {list(RECIPES)}")
         run(args)
     elif args.command == "score":
         print(json.dumps(score(args.framework, args.model, args.test, args.device)))

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Model-level speed: energy+forces+stress calls on diamond Si and a training step on 3BPA.
+"""How fast is a model call (energy, forces, stress) and a training step on one GPU, against mace-torch?
+
+Model-level speed: energy+forces+stress calls on diamond Si and a training step on 3BPA.
 
     python scripts/benchmark.py --data-dir ../shared/datasets        # on the GPU machine
 
@@ -56,7 +58,7 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
     kwargs = dict(num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
                   max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
                   readout_mlp=16)
-    if backend.startswith("facet"):  # as tuned on 3BPA (scripts/benchmark_accuracy.py): ℓ ≤ 2 nodes, grid MLP 2C wide
+    if backend.startswith("facet"):  # as tuned on 3BPA (docs/accuracy.md): ℓ ≤ 2 nodes, grid MLP 2C wide
         channels = int(hidden.split("x")[0])
         spec = {"target": "mlip.models.facet.Facet", "kwargs": dict(
             num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, spline_basis=16, max_ell=3,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Data throughput: structures per second into batches, for each reader and for the store.
+"""How many structures per second reach the batches, from each reader and from the store?
 
     python scripts/benchmark_data.py --data-dir ../shared/datasets            # CPU, readers and store
     python scripts/benchmark_data.py --data-dir samples --train-step --device cuda

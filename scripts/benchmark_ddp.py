@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training throughput on 1 and N GPUs (DDP), and whether N GPUs learn what one does.
+"""Does training scale over GPUs (DDP), and do N GPUs learn what one does?
 
     python scripts/benchmark_ddp.py --gpus 2 --data-dir data/3bpa           # on a node with 2 GPUs
     python scripts/benchmark_ddp.py --gpus 2 --accelerator cpu --epochs 1   # a quick check of the script

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""The cases of scripts/benchmark.py run with mace-torch, as rows of the same table.
+"""Support for benchmark.py (not run by hand): its cases with mace-torch, in mace-torch's environment.
+
+The cases of scripts/benchmark.py run with mace-torch, as rows of the same table.
 
     PYTHONPATH=/tmp/site_mace TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 \\
         python scripts/benchmark_mace_torch.py --data-dir ../shared/datasets

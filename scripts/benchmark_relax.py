@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Structures relaxed per second: batched FIRE against ASE's FIRE one structure at a time.
+"""How many structures per second relax: batched FIRE against ASE's FIRE one structure at a time?
 
     python scripts/benchmark_relax.py --device cuda --structures 256      # on the GPU machine
     python scripts/benchmark_relax.py --device cpu --structures 16

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Spline radial layer: the Triton kernel against its torch twin and against MACE's Bessel + MLP radial.
+"""How fast is the spline radial kernel, against its torch twin, MACE's Bessel + MLP radial and the memory floor?
+
+Spline radial layer: the Triton kernel against its torch twin and against MACE's Bessel + MLP radial.
 
     python scripts/benchmark_spline.py            # on the GPU machine
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Tensor-product microbenchmark over ℓ_max: CG (e3nn), cuequivariance and CP at two ranks.
+"""How do the tensor-product backends (e3nn, cuequivariance, CP, grid) scale with ℓ_max?
+
+Tensor-product microbenchmark over ℓ_max: CG (e3nn), cuequivariance and CP at two ranks.
 
     python scripts/benchmark_tensor_product.py                       # GPU: 20000 edges, 32 channels
     python scripts/benchmark_tensor_product.py --device cpu --edges 2000 --lmax 1 2 3 4

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Whole training runs, end to end: our `mlip-train` against `mace_run_train`, beside the
-ceiling of our graphed step, in one call on the GPU machine.
+"""How long does a whole training run take, ours against `mace_run_train`, and where does the time go?
+
+Whole runs, end to end, beside the ceiling of our graphed step, in one call on the GPU machine.
 
     python scripts/accuracy_parity.py prepare --data-dir ../shared/datasets --out .accuracy_data
     python scripts/benchmark_training.py --set .accuracy_data/3bpa_random --epochs 40 \

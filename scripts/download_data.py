@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fetch public datasets from their official locations and verify them before use.
+"""How do I get the public datasets? Fetch them from their official locations, checksums verified.
 
     python scripts/download_data.py 3bpa                 # -> data/3bpa/
     python scripts/download_data.py oc20_s2ef_200k oc20_s2ef_val_id --root /scratch/data

@@ -1,4 +1,6 @@
-"""Small seeded mace-torch models and their predictions: the oracle of `mlip-convert`'s tests.
+"""Support for tests/convert (run in mace-torch's environment): seeded mace-torch models and their predictions.
+
+Small seeded mace-torch models and their predictions: the oracle of `mlip-convert`'s tests.
 
 Runs in mace-torch's own environment (it pins e3nn 0.4.4, so never in ours):
 

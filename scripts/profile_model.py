@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where the time of a benchmark case goes: the CUDA kernels of one call, heaviest first.
+"""Where does the time of one model call go: its CUDA kernels, heaviest first, launches and GPU-busy time?
 
     python scripts/profile_model.py --case si1728 --backend cueq
 

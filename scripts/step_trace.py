@@ -1,5 +1,5 @@
-"""`StepTrace`: a Lightning callback that traces a stretch of training steps with torch.profiler
-and writes where each step's host and GPU time goes.
+"""Support for benchmark_training.py (``--trace-steps``): `StepTrace`, a Lightning callback that traces
+training steps with torch.profiler and writes where each step's host and GPU time goes.
 
 Used by ``scripts/benchmark_training.py --trace-steps N`` (the folder of this file on
 PYTHONPATH, the callback added as ``+monitoring.step_trace._target_=step_trace.StepTrace``).

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts (they run as ``python scripts/<name>.py``).
+"""Support for the benchmark scripts (run as ``python scripts/<name>.py``): shared helpers.
 
 Nothing here imports mlip: scripts/benchmark_mace_torch.py runs beside another e3nn.
 """

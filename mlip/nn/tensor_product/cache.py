@@ -15,7 +15,6 @@
   cuequivariance-ops 0.13). A later check did not reproduce that (six processes on one
   empty shared folder finished), but there six cold processes took 43-45 s each with
   private folders against 79.5 s with the shared one.
-  ``scripts/check_kernel_cache.py`` runs both schemes side by side on the GPU machine.
 """
 
 from __future__ import annotations
