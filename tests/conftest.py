@@ -64,16 +64,24 @@ def tiny_model_spec(correlation: int = 2, r_max: float = 4.0, **overrides) -> di
     return {"target": "mlip.models.mace.MACE", "kwargs": kwargs}
 
 
-def make_tiny_potential(seed: int = 0, correlation: int = 2, **overrides) -> Potential:
-    """A small random MACE Potential in the current default dtype with non-trivial statistics."""
+def make_tiny_potential(seed: int = 0, correlation: int = 2, pair_repulsion: dict | None = None, **overrides) -> Potential:
+    """A small random MACE Potential in the current default dtype with non-trivial statistics
+    (``pair_repulsion``: e.g. ``{"kind": "zbl", "p": 5, "scaled": False}``)."""
     torch.manual_seed(seed)
     spec = tiny_model_spec(correlation, **overrides)
+    if pair_repulsion is not None:
+        spec["pair_repulsion"] = pair_repulsion
     return Potential(build_model(spec), ELEMENTS, [-1.2, -3.5, -0.7], scale=1.7, shift=0.3, model_spec=spec)
 
 
 @pytest.fixture
 def tiny_potential() -> Potential:
     return make_tiny_potential()
+
+
+# the parts of mace-torch's foundation models: density-normalised messages, Agnesi radial input, ZBL
+FOUNDATION_PARTS = dict(interaction="density", distance_transform="agnesi", atomic_numbers=ELEMENTS,
+                        residual_first=False, pair_repulsion={"kind": "zbl", "p": 5, "scaled": True})
 
 
 def random_alloy(rng: np.random.Generator, repeat=(1, 1, 1), rattle: float = 0.1) -> Atoms:

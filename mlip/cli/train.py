@@ -41,8 +41,14 @@ def build_potential(model_cfg: DictConfig, statistics) -> Potential:
     """Instantiate the configured model with the training-set statistics it needs."""
     kwargs = OmegaConf.to_container(model_cfg, resolve=True)
     target = kwargs.pop("_target_")
+    # ZBL belongs to the Potential (every model family): model.pair_repulsion=zbl
+    pair_kind, pair_scaled = kwargs.pop("pair_repulsion", None), kwargs.pop("pair_repulsion_scaled", False)
     kwargs.update(num_elements=len(statistics.elements), avg_num_neighbors=statistics.avg_num_neighbors)
+    if kwargs.get("distance_transform") is not None:  # the transform reads each species' covalent radius
+        kwargs["atomic_numbers"] = [int(z) for z in statistics.elements]
     spec = {"target": target, "kwargs": kwargs}
+    if pair_kind is not None:
+        spec["pair_repulsion"] = {"kind": pair_kind, "p": int(kwargs.get("cutoff_power", 6)), "scaled": bool(pair_scaled)}
     return Potential(
         build_model(spec), statistics.elements, statistics.e0s, statistics.scale, statistics.shift, model_spec=spec
     )

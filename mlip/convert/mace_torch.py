@@ -14,6 +14,9 @@ or run). Each of its blocks maps onto ours:
 | ``products.t.symmetric_contractions``         | ``products.t.contraction`` (its U tensors projected onto our orthonormal basis) |
 | ``products.t.linear``, ``readouts``           | ``products.t.linear``, ``readouts``          |
 | ``atomic_energies_fn``, ``scale_shift``       | the `Potential`'s E0s, scale and shift       |
+| ``interactions.t.density_fn`` (density blocks)| ``interactions.t.density`` (`MACE(interaction="density")`) |
+| ``radial_embedding.distance_transform`` (Agnesi) | ``radial_embedding.transform`` (its constants and covalent radii) |
+| ``pair_repulsion_fn`` (ZBL)                   | the `Potential`'s ``pair_repulsion``, inside scale and shift for ``ScaleShiftMACE`` |
 
 What we cannot express exactly is refused by `ConversionError`, naming it.
 """
@@ -33,17 +36,26 @@ from mlip.export import first_nonfinite
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.nn.irreps import channel_irreps
+from mlip.nn.pair_repulsion import SCREENING
 from mlip.nn.radial import NormalizedSiLU
 from mlip.nn.symmetric_contraction import product_basis
 
 MODEL_KINDS = ("mace.modules.models.MACE", "mace.modules.models.ScaleShiftMACE")
 RESIDUAL = "mace.modules.blocks.RealAgnosticResidualInteractionBlock"
 PLAIN = "mace.modules.blocks.RealAgnosticInteractionBlock"
+DENSITY_RESIDUAL = "mace.modules.blocks.RealAgnosticDensityResidualInteractionBlock"
+DENSITY = "mace.modules.blocks.RealAgnosticDensityInteractionBlock"
+RESIDUAL_KINDS = (RESIDUAL, DENSITY_RESIDUAL)
+DENSITY_KINDS = (DENSITY, DENSITY_RESIDUAL)
+AGNESI = "mace.modules.radial.AgnesiTransform"
+ZBL = "mace.modules.radial.ZBLBasis"
 KNOWN_CHILDREN = {"node_embedding", "radial_embedding", "spherical_harmonics", "atomic_energies_fn",
-                  "interactions", "products", "readouts", "scale_shift"}
+                  "interactions", "products", "readouts", "scale_shift", "pair_repulsion_fn"}
 # options of mace-torch's MACE that change the architecture when set
 REFUSED_FLAGS = {"use_so3": False, "use_agnostic_product": False, "use_last_readout_only": False,
-                 "pair_repulsion": False, "lammps_mliap": False, "apply_cutoff": True, "edge_irreps": None}
+                 "lammps_mliap": False, "apply_cutoff": True, "edge_irreps": None}
+# ZBL's screening coefficients c_k (mace-torch's buffer ``c``), which ours fixes
+ZBL_COEFFICIENTS = [c for c, _ in SCREENING]
 SILU = "torch.nn.functional.silu"
 # the part of a U tensor outside the symmetric equivariant space, relative to its largest entry, that
 # counts as round-off of the stored U (a float32 file's U carries ~1e-7)
@@ -195,8 +207,15 @@ def check_supported(model: Record) -> None:
     radial = model.child("radial_embedding")
     if not radial.child("bessel_fn").kind.endswith("radial.BesselBasis"):
         raise ConversionError(f"radial basis {radial.child('bessel_fn').kind}; only the Bessel basis is supported")
-    if "distance_transform" in radial.children:
-        raise ConversionError(f"distance_transform {radial.child('distance_transform').kind} is not supported")
+    if "distance_transform" in radial.children and radial.child("distance_transform").kind != AGNESI:
+        raise ConversionError(f"distance_transform {radial.child('distance_transform').kind} is not supported "
+                              "(only the Agnesi transform)")
+    if "pair_repulsion_fn" in model.children:
+        zbl = model.child("pair_repulsion_fn")
+        if zbl.kind != ZBL:
+            raise ConversionError(f"pair repulsion {zbl.kind} is not supported (only ZBLBasis)")
+        if not torch.allclose(zbl.tensor("c").to(torch.float64), torch.tensor(ZBL_COEFFICIENTS, dtype=torch.float64)):
+            raise ConversionError(f"pair_repulsion_fn: ZBL coefficients {zbl.tensor('c').tolist()} are not the universal ones")
     sh = model.child("spherical_harmonics")
     if not sh.attr("normalize", True) or sh.attr("normalization", "component") != "component":
         raise ConversionError("spherical harmonics not normalised by component")
@@ -204,7 +223,7 @@ def check_supported(model: Record) -> None:
     if len(interactions) < 2:
         raise ConversionError("a single interaction (its readout is linear; ours is an MLP): at least 2 needed")
     for t, block in interactions.items():
-        allowed = (RESIDUAL, PLAIN) if t == "0" else (RESIDUAL,)
+        allowed = (RESIDUAL, PLAIN, DENSITY_RESIDUAL, DENSITY) if t == "0" else RESIDUAL_KINDS
         if block.kind not in allowed:
             raise ConversionError(f"interactions.{t} is a {block.kind.rsplit('.', 1)[-1]}; supported: "
                                   f"{[a.rsplit('.', 1)[-1] for a in allowed]}")
@@ -244,7 +263,11 @@ def model_kwargs(model: Record, num_heads: int) -> dict[str, Any]:
     correlations = [int(p.child("symmetric_contractions").child("contractions").child("0").attr("correlation"))
                     for p in products.values()]
     mlp_irreps = irreps(model.child("readouts").children[str(len(interactions) - 1)].child("linear_1").attr("irreps_out"))
+    transform = "agnesi" if "distance_transform" in radial.children else None
     return {
+        **({"distance_transform": transform, "atomic_numbers": model.tensor("atomic_numbers").tolist()}
+           if transform else {}),
+        "interaction": ["density" if block.kind in DENSITY_KINDS else "standard" for block in interactions.values()],
         "num_elements": int(model.tensor("atomic_numbers").numel()),
         "avg_num_neighbors": averages.pop(),
         "r_max": float(model.tensor("r_max")),
@@ -257,7 +280,7 @@ def model_kwargs(model: Record, num_heads: int) -> dict[str, Any]:
         "radial_mlp": list(radial_mlps.pop()),
         "readout_mlp": mlp_irreps.dim // num_heads,
         "tp_backend": "auto",
-        "residual_first": interactions["0"].kind == RESIDUAL,
+        "residual_first": interactions["0"].kind in RESIDUAL_KINDS,
     }
 
 
@@ -293,6 +316,9 @@ def _convert(model: Record, head: str | None) -> Potential:
         block = model.child("scale_shift")
         scale, shift = (float(block.tensor(name).reshape(num_heads)[h]) for name in ("scale", "shift"))
     spec = {"target": "mlip.models.mace.MACE", "kwargs": kwargs}
+    if "pair_repulsion_fn" in model.children:  # ScaleShiftMACE scales it with the learned energy
+        p = int(model.child("pair_repulsion_fn").tensor("p"))
+        spec["pair_repulsion"] = {"kind": "zbl", "p": p, "scaled": model.kind.endswith("ScaleShiftMACE")}
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -319,6 +345,19 @@ def _convert(model: Record, head: str | None) -> Potential:
     cutoff_r = float(model.child("radial_embedding").child("cutoff_fn").tensor("r_max"))
     if abs(cutoff_r - ours.r_max) > 1e-12 * ours.r_max:
         raise ConversionError(f"cutoff r_max {cutoff_r} differs from the model's {ours.r_max}")
+    atomic_numbers = model.tensor("atomic_numbers").to(torch.long)
+    if ours.radial_embedding.transform is not None:  # the file's constants and covalent radii, not ours
+        agnesi = model.child("radial_embedding").child("distance_transform")
+        for name in ("q", "p", "a"):
+            put(f"radial_embedding.transform.{name}", agnesi.tensor(name))
+        put("radial_embedding.transform.covalent_radius", agnesi.tensor("covalent_radii").index_select(0, atomic_numbers))
+    if potential.pair_repulsion is not None:
+        zbl = model.child("pair_repulsion_fn")
+        for ours_name, theirs in (("covalent_radius", "covalent_radii"), ("a_exponent", "a_exp"),
+                                  ("a_prefactor", "a_prefactor")):
+            value = zbl.tensor(theirs)
+            new[f"pair_repulsion.{ours_name}"] = (value.index_select(0, atomic_numbers) if ours_name == "covalent_radius"
+                                                   else value).reshape(state[f"pair_repulsion.{ours_name}"].shape).to(dtype)
 
     interactions = model.child("interactions").children
     products = model.child("products").children
@@ -331,15 +370,18 @@ def _convert(model: Record, head: str | None) -> Potential:
         for k, weight in enumerate(radial_weights(block.child("conv_tp_weights"), order, mul, where)):
             put(f"{where}.radial.net.{2 * k}.weight", weight)
         put(f"{where}.linear.weight", _linear_weight(block.child("linear"), ours_block.linear.weight.numel(), where))
+        if block.kind in DENSITY_KINDS:
+            (density,) = radial_weights(block.child("density_fn"), [0], 1, f"{where}.density_fn")
+            put(f"{where}.density.net.0.weight", density)
         skip = block.child("skip_tp").tensor("weight")
-        if block.kind == RESIDUAL:
+        if block.kind in RESIDUAL_KINDS:
             put(f"products.{t}.skip.weight", skip)
         else:
             put(f"{where}.element_linear.weight", skip)
 
         product, ours_product = products[str(t)], ours.products[t]
         where = f"products.{t}"
-        if bool(product.attr("use_sc", True)) != (ours_product.skip is not None) and block.kind == RESIDUAL:
+        if bool(product.attr("use_sc", True)) != (ours_product.skip is not None) and block.kind in RESIDUAL_KINDS:
             raise ConversionError(f"{where}: use_sc={product.attr('use_sc')} with a residual interaction")
         contractions = product.child("symmetric_contractions").child("contractions").children
         if len(contractions) != len(ours_product.contraction.paths):

@@ -17,6 +17,8 @@ from torch import nn
 from mlip.nn.blocks import InteractionBlock, LinearReadout, NodeEmbedding, NonLinearReadout, ProductBlock
 from mlip.nn.radial import RadialEmbedding
 
+INTERACTIONS = ("standard", "density")
+
 
 class MACE(nn.Module):
     """MACE energy model.
@@ -52,6 +54,15 @@ class MACE(nn.Module):
         contraction_parametrization: ``"orthonormal"`` or ``"coupling"`` (mace-torch's): the
             symmetric product's weights learned on our orthonormal basis, or on every
             Clebsch-Gordan coupling chain (`SymmetricContraction`; same functions).
+        interaction: ``"standard"`` (messages divided by avg_num_neighbors, Eq. 9) or
+            ``"density"`` (by a learned local density: mace-torch's density blocks, as in
+            MACE-MP-0b3, MPA-0 and OMAT-0; `InteractionBlock`); or one of them per layer.
+        distance_transform: None or ``"agnesi"``: the radial basis of an Agnesi-transformed
+            distance (`mlip.nn.radial.AgnesiTransform`; the envelope keeps the raw distance).
+        atomic_numbers: the atomic number of each species index (needed by a distance transform;
+            `mlip-train` fills it in from the training set).
+
+    Pair repulsion (ZBL) is an option of the `Potential`, for every model family.
     """
 
     def __init__(
@@ -75,8 +86,14 @@ class MACE(nn.Module):
         radial_fan_in_forward: bool = False,
         contraction_normalization: str = "norm",
         contraction_parametrization: str = "orthonormal",
+        interaction: str | Sequence[str] = "standard",
+        distance_transform: str | None = None,
+        atomic_numbers: Sequence[int] | None = None,
     ):
         super().__init__()
+        kinds = [interaction] * num_interactions if isinstance(interaction, str) else list(interaction)
+        if len(kinds) != num_interactions or any(kind not in INTERACTIONS for kind in kinds):
+            raise ValueError(f"interaction must be one of {INTERACTIONS} or one per layer, got {interaction!r}")
         correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
         if len(correlations) != num_interactions:
             raise ValueError(f"correlation: {len(correlations)} values for {num_interactions} interactions")
@@ -88,7 +105,7 @@ class MACE(nn.Module):
         scalars = o3.Irreps(f"{num_channels}x0e")
 
         self.embedding = NodeEmbedding(num_elements, scalars)
-        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_power)
+        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_power, distance_transform, atomic_numbers)
         self.spherical_harmonics = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
         self.interactions = nn.ModuleList()
         self.products = nn.ModuleList()
@@ -102,7 +119,7 @@ class MACE(nn.Module):
                 InteractionBlock(
                     irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend,
                     cp_rank, cp_share_paths, cp_learn_factors, element_out=0 if residual else num_elements,
-                    radial_fan_in_forward=radial_fan_in_forward,
+                    radial_fan_in_forward=radial_fan_in_forward, density_normalization=kinds[t] == "density",
                 )
             )
             contraction_backend = "auto" if tp_backend in ("cp", "grid") else tp_backend
@@ -118,7 +135,7 @@ class MACE(nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Per-node energies [n_nodes] (dimensionless) from species [n_nodes] and edge vectors [n_edges, 3] Å."""
         lengths = torch.linalg.vector_norm(edge_vectors, dim=-1, keepdim=True)
-        edge_radial = self.radial_embedding(lengths)
+        edge_radial = self.radial_embedding(lengths, species, edge_index)
         edge_sh = self.spherical_harmonics(edge_vectors)
         node_feats = self.embedding(species)
         node_energy = torch.zeros_like(node_feats[:, 0])

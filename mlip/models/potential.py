@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mlip.data.checks import unknown_elements
+from mlip.nn.pair_repulsion import build_pair_repulsion
 from mlip.nn.scatter import scatter_sum
 
 
@@ -38,7 +39,12 @@ class Potential(nn.Module):
         e0s: per-element reference energies (eV), aligned with ``elements``.
         scale: energy scale (eV) multiplying the model output.
         shift: per-atom energy shift (eV).
-        model_spec: ``{"target": ..., "kwargs": ...}`` that rebuilds ``model`` (for export).
+        model_spec: ``{"target": ..., "kwargs": ...}`` that rebuilds ``model`` (for export), and
+            ``"pair_repulsion"``: ``{"kind": "zbl", "p": 6, "scaled": false}`` or absent.
+
+    A pair repulsion (`mlip.nn.pair_repulsion`, any model family) adds its energy per node in
+    eV beside ``scale · ε_i + shift``; ``scaled`` puts it inside, ``scale · (ε_i + V_i) +
+    shift``, where mace-torch's ``ScaleShiftMACE`` has it (its converted files say so).
     """
 
     def __init__(
@@ -54,6 +60,9 @@ class Potential(nn.Module):
         assert len(elements) == len(e0s), f"{len(elements)} elements but {len(e0s)} E0s"
         self.model = model
         self.model_spec = model_spec
+        pair_spec = (model_spec or {}).get("pair_repulsion")
+        self.pair_repulsion = build_pair_repulsion(pair_spec, elements)
+        self.pair_repulsion_scaled = bool(pair_spec.get("scaled", False)) if pair_spec else False
         dtype = torch.get_default_dtype()
         self.register_buffer("elements", torch.tensor(list(elements), dtype=torch.long))
         table = torch.full((119,), -1, dtype=torch.long)
@@ -162,7 +171,15 @@ class Potential(nn.Module):
             - positions.index_select(0, receiver)
             + torch.einsum("ei,eij->ej", shifts.to(dtype), edge_cells)
         )
-        node_interaction = self.scale * self.model(species, edge_index, edge_vectors) + self.shift
+        node_model = self.model(species, edge_index, edge_vectors)
+        pair = None
+        if self.pair_repulsion is not None:
+            pair = self.pair_repulsion(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=-1))
+            if self.pair_repulsion_scaled:
+                node_model, pair = node_model + pair, None
+        node_interaction = self.scale * node_model + self.shift
+        if pair is not None:
+            node_interaction = node_interaction + pair
         node_e0 = self.e0s.index_select(0, species)
         interaction = scatter_sum(node_interaction, batch, num_graphs)
         # Σ E0 apart and in float64: exact, and rounded once with the interaction energy (module docstring)

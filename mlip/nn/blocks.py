@@ -13,6 +13,7 @@ from e3nn import o3
 from torch import nn
 
 from mlip.nn.radial import NormalizedSiLU, RadialMLP, SplineRadial
+from mlip.nn.scatter import scatter_sum
 from mlip.nn.symmetric_contraction import SymmetricContraction
 from mlip.nn.tensor_product import ChannelwiseConvolution
 from mlip.nn.tensor_product.cp import CPConvolution
@@ -64,6 +65,11 @@ class InteractionBlock(nn.Module):
 
     With ``element_out`` > 0 (mace-torch's non-residual ``RealAgnosticInteractionBlock``),
     ``A_i`` is mapped once more by ``W_{z_i}``, an `ElementLinear` over that many elements.
+
+    With ``density_normalization`` (mace-torch's ``RealAgnosticDensity(Residual)InteractionBlock``)
+    the sum over neighbours is divided by a learned local density instead of avg_num_neighbors:
+
+        A_i = W_A Σ_j (...) / (1 + Σ_j tanh(ρ(r_ij)²)),   ρ = a one-layer map of the radial embedding
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class InteractionBlock(nn.Module):
         grid_resolution: int | None = None,
         element_out: int = 0,
         radial_fan_in_forward: bool = False,
+        density_normalization: bool = False,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -103,6 +110,7 @@ class InteractionBlock(nn.Module):
             self.radial = RadialMLP([num_radial, *radial_mlp, self.convolution.weight_numel], radial_fan_in_forward)
         self.linear = o3.Linear(self.convolution.irreps_out, self.irreps_out)
         self.element_linear = ElementLinear(self.irreps_out, self.irreps_out, element_out) if element_out else None
+        self.density = RadialMLP([num_radial, 1], radial_fan_in_forward) if density_normalization else None
 
     def forward(
         self,
@@ -118,7 +126,11 @@ class InteractionBlock(nn.Module):
         radial_weights = self.radial(edge_radial, order)  # [n_edges, weight_numel]
         n = node_feats.shape[0]
         pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, n, order is not None)  # Eq. 8, summed
-        basis = self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
+        if self.density is None:
+            basis = self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
+        else:  # the local density in place of the average neighbour count
+            density = scatter_sum(torch.tanh(self.density(edge_radial).square()), receiver, n)  # [n, 1]
+            basis = self.linear(pooled / (1.0 + density))
         if self.element_linear is None:
             return basis
         return self.element_linear(basis, species)

@@ -1,9 +1,10 @@
 """Radial embeddings of interatomic distances.
 
 Bessel basis with a polynomial cutoff envelope (Klicpera et al. 2020, as used by
-MACE Eq. 8), and the radial MLP that turns it into tensor-product weights; or, as in
-Facet (Miklaucic et al. 2025), the weights as learned cubic splines of the distance
-(`SplineRadial`, one fused kernel on the GPU).
+MACE Eq. 8), optionally of an Agnesi-transformed distance (`AgnesiTransform`, as in
+mace-torch's foundation models), and the radial MLP that turns it into tensor-product
+weights; or, as in Facet (Miklaucic et al. 2025), the weights as learned cubic splines of
+the distance (`SplineRadial`, one fused kernel on the GPU).
 """
 
 from __future__ import annotations
@@ -33,11 +34,21 @@ class BesselBasis(nn.Module):
         return self.prefactor * torch.sin(self.frequencies * r) / r
 
 
-class PolynomialCutoff(nn.Module):
-    """Smooth envelope that goes to zero at r_max with p continuous derivatives.
+def polynomial_envelope(r: torch.Tensor, r_max: float | torch.Tensor, p: int) -> torch.Tensor:
+    """``f(u) = 1 - (p+1)(p+2)/2 u^p + p(p+2) u^(p+1) - p(p+1)/2 u^(p+2)`` for u = r/r_max < 1, else 0
+    (``r_max`` a number or one per entry of ``r``)."""
+    u = r / r_max
+    envelope = (
+        1.0
+        - (p + 1.0) * (p + 2.0) / 2.0 * u**p
+        + p * (p + 2.0) * u ** (p + 1)
+        - p * (p + 1.0) / 2.0 * u ** (p + 2)
+    )
+    return envelope * (u < 1.0)
 
-    ``f(u) = 1 - (p+1)(p+2)/2 u^p + p(p+2) u^(p+1) - p(p+1)/2 u^(p+2)`` for u = r/r_max < 1, else 0.
-    """
+
+class PolynomialCutoff(nn.Module):
+    """Smooth envelope that goes to zero at r_max with p continuous derivatives (`polynomial_envelope`)."""
 
     def __init__(self, r_max: float, p: int = 5):
         super().__init__()
@@ -45,27 +56,71 @@ class PolynomialCutoff(nn.Module):
         self.p = int(p)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        p, u = self.p, r / self.r_max
-        envelope = (
-            1.0
-            - (p + 1.0) * (p + 2.0) / 2.0 * u**p
-            + p * (p + 2.0) * u ** (p + 1)
-            - p * (p + 1.0) / 2.0 * u ** (p + 2)
-        )
-        return envelope * (u < 1.0)
+        return polynomial_envelope(r, self.r_max, self.p)
+
+
+def covalent_radii(atomic_numbers: Sequence[int]) -> torch.Tensor:
+    """ASE's covalent radii (Å) of ``atomic_numbers``, in the default dtype: [len(atomic_numbers)]."""
+    from ase.data import covalent_radii as table
+
+    return torch.tensor([float(table[int(z)]) for z in atomic_numbers], dtype=torch.get_default_dtype())
+
+
+class AgnesiTransform(nn.Module):
+    """The Agnesi transform of a distance (ACEpotentials.jl, Witt et al., JCP 2023, "radial
+    transformations"), as mace-torch's foundation models apply it before the radial basis:
+
+        x(r) = 1 / (1 + a (r/r_0)^q / (1 + (r/r_0)^(q - p))),   r_0 = (r_cov(z_i) + r_cov(z_j)) / 2
+
+    so that the basis resolves short bonds of each element pair alike. ``atomic_numbers`` are
+    those of the species indices; their covalent radii are kept as a buffer (a converted model
+    takes the file's own table).
+    """
+
+    def __init__(self, atomic_numbers: Sequence[int], q: float = 0.9183, p: float = 4.5791, a: float = 1.0805):
+        super().__init__()
+        dtype = torch.get_default_dtype()
+        self.register_buffer("q", torch.tensor(q, dtype=dtype))
+        self.register_buffer("p", torch.tensor(p, dtype=dtype))
+        self.register_buffer("a", torch.tensor(a, dtype=dtype))
+        self.register_buffer("covalent_radius", covalent_radii(atomic_numbers))
+
+    def forward(self, r: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """[E, 1] Å, species [n], edge_index [2, E] -> [E, 1] (dimensionless, in (0, 1])."""
+        radius = self.covalent_radius.index_select(0, species)
+        r_0 = 0.5 * (radius.index_select(0, edge_index[0]) + radius.index_select(0, edge_index[1]))
+        u = r / r_0[:, None]
+        return 1.0 / (1.0 + self.a * u**self.q / (1.0 + u ** (self.q - self.p)))
+
+
+DISTANCE_TRANSFORMS = (None, "agnesi")
 
 
 class RadialEmbedding(nn.Module):
-    """Bessel basis times the cutoff envelope: [n_edges, 1] Å -> [n_edges, num_basis]."""
+    """Bessel basis times the cutoff envelope: [n_edges, 1] Å -> [n_edges, num_basis].
 
-    def __init__(self, r_max: float, num_basis: int = 8, cutoff_power: int = 5):
+    With ``distance_transform="agnesi"`` the basis takes the transformed distance
+    (`AgnesiTransform`, which needs the ``atomic_numbers`` of the species) and the envelope
+    the raw one, as in mace-torch.
+    """
+
+    def __init__(self, r_max: float, num_basis: int = 8, cutoff_power: int = 5, distance_transform: str | None = None,
+                 atomic_numbers: Sequence[int] | None = None):
         super().__init__()
+        if distance_transform not in DISTANCE_TRANSFORMS:
+            raise ValueError(f"distance_transform must be one of {DISTANCE_TRANSFORMS}, got {distance_transform!r}")
+        if distance_transform is not None and atomic_numbers is None:
+            raise ValueError(f"distance_transform={distance_transform!r} needs the atomic_numbers of the species")
         self.basis = BesselBasis(r_max, num_basis)
         self.cutoff = PolynomialCutoff(r_max, cutoff_power)
+        self.transform = AgnesiTransform(atomic_numbers) if distance_transform == "agnesi" else None
         self.out_dim = num_basis
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return self.basis(r) * self.cutoff(r)
+    def forward(self, r: torch.Tensor, species: torch.Tensor | None = None,
+                edge_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[E, 1] Å (species [n] and edge_index [2, E] for a distance transform) -> [E, num_basis]."""
+        x = r if self.transform is None else self.transform(r, species, edge_index)
+        return self.basis(x) * self.cutoff(r)
 
 
 class NormalizedSiLU(nn.Module):

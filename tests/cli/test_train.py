@@ -140,3 +140,43 @@ def test_tensorboard_logger_records_losses_monitoring_and_parity_images(tmp_path
     images = [v.image for v in values if v.tag == "val_parity"]
     assert len(images) == 2 and all(im.width > 100 and im.height > 100 for im in images)
     assert (tmp_path / "logs" / "metrics.csv").is_file()  # the CSV is always written beside
+
+
+def test_an_mp0b3_shaped_mace_trains_on_the_3bpa_sample_with_zbl(tmp_path, dataset_dir):
+    """model=mace_mp: density blocks, Agnesi transform, ZBL inside the scale; the model file keeps
+    them and loads back to the same predictions."""
+    import numpy as np
+    from ase.io import read
+
+    from mlip.calculator import MLIPCalculator
+    from mlip.export import load_potential, read_metadata
+
+    folder = dataset_dir / "3bpa"
+    cfg = compose_train_config(
+        tmp_path, None, "data=3bpa", f"data.train_files={folder / 'train_300K.xyz'}", f"data.e0s={folder / 'iso_atoms.xyz'}",
+        "model=mace_mp", "module.loss.stress_weight=0.0", "data.batch_size=16", "trainer.max_epochs=3",
+    )
+    metrics = train(cfg)
+    assert np.isfinite(metrics["test_forces_rmse"])
+    rows = [r for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if r.get("val_loss")]
+    losses = [float(r["val_loss"]) for r in rows]
+    assert min(losses[1:]) < losses[0], losses
+    spec = read_metadata(tmp_path / "model.safetensors")["model_spec"]
+    assert spec["pair_repulsion"] == {"kind": "zbl", "p": 5, "scaled": True}
+    assert spec["kwargs"]["interaction"] == "density" and spec["kwargs"]["distance_transform"] == "agnesi"
+    assert spec["kwargs"]["atomic_numbers"] == [1, 6, 7, 8]
+    potential = load_potential(tmp_path / "model.safetensors")
+    assert potential.pair_repulsion is not None and potential.model.radial_embedding.transform is not None
+    atoms = read(folder / "train_300K.xyz", index=0)
+    atoms.calc = MLIPCalculator(tmp_path / "model.safetensors", device="cpu", dtype="float64")
+    assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_forces()).all()
+
+
+@pytest.mark.parametrize("model", ["facet", "tdn"])
+def test_zbl_trains_with_every_model_family(tmp_path, emt_file, model):
+    from mlip.export import load_potential
+
+    metrics = train(compose_train_config(tmp_path, emt_file, f"model={model}", "model.pair_repulsion=zbl"))
+    assert all(v == v for v in metrics.values())
+    potential = load_potential(tmp_path / "model.safetensors")
+    assert potential.pair_repulsion is not None and not potential.pair_repulsion_scaled

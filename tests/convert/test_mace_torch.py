@@ -78,8 +78,7 @@ def _record(name="scaleshift_residual_nu3_l1_f64"):
     return read_pickled_module(ORACLE / f"{name}.model")
 
 
-@pytest.mark.parametrize("flag, value", [("use_so3", True), ("pair_repulsion", True), ("apply_cutoff", False),
-                                         ("use_agnostic_product", True)])
+@pytest.mark.parametrize("flag, value", [("use_so3", True), ("apply_cutoff", False), ("use_agnostic_product", True)])
 def test_architecture_options_we_lack_are_refused_by_name(flag, value):
     model = _record()
     model.state[flag] = value
@@ -97,9 +96,33 @@ def test_unsupported_blocks_are_refused_by_name():
     with pytest.raises(ConversionError, match="RealAgnosticResidualNonLinearInteractionBlock"):
         check_supported(model)
     model = _record()
-    model.state["_modules"]["pair_repulsion_fn"] = record_class("mace.modules.radial", "ZBLBasis")()
-    with pytest.raises(ConversionError, match="pair_repulsion_fn"):
+    model.state["_modules"]["pair_repulsion_fn"] = record_class("mace.modules.radial", "SoftTransform")()
+    with pytest.raises(ConversionError, match="SoftTransform"):
         check_supported(model)
+    model = _record()
+    model.child("radial_embedding").state["_modules"]["distance_transform"] = record_class(
+        "mace.modules.radial", "SoftTransform")()
+    with pytest.raises(ConversionError, match="distance_transform .*SoftTransform"):
+        check_supported(model)
+    model = _record("scaleshift_density_agnesi_zbl_nu3_l1_f64")  # a plain block after the first
+    model.child("interactions").state["_modules"]["1"] = _record("mace_plain_first_nu1_l0_f64").child(
+        "interactions").children["0"]
+    with pytest.raises(ConversionError, match="interactions.1 is a RealAgnosticInteractionBlock"):
+        check_supported(model)
+
+
+def test_standard_and_density_blocks_mix_layer_by_layer(structures):
+    """Files trained before late 2024 start with a standard block before density blocks: each layer
+    keeps its own normalisation (the first block here swapped for another file's, the rest as is)."""
+    model = _record("mace_density_residual_zbl_nu2_l1_f64")
+    check_supported(model)
+    from mlip.convert.mace_torch import model_kwargs
+
+    assert model_kwargs(model, 1)["interaction"] == ["density", "density"]
+    model.child("interactions").state["_modules"]["0"] = _record("scaleshift_residual_nu2_l2_f32").child(
+        "interactions").children["0"]
+    check_supported(model)
+    assert model_kwargs(model, 1)["interaction"] == ["standard", "density"]
 
 
 def test_pickle_payload_in_a_model_file_never_runs(tmp_path):
@@ -195,3 +218,31 @@ def test_nan_weights_are_refused_by_name():
     model.child("readouts").children["0"].child("linear").tensor("weight")[0] = float("nan")
     with pytest.raises(ConversionError, match=r"^readouts\.0\.linear\.weight: the file's weights hold NaN or inf"):
         _convert(model, None)
+
+
+@pytest.mark.parametrize("name", ["scaleshift_density_agnesi_zbl_nu3_l1_f64", "mace_density_residual_zbl_nu2_l1_f64"])
+def test_zbl_counts_and_sits_where_mace_torch_puts_it(name, structures):
+    """The oracle's cells hold pairs inside the ZBL range; without ZBL, or with it on the wrong side of
+    ScaleShiftMACE's scale, the converted model misses mace-torch's energies."""
+    reference = REFERENCES[name]
+    potential = convert_mace_torch(ORACLE / reference["model"]).double()
+    assert potential.pair_repulsion_scaled == name.startswith("scaleshift")
+    assert potential.model.interactions[0].density is not None
+
+    def worst(p):
+        e0 = dict(zip(p.elements.tolist(), p.e0s.tolist()))
+        errors = []
+        for atoms, row in zip(structures, reference["predictions"]):
+            atoms = atoms.copy()
+            atoms.calc = MLIPCalculator(p, device="cpu", dtype="float64")
+            interaction = row["energy"] - sum(e0[int(z)] for z in atoms.numbers)
+            errors.append(abs(atoms.get_potential_energy() - row["energy"]) / abs(interaction))
+        return max(errors)
+
+    assert worst(potential) <= RTOL
+    if potential.pair_repulsion_scaled:
+        potential.pair_repulsion_scaled = False
+        assert worst(potential) > 1e-4
+        potential.pair_repulsion_scaled = True
+    potential.pair_repulsion = None
+    assert worst(potential) > 1e-4

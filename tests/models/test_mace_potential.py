@@ -7,7 +7,7 @@ from e3nn import o3
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.potential import UnknownElementError
-from tests.conftest import make_tiny_potential, random_alloy, random_cluster
+from tests.conftest import FOUNDATION_PARTS, make_tiny_potential, random_alloy, random_cluster
 
 REL = 1e-10
 
@@ -24,9 +24,11 @@ def assert_rel(a, b, what, tol=REL):
     assert err < tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
-@pytest.fixture(params=[2, 3], ids=["nu2", "nu3"])
+@pytest.fixture(params=["nu2", "nu3", "foundation"])
 def potential(request):
-    return make_tiny_potential(correlation=request.param)
+    if request.param == "foundation":  # density blocks, Agnesi transform, ZBL inside scale and shift
+        return make_tiny_potential(correlation=2, **FOUNDATION_PARTS)
+    return make_tiny_potential(correlation=int(request.param[-1]))
 
 
 def test_energy_invariant_forces_stress_equivariant_under_rotations(potential, rng):
@@ -134,3 +136,35 @@ def test_batched_predictions_equal_single_predictions(tiny_potential, rng):
         if atoms.pbc.all():
             assert_rel(batched["stress"][k].detach().numpy(), single["stress"][0], "batched stress")
         offset += len(atoms)
+
+
+def _zbl_by_hand(z1: int, z2: int, r: float, p: int = 5) -> float:
+    """ZBL of one pair (eV), from the published formula and ASE's covalent radii."""
+    from ase.data import covalent_radii
+
+    a = 0.4543 * 0.529 / (z1**0.3 + z2**0.3)
+    phi = sum(c * np.exp(-d * r / a) for c, d in ((0.1818, 3.2), (0.5099, 0.9423), (0.2802, 0.4028), (0.02817, 0.2016)))
+    u = r / (covalent_radii[z1] + covalent_radii[z2])
+    envelope = (1 - (p + 1) * (p + 2) / 2 * u**p + p * (p + 2) * u ** (p + 1) - p * (p + 1) / 2 * u ** (p + 2)) * (u < 1)
+    return 14.3996 * z1 * z2 / r * phi * envelope
+
+
+@pytest.mark.parametrize("r", [0.6, 1.3, 2.0])
+def test_zbl_repulsion_of_a_dimer_equals_the_formula_and_sits_inside_or_beside_the_scale(r):
+    """Unscaled, ZBL adds its energy in eV beside the learned one; scaled (mace-torch's
+    ScaleShiftMACE), it is multiplied by the potential's scale with it."""
+    from ase import Atoms
+
+    parts = {k: v for k, v in FOUNDATION_PARTS.items() if k != "pair_repulsion"}
+    plain = make_tiny_potential(correlation=2, **parts)
+    dimer = Atoms(numbers=[29, 79], positions=[[0.0, 0.0, 0.0], [r, 0.3 * r, 0.1]])
+    distance = float(np.linalg.norm(dimer.positions[1]))
+    expected = _zbl_by_hand(29, 79, distance)
+    assert expected > 0 if distance < 2.68 else expected == 0
+    added = {}
+    for scaled in (False, True):
+        with_zbl = make_tiny_potential(correlation=2, pair_repulsion={"kind": "zbl", "p": 5, "scaled": scaled}, **parts)
+        with_zbl.load_state_dict(plain.state_dict(), strict=False)  # the same learned part
+        added[scaled] = predict(with_zbl, dimer)["energy"][0] - predict(plain, dimer)["energy"][0]
+    assert np.isclose(added[False], expected, rtol=1e-10, atol=1e-12)
+    assert np.isclose(added[True], float(plain.scale) * expected, rtol=1e-10, atol=1e-12)
