@@ -31,6 +31,8 @@ class MLIPCalculator(Calculator):
         min_distance: atoms closer than this (Å) raise `DataError` (`mlip.data.checks`): a
             collapsed pair has no edge direction, and its energy would be NaN. A prediction
             that is not finite raises too.
+        head: the head of a multi-head model to predict with (None: the one its file selects);
+            `select_head` changes it later.
 
     Stress is given for cells periodic in all three directions. ``free_energy`` equals
     ``energy`` (no electronic entropy in the model).
@@ -45,6 +47,7 @@ class MLIPCalculator(Calculator):
         dtype: str = "float64",
         cuda_graphs: bool = True,
         min_distance: float = COLLAPSE_DISTANCE,
+        head: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,7 +59,14 @@ class MLIPCalculator(Calculator):
         else:
             self.potential = load_model(model, device=self.device, dtype=self.dtype)
         self.potential.requires_grad_(False)
+        if head is not None:
+            self.potential.select_head(head)
         self.graphed = GraphedPotential(self.potential) if cuda_graphs and self.device.type == "cuda" else None
+
+    def select_head(self, name: str) -> None:
+        """Predict with head ``name`` of a multi-head model from now on (`Potential.select_head`)."""
+        self.potential.select_head(name)
+        self.reset()
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

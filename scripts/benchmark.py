@@ -23,7 +23,8 @@ scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the rat
 It also times the ASE calculators on the same weights: mace-torch saves a seeded
 ScaleShiftMACE (the Si model) and runs it through ``MACECalculator``; we convert that file
 (`mlip.convert.mace_torch`) and run it through ``MLIPCalculator`` on the same structures,
-and check that both give the same forces.
+and check that both give the same forces. ``--shape mp0b3`` makes that model MP-0b3-shaped
+(density blocks, Agnesi transform, ZBL, 10 Bessel functions), as mace-torch's foundation models are.
 The floor of an inference call is the bytes it cannot avoid moving (below) over the
 copy bandwidth measured here.
 """
@@ -164,7 +165,7 @@ def mace_torch_rows(path: str, args, calculator_model: Path | None = None) -> li
     """The same cases run by scripts/benchmark_mace_torch.py with mace-torch from ``path``."""
     env = dict(os.environ, PYTHONPATH=path, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     command = [sys.executable, str(Path(__file__).with_name("benchmark_mace_torch.py")), "--data-dir", str(args.data_dir),
-               "--dtypes", *args.dtypes, "--repeats", str(args.repeats)]
+               "--dtypes", *args.dtypes, "--repeats", str(args.repeats), "--shape", args.shape]
     if calculator_model is not None:
         command += ["--calculator-model", str(calculator_model)]
     if args.calculator_only:

@@ -25,7 +25,7 @@ from mace import modules
 from mace.modules.wrapper_ops import CuEquivarianceConfig
 from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
-from timing import calculator_ms, case_parser, cuda_ms, silicon_atoms
+from timing import SHAPES, calculator_ms, case_parser, cuda_ms, silicon_atoms
 
 
 def batch_of(atoms_list, elements: list[int], r_max: float, device: str):
@@ -43,13 +43,15 @@ def batch_of(atoms_list, elements: list[int], r_max: float, device: str):
     return next(iter(loader)).to(device)
 
 
-def model_of(elements: list[int], r_max: float, hidden: str, backend: str, avg_num_neighbors: float, device: str):
+def model_of(elements: list[int], r_max: float, hidden: str, backend: str, avg_num_neighbors: float, device: str,
+             shape: str = "medium"):
     torch.manual_seed(0)
     cueq = CuEquivarianceConfig(enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True, conv_fusion=True)
+    kind = SHAPES[shape]
     model = modules.ScaleShiftMACE(
-        r_max=r_max, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        r_max=r_max, num_bessel=kind["num_bessel"], num_polynomial_cutoff=5, max_ell=3,
+        interaction_cls=modules.interaction_classes[kind["later"]],
+        interaction_cls_first=modules.interaction_classes[kind["first"]], **kind["options"],
         num_interactions=2, num_elements=len(elements), hidden_irreps=o3.Irreps(hidden), MLP_irreps=o3.Irreps("16x0e"),
         atomic_energies=np.zeros(len(elements)), avg_num_neighbors=avg_num_neighbors, atomic_numbers=elements,
         correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
@@ -92,14 +94,15 @@ def training_row(molecules, backend: str, dtype: torch.dtype, repeats: int) -> s
     return f"| train step, 32 3BPA ({atoms} atoms) | mace-torch {backend} | {str(dtype)[6:]} | {ms:.2f} | {atoms / ms * 1000:,.0f} | {peak:.2f} |"
 
 
-def calculator_rows(systems, model_file: Path, dtypes: list[str], repeats: int, device: str = "cuda") -> list[str]:
-    """``MACECalculator`` on a seeded e3nn ScaleShiftMACE saved to ``model_file`` (which
+def calculator_rows(systems, model_file: Path, dtypes: list[str], repeats: int, device: str = "cuda",
+                    shape: str = "medium") -> list[str]:
+    """``MACECalculator`` on a seeded e3nn ScaleShiftMACE of ``shape`` saved to ``model_file`` (which
     scripts/benchmark.py converts and runs through ``MLIPCalculator``); forces saved beside it."""
     from mace.calculators import MACECalculator
 
     torch.set_default_dtype(torch.float64)
     avg = 45.0  # about the neighbours per atom of diamond Si at 6 Å
-    model = model_of([14], 6.0, "128x0e+128x1o", "e3nn", avg, "cpu")
+    model = model_of([14], 6.0, "128x0e+128x1o", "e3nn", avg, "cpu", shape)
     torch.save(model, model_file)
     rows, forces = [], {}
     for dtype in dtypes:
@@ -133,7 +136,7 @@ def main() -> None:
             if molecules is not None:
                 print(training_row(molecules, backend, dtype, args.repeats), flush=True)
     if args.calculator_model is not None:
-        calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats)
+        calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats, shape=args.shape)
 
 
 if __name__ == "__main__":

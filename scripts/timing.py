@@ -57,7 +57,20 @@ def case_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--calculator-only", action="store_true",
                         help="only the ASE-calculator rows (skip the model and training-step cases)")
+    parser.add_argument("--shape", choices=list(SHAPES), default="medium",
+                        help="the mace-torch model of the calculator rows: MACE-MP medium, or MP-0b3-shaped "
+                             "(density blocks, Agnesi transform, ZBL, 10 Bessel functions)")
     return parser
+
+
+# mace-torch ScaleShiftMACE keyword arguments of each --shape (128x0e+128x1o, ℓ ≤ 3, ν = 3, r_max 6 Å)
+SHAPES = {
+    "medium": {"num_bessel": 8, "first": "RealAgnosticResidualInteractionBlock",
+               "later": "RealAgnosticResidualInteractionBlock", "options": {}},
+    "mp0b3": {"num_bessel": 10, "first": "RealAgnosticDensityInteractionBlock",
+              "later": "RealAgnosticDensityResidualInteractionBlock",
+              "options": {"pair_repulsion": True, "distance_transform": "Agnesi"}},
+}
 
 
 def merged(overrides: list[str]) -> list[str]:

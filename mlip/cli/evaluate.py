@@ -82,6 +82,8 @@ def evaluate(cfg: DictConfig) -> dict:
     rows, element_rows = [], []
     for model_name, model_path in zip(unique_names(models), models):
         potential = load_potential(model_path, o["device"], o["dtype"]).requires_grad_(False)
+        if o.get("head") is not None:
+            potential.select_head(o["head"])
         entry = report["models"][model_name] = {"path": model_path, "datasets": {}}
         for data_name, structures in datasets.items():
             predictions = predict(potential, structures, o["min_distance"])

@@ -54,6 +54,14 @@ KNOWN_CHILDREN = {"node_embedding", "radial_embedding", "spherical_harmonics", "
 # options of mace-torch's MACE that change the architecture when set
 REFUSED_FLAGS = {"use_so3": False, "use_agnostic_product": False, "use_last_readout_only": False,
                  "lammps_mliap": False, "apply_cutoff": True, "edge_irreps": None}
+# parts of mace-torch models we do not express, and why (refused by name)
+UNSUPPORTED_PARTS = {
+    "joint_embedding": "the total-charge and spin embedding of OMOL-0-style models",
+    "embedding_readout": "a readout of the charge/spin embedding",
+    "les": "latent Ewald summation (long-range electrostatics)",
+    "les_readouts": "latent Ewald summation (long-range electrostatics)",
+    "field_feats": "external-field features",
+}
 # ZBL's screening coefficients c_k (mace-torch's buffer ``c``), which ours fixes
 ZBL_COEFFICIENTS = [c for c, _ in SCREENING]
 SILU = "torch.nn.functional.silu"
@@ -196,8 +204,12 @@ def contraction_weights(contraction: Record, ours, i_out: int, where: str) -> di
 def check_supported(model: Record) -> None:
     """Refuse what our MACE does not express, naming it."""
     if model.kind not in MODEL_KINDS:
-        raise ConversionError(f"a {model.kind}, not one of mace-torch's {sorted(MODEL_KINDS)}")
+        raise ConversionError(f"a {model.kind}, not one of mace-torch's {sorted(MODEL_KINDS)} "
+                              "(dipole, polarisability, PolarMACE and field models are not energy models we read)")
     extra = set(model.children) - KNOWN_CHILDREN
+    named = [f"{part} ({UNSUPPORTED_PARTS[part]})" for part in sorted(extra) if part in UNSUPPORTED_PARTS]
+    if named:
+        raise ConversionError(f"not supported: {', '.join(named)}")
     if extra:
         raise ConversionError(f"parts our MACE does not have: {sorted(extra)}")
     for flag, plain in REFUSED_FLAGS.items():
@@ -237,12 +249,18 @@ def check_supported(model: Record) -> None:
             raise ConversionError(f"readouts.{t} is a {readout.kind.rsplit('.', 1)[-1]}, expected {expected}")
 
 
-def head_index(model: Record, head: str | None) -> tuple[int, int]:
-    """(index of the chosen head, number of heads)."""
-    heads = list(model.attr("heads", None) or ["Default"])
+def head_names(model: Record) -> list[str]:
+    return list(model.attr("heads", None) or ["Default"])
+
+
+def head_index(model: Record, head: str | None) -> tuple[int | None, int]:
+    """(index of the chosen head, or None for ``head="all"``; number of heads)."""
+    heads = head_names(model)
+    if head == "all":
+        return (None if len(heads) > 1 else 0), len(heads)
     if head is None:
         if len(heads) > 1:
-            raise ConversionError(f"the file has heads {heads}: choose one with head=<name>")
+            raise ConversionError(f"the file has heads {heads}: choose one with head=<name>, or head=all to keep them all")
         return 0, 1
     if head not in heads:
         raise ConversionError(f"no head {head!r}; the file has {heads}")
@@ -294,7 +312,8 @@ def _linear_weight(record: Record, expected_numel: int, where: str) -> torch.Ten
 def convert_mace_torch(path: str | Path, head: str | None = None) -> Potential:
     """Our `Potential` holding the mace-torch model at ``path`` (in the file's dtype).
 
-    ``head`` picks one head of a multi-head file (required there).
+    ``head`` picks one head of a multi-head file (required there), or ``"all"`` keeps every head
+    (`Potential.select_head` picks one at run time; the first is selected).
     """
     path = Path(path)
     try:
@@ -310,12 +329,17 @@ def _convert(model: Record, head: str | None) -> Potential:
     kwargs = model_kwargs(model, num_heads)
     dtype = model.child("node_embedding").child("linear").tensor("weight").dtype
     # per head: E0s [n_heads, n_elements], scale and shift [n_heads] (one head: without that axis)
-    e0s = model.child("atomic_energies_fn").tensor("atomic_energies").to(torch.float64).reshape(num_heads, -1)[h]
-    scale, shift = 1.0, 0.0
+    all_e0s = model.child("atomic_energies_fn").tensor("atomic_energies").to(torch.float64).reshape(num_heads, -1)
+    all_scale, all_shift = torch.ones(num_heads, dtype=torch.float64), torch.zeros(num_heads, dtype=torch.float64)
     if model.kind.endswith("ScaleShiftMACE"):
         block = model.child("scale_shift")
-        scale, shift = (float(block.tensor(name).reshape(num_heads)[h]) for name in ("scale", "shift"))
+        all_scale, all_shift = (block.tensor(name).to(torch.float64).reshape(num_heads) for name in ("scale", "shift"))
+    first = 0 if h is None else h
+    e0s, scale, shift = all_e0s[first], float(all_scale[first]), float(all_shift[first])
     spec = {"target": "mlip.models.mace.MACE", "kwargs": kwargs}
+    if h is None:  # every head kept: the readouts give one energy per head
+        kwargs["num_heads"] = num_heads
+        spec["heads"] = head_names(model)
     if "pair_repulsion_fn" in model.children:  # ScaleShiftMACE scales it with the learned energy
         p = int(model.child("pair_repulsion_fn").tensor("p"))
         spec["pair_repulsion"] = {"kind": "zbl", "p": p, "scaled": model.kind.endswith("ScaleShiftMACE")}
@@ -394,20 +418,23 @@ def _convert(model: Record, head: str | None) -> Potential:
         readout, where = readouts[str(t)], f"readouts.{t}"
         last = t == len(interactions) - 1
         if not last:
-            weight = readout.child("linear").tensor("weight").reshape(-1, num_heads)[:, h]
-            put(f"{where}.linear.weight", weight)
+            weight = readout.child("linear").tensor("weight").reshape(-1, num_heads)
+            put(f"{where}.linear.weight", weight if h is None else weight[:, h])
         else:
             hidden = kwargs["readout_mlp"]
             channels = ours.readouts[t].linear_in.irreps_in.dim
-            w1 = readout.child("linear_1").tensor("weight").reshape(channels, num_heads, hidden)[:, h]
+            w1 = readout.child("linear_1").tensor("weight").reshape(channels, num_heads, hidden)
             # with several heads each owns one block of the hidden units (mace-torch's mask_head)
-            w2 = readout.child("linear_2").tensor("weight").reshape(num_heads, hidden, num_heads)[h, :, h]
+            w2 = readout.child("linear_2").tensor("weight").reshape(num_heads, hidden, num_heads)
+            if h is not None:
+                w1, w2 = w1[:, h], w2[h, :, h]
             acts = readout.child("non_linearity").child("acts").children
             if len(acts) != 1:
                 raise ConversionError(f"{where}: {len(acts)} activations, expected one (SiLU)")
             constant = activation_constant(next(iter(acts.values())), where)
             # e3nn's Linear normalises by 1/sqrt(fan_in): with one head's block the fan-in shrinks
-            fan_in_ratio = math.sqrt(hidden / (hidden * num_heads))
+            # (all heads kept: our readout masks the blocks with mace-torch's fan-in)
+            fan_in_ratio = 1.0 if h is None else math.sqrt(hidden / (hidden * num_heads))
             put(f"{where}.linear_in.weight", w1)
             put(f"{where}.linear_out.weight", w2.to(torch.float64) * constant / NormalizedSiLU.SCALE * fan_in_ratio)
     bad = first_nonfinite(new)
@@ -416,6 +443,9 @@ def _convert(model: Record, head: str | None) -> Potential:
     missing = {k for k in state if k.startswith("model.") and k.endswith("weight") and state[k].numel()} - set(new)
     if missing:
         raise ConversionError(f"internal: weights left unmapped: {sorted(missing)}")
+    if h is None:
+        new["head_e0s"], new["head_scale"], new["head_shift"] = (
+            value.to(dtype) for value in (all_e0s, all_scale, all_shift))
     state.update(new)
     potential.load_state_dict(state, strict=True)
     return potential.eval()

@@ -61,6 +61,8 @@ class MACE(nn.Module):
             distance (`mlip.nn.radial.AgnesiTransform`; the envelope keeps the raw distance).
         atomic_numbers: the atomic number of each species index (needed by a distance transform;
             `mlip-train` fills it in from the training set).
+        num_heads: readouts per node (mace-torch's multi-head models); the forward returns the
+            head held in the ``head`` buffer (`Potential.select_head` sets it).
 
     Pair repulsion (ZBL) is an option of the `Potential`, for every model family.
     """
@@ -89,6 +91,7 @@ class MACE(nn.Module):
         interaction: str | Sequence[str] = "standard",
         distance_transform: str | None = None,
         atomic_numbers: Sequence[int] | None = None,
+        num_heads: int = 1,
     ):
         super().__init__()
         kinds = [interaction] * num_interactions if isinstance(interaction, str) else list(interaction)
@@ -98,6 +101,9 @@ class MACE(nn.Module):
         if len(correlations) != num_interactions:
             raise ValueError(f"correlation: {len(correlations)} values for {num_interactions} interactions")
         self.r_max = float(r_max)
+        self.num_heads = int(num_heads)
+        if self.num_heads > 1:
+            self.register_buffer("head", torch.zeros(1, dtype=torch.long))
         hidden = o3.Irreps(hidden_irreps)
         num_channels = hidden[0].mul
         irreps_sh = o3.Irreps.spherical_harmonics(max_ell)
@@ -129,7 +135,8 @@ class MACE(nn.Module):
                     contraction_normalization, contraction_parametrization,
                 )
             )
-            self.readouts.append(NonLinearReadout(irreps_out, readout_mlp) if last else LinearReadout(irreps_out))
+            self.readouts.append(NonLinearReadout(irreps_out, readout_mlp, self.num_heads) if last
+                                 else LinearReadout(irreps_out, self.num_heads))
             irreps_node = irreps_out
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
@@ -142,5 +149,6 @@ class MACE(nn.Module):
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             basis = interaction(node_feats, edge_sh, edge_radial, edge_index, species)
             node_feats = product(basis, node_feats, species)
-            node_energy = node_energy + readout(node_feats)
+            energies = readout(node_feats)  # [n], or [n, num_heads]
+            node_energy = node_energy + (energies if self.num_heads == 1 else energies.index_select(1, self.head)[:, 0])
         return node_energy

@@ -42,6 +42,11 @@ class Potential(nn.Module):
         model_spec: ``{"target": ..., "kwargs": ...}`` that rebuilds ``model`` (for export), and
             ``"pair_repulsion"``: ``{"kind": "zbl", "p": 6, "scaled": false}`` or absent.
 
+    A model with several heads (``model_spec["heads"]``: their names; the model's ``num_heads``)
+    keeps each head's E0s, scale and shift (``head_e0s`` [H, Z], ``head_scale``, ``head_shift``
+    [H]); `select_head` makes one of them the one predicted, in place (a captured CUDA graph
+    stays valid).
+
     A pair repulsion (`mlip.nn.pair_repulsion`, any model family) adds its energy per node in
     eV beside ``scale · ε_i + shift``; ``scaled`` puts it inside, ``scale · (ε_i + V_i) +
     shift``, where mace-torch's ``ScaleShiftMACE`` has it (its converted files say so).
@@ -71,6 +76,30 @@ class Potential(nn.Module):
         self.register_buffer("e0s", torch.tensor(list(e0s), dtype=dtype))
         self.register_buffer("scale", torch.tensor(float(scale), dtype=dtype))
         self.register_buffer("shift", torch.tensor(float(shift), dtype=dtype))
+        self.heads: list[str] = list((model_spec or {}).get("heads") or [])
+        if self.heads:  # filled by the converter or a model file; each head starts as the one given
+            count = len(self.heads)
+            self.register_buffer("head_e0s", self.e0s.repeat(count, 1))
+            self.register_buffer("head_scale", self.scale.repeat(count))
+            self.register_buffer("head_shift", self.shift.repeat(count))
+
+    @property
+    def head(self) -> str | None:
+        """The name of the head predicted now (None for a single-head model)."""
+        return self.heads[int(self.model.head)] if self.heads else None
+
+    def select_head(self, name: str) -> None:
+        """Predict with head ``name`` from now on (its readout, E0s, scale and shift)."""
+        if not self.heads:
+            raise ValueError(f"head={name!r}: this model has a single head")
+        if name not in self.heads:
+            raise ValueError(f"no head {name!r}; the model has {self.heads}")
+        index = self.heads.index(name)
+        with torch.no_grad():
+            self.model.head.fill_(index)
+            self.e0s.copy_(self.head_e0s[index])
+            self.scale.copy_(self.head_scale[index])
+            self.shift.copy_(self.head_shift[index])
 
     @property
     def r_max(self) -> float:

@@ -173,24 +173,40 @@ class ProductBlock(nn.Module):
 
 
 class LinearReadout(nn.Module):
-    """Eq. 12, layers t < T: a linear map of the invariant features to one energy per node."""
+    """Eq. 12, layers t < T: a linear map of the invariant features to one energy per node
+    ([n]; with ``num_heads`` > 1 one per head, [n, num_heads])."""
 
-    def __init__(self, irreps_in: o3.Irreps):
+    def __init__(self, irreps_in: o3.Irreps, num_heads: int = 1):
         super().__init__()
-        self.linear = o3.Linear(o3.Irreps(irreps_in), o3.Irreps("0e"))
+        self.num_heads = int(num_heads)
+        self.linear = o3.Linear(o3.Irreps(irreps_in), o3.Irreps(f"{self.num_heads}x0e"))
 
     def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
-        return self.linear(node_feats).squeeze(-1)
+        out = self.linear(node_feats)
+        return out.squeeze(-1) if self.num_heads == 1 else out
 
 
 class NonLinearReadout(nn.Module):
-    """Eq. 13, last layer: a one-hidden-layer MLP on the invariant features."""
+    """Eq. 13, last layer: a one-hidden-layer MLP on the invariant features.
 
-    def __init__(self, irreps_in: o3.Irreps, hidden: int = 16):
+    With ``num_heads`` > 1 (mace-torch's multi-head models) each head owns a block of ``hidden``
+    units: head h's energy reads only block h of the activations, [n, num_heads].
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, hidden: int = 16, num_heads: int = 1):
         super().__init__()
-        self.linear_in = o3.Linear(o3.Irreps(irreps_in), o3.Irreps(f"{hidden}x0e"))
+        self.num_heads = int(num_heads)
+        width = hidden * self.num_heads
+        self.linear_in = o3.Linear(o3.Irreps(irreps_in), o3.Irreps(f"{width}x0e"))
         self.activation = NormalizedSiLU()
-        self.linear_out = o3.Linear(o3.Irreps(f"{hidden}x0e"), o3.Irreps("0e"))
+        self.linear_out = o3.Linear(o3.Irreps(f"{width}x0e"), o3.Irreps(f"{self.num_heads}x0e"))
+        if self.num_heads > 1:  # [width, heads]: unit h reaches head h only
+            mask = torch.kron(torch.eye(self.num_heads), torch.ones(hidden, 1)).to(torch.get_default_dtype())
+            self.register_buffer("head_mask", mask, persistent=False)
 
     def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
-        return self.linear_out(self.activation(self.linear_in(node_feats))).squeeze(-1)
+        hidden = self.activation(self.linear_in(node_feats))
+        if self.num_heads == 1:
+            return self.linear_out(hidden).squeeze(-1)
+        weight = self.linear_out.weight.view(self.head_mask.shape) * self.head_mask
+        return hidden @ weight / hidden.shape[-1] ** 0.5  # e3nn's Linear: 1/sqrt(fan-in)

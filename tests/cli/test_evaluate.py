@@ -141,3 +141,28 @@ def test_bad_input_ends_in_one_line_naming_it(tmp_path, name):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mlip-eval: "), done.stderr[-2000:]
     assert re.search(expected, lines[0]), lines[0]
+
+
+def test_a_multi_head_model_is_scored_by_the_head_asked_for(tmp_path):
+    """mlip-eval head=...: labels made by one head of a converted two-head mace-torch model are
+    matched by that head and missed by the other."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read
+
+    from mlip.convert.mace_torch import convert_mace_torch
+    from tests.convert.test_mace_torch import ORACLE, REFERENCES
+
+    model = save_model(convert_mace_torch(ORACLE / "scaleshift_two_heads_nu2_l1_f64.model", head="all"),
+                       tmp_path / "heads.safetensors")
+    labelled = []
+    for atoms, row in zip(read(ORACLE / "structures.extxyz", ":"),
+                          REFERENCES["scaleshift_two_heads_nu2_l1_f64@r2scan"]["predictions"]):
+        atoms.calc = SinglePointCalculator(atoms, energy=row["energy"], forces=np.asarray(row["forces"]))
+        labelled.append(atoms)
+    write(tmp_path / "r2scan.xyz", labelled)
+    errors = {}
+    for head in ("r2scan", "pbe"):
+        report = evaluate(_config(f"model={model}", f"data={tmp_path / 'r2scan.xyz'}", f"head={head}", "plots=false",
+                                  f"output_dir={tmp_path / head}"))
+        errors[head] = report["models"]["heads"]["datasets"]["r2scan"]["errors"]["forces_rmse"]
+    assert errors["r2scan"] < 1e-6 < errors["pbe"]

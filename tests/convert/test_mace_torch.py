@@ -86,6 +86,14 @@ def test_architecture_options_we_lack_are_refused_by_name(flag, value):
         check_supported(model)
 
 
+@pytest.mark.parametrize("part, reason", [("joint_embedding", "charge and spin"), ("les", "Ewald")])
+def test_foundation_parts_we_lack_are_refused_with_the_reason(part, reason, tmp_path):
+    model = _record()
+    model.state["_modules"][part] = record_class("mace.modules.embeddings", "GenericJointEmbedding")()
+    with pytest.raises(ConversionError, match=f"not supported: {part} .*{reason}"):
+        check_supported(model)
+
+
 def test_unsupported_blocks_are_refused_by_name():
     model = _record()
     interactions = model.child("interactions")
@@ -246,3 +254,32 @@ def test_zbl_counts_and_sits_where_mace_torch_puts_it(name, structures):
         potential.pair_repulsion_scaled = True
     potential.pair_repulsion = None
     assert worst(potential) > 1e-4
+
+
+def test_every_head_kept_and_chosen_at_run_time(structures, tmp_path):
+    """head=all: one model file with both heads; each, chosen in the calculator (at construction or
+    later) or in mlip-eval, predicts what mace-torch predicts for it."""
+    name = "scaleshift_two_heads_nu2_l1_f64"
+    potential = convert_mace_torch(ORACLE / f"{name}.model", head="all")
+    assert potential.heads == ["pbe", "r2scan"] and potential.head == "pbe"
+    path = save_model(potential, tmp_path / "both.safetensors")
+    loaded = load_model(path)
+    assert loaded.heads == ["pbe", "r2scan"] and loaded.head == "pbe"
+    switching = MLIPCalculator(path, device="cpu", dtype="float64")
+    for head in ("r2scan", "pbe", "r2scan"):
+        reference = REFERENCES[f"{name}@{head}"]
+        chosen = MLIPCalculator(path, device="cpu", dtype="float64", head=head)
+        switching.select_head(head)
+        e0 = dict(zip(chosen.potential.elements.tolist(), chosen.potential.e0s.tolist()))
+        for atoms, row in zip(structures, reference["predictions"]):
+            interaction = row["energy"] - sum(e0[int(z)] for z in atoms.numbers)
+            for calc in (chosen, switching):
+                atoms = atoms.copy()
+                atoms.calc = calc
+                assert abs(atoms.get_potential_energy() - row["energy"]) <= RTOL * abs(interaction), head
+                forces = np.asarray(row["forces"])
+                assert np.abs(atoms.get_forces() - forces).max() <= RTOL * np.abs(forces).max()
+    with pytest.raises(ValueError, match="no head 'mp'.*pbe"):
+        switching.select_head("mp")
+    with pytest.raises(ValueError, match="single head"):
+        convert_mace_torch(ORACLE / f"{name}.model", head="pbe").select_head("pbe")
