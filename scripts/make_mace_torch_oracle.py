@@ -42,6 +42,13 @@ VARIANTS = {
                                              {"pair_repulsion": True}),
     "scaleshift_residual_agnesi_nu2_l1_f32": ("ScaleShiftMACE", "Residual", 2, "6x0e+6x1o", 2, 1, "float32",
                                               {"distance_transform": "Agnesi"}),
+    # MH-1's parts: non-linear residual blocks everywhere, edge irreps apart from the hidden ones (scalars
+    # only in the first layer), element-agnostic products, no cutoff on the radial basis, two heads
+    "scaleshift_nonlinear_edge_agnostic_two_heads_f64": (
+        "ScaleShiftMACE", "ResidualNonLinear", 2, "8x0e+8x1o", 2, 2, "float64", ["omat", "omol"],
+        {"pair_repulsion": True, "distance_transform": "Agnesi", "edge_irreps": "4x0e+4x1o",
+         "use_edge_irreps_first": True, "use_agnostic_product": True, "apply_cutoff": False,
+         "later": "ResidualNonLinear"}),
     # a standard block first, density blocks after (``later``: the class of the later layers)
     "scaleshift_plain_first_density_zbl_nu2_l1_f64": ("ScaleShiftMACE", "Plain", 2, "6x0e+6x1o", 3, 1, "float64",
                                                       {"pair_repulsion": True, "distance_transform": "Agnesi",
@@ -84,7 +91,10 @@ def build(variant, seed: int):
         "InteractionBlock"
     first_cls = {"Residual": "RealAgnosticResidualInteractionBlock", "Plain": "RealAgnosticInteractionBlock",
                  "Density": "RealAgnosticDensityInteractionBlock",
-                 "DensityResidual": "RealAgnosticDensityResidualInteractionBlock"}[first]
+                 "DensityResidual": "RealAgnosticDensityResidualInteractionBlock",
+                 "ResidualNonLinear": "RealAgnosticResidualNonLinearInteractionBlock"}[first]
+    if "edge_irreps" in options:
+        options["edge_irreps"] = o3.Irreps(options["edge_irreps"])
     e0s = np.array(E0S) if heads is None else np.array([E0S, [e + 1.7 for e in E0S]])
     torch.set_default_dtype(getattr(torch, dtype))
     torch.manual_seed(seed)

@@ -82,6 +82,10 @@ def tiny_potential() -> Potential:
 # the parts of mace-torch's foundation models: density-normalised messages, Agnesi radial input, ZBL
 FOUNDATION_PARTS = dict(interaction="density", distance_transform="agnesi", atomic_numbers=ELEMENTS,
                         residual_first=False, pair_repulsion={"kind": "zbl", "p": 5, "scaled": True})
+# ... and MACE-MH-1's: non-linear blocks, edge irreps, agnostic products, the envelope on the weights
+MH1_PARTS = dict(interaction="nonlinear", edge_irreps="2x0e+2x1o", edge_irreps_first_scalars=True,
+                 agnostic_product=True, apply_cutoff=False, distance_transform="agnesi", atomic_numbers=ELEMENTS,
+                 pair_repulsion={"kind": "zbl", "p": 5, "scaled": True})
 
 
 def random_alloy(rng: np.random.Generator, repeat=(1, 1, 1), rattle: float = 0.1) -> Atoms:

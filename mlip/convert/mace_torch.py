@@ -45,15 +45,17 @@ RESIDUAL = "mace.modules.blocks.RealAgnosticResidualInteractionBlock"
 PLAIN = "mace.modules.blocks.RealAgnosticInteractionBlock"
 DENSITY_RESIDUAL = "mace.modules.blocks.RealAgnosticDensityResidualInteractionBlock"
 DENSITY = "mace.modules.blocks.RealAgnosticDensityInteractionBlock"
+NONLINEAR = "mace.modules.blocks.RealAgnosticResidualNonLinearInteractionBlock"
 RESIDUAL_KINDS = (RESIDUAL, DENSITY_RESIDUAL)
 DENSITY_KINDS = (DENSITY, DENSITY_RESIDUAL)
+INTERACTION_OF = {DENSITY: "density", DENSITY_RESIDUAL: "density", NONLINEAR: "nonlinear"}
 AGNESI = "mace.modules.radial.AgnesiTransform"
 ZBL = "mace.modules.radial.ZBLBasis"
 KNOWN_CHILDREN = {"node_embedding", "radial_embedding", "spherical_harmonics", "atomic_energies_fn",
                   "interactions", "products", "readouts", "scale_shift", "pair_repulsion_fn"}
 # options of mace-torch's MACE that change the architecture when set
-REFUSED_FLAGS = {"use_so3": False, "use_agnostic_product": False, "use_last_readout_only": False,
-                 "lammps_mliap": False, "apply_cutoff": True, "edge_irreps": None}
+REFUSED_FLAGS = {"use_so3": False, "use_last_readout_only": False, "lammps_mliap": False,
+                 "keep_last_layer_irreps": False}
 # parts of mace-torch models we do not express, and why (refused by name)
 UNSUPPORTED_PARTS = {
     "joint_embedding": "the total-charge and spin embedding of OMOL-0-style models",
@@ -235,7 +237,7 @@ def check_supported(model: Record) -> None:
     if len(interactions) < 2:
         raise ConversionError("a single interaction (its readout is linear; ours is an MLP): at least 2 needed")
     for t, block in interactions.items():
-        allowed = (RESIDUAL, PLAIN, DENSITY_RESIDUAL, DENSITY) if t == "0" else RESIDUAL_KINDS
+        allowed = (RESIDUAL, PLAIN, DENSITY_RESIDUAL, DENSITY, NONLINEAR) if t == "0" else (*RESIDUAL_KINDS, NONLINEAR)
         if block.kind not in allowed:
             raise ConversionError(f"interactions.{t} is a {block.kind.rsplit('.', 1)[-1]}; supported: "
                                   f"{[a.rsplit('.', 1)[-1] for a in allowed]}")
@@ -285,7 +287,11 @@ def model_kwargs(model: Record, num_heads: int) -> dict[str, Any]:
     return {
         **({"distance_transform": transform, "atomic_numbers": model.tensor("atomic_numbers").tolist()}
            if transform else {}),
-        "interaction": ["density" if block.kind in DENSITY_KINDS else "standard" for block in interactions.values()],
+        "interaction": [INTERACTION_OF.get(block.kind, "standard") for block in interactions.values()],
+        "edge_irreps": None if model.attr("edge_irreps", None) is None else str(irreps(model.attr("edge_irreps"))),
+        "edge_irreps_first_scalars": bool(model.attr("use_edge_irreps_first", False)),
+        "agnostic_product": bool(model.attr("use_agnostic_product", False)),
+        "apply_cutoff": bool(model.attr("apply_cutoff", True)),
         "num_elements": int(model.tensor("atomic_numbers").numel()),
         "avg_num_neighbors": averages.pop(),
         "r_max": float(model.tensor("r_max")),
@@ -298,8 +304,61 @@ def model_kwargs(model: Record, num_heads: int) -> dict[str, Any]:
         "radial_mlp": list(radial_mlps.pop()),
         "readout_mlp": mlp_irreps.dim // num_heads,
         "tp_backend": "auto",
-        "residual_first": interactions["0"].kind in RESIDUAL_KINDS,
+        "residual_first": interactions["0"].kind in (*RESIDUAL_KINDS, NONLINEAR),
     }
+
+
+def layer_norm_mlp_weights(mlp: Record, rows: torch.Tensor | None, where: str) -> dict[str, torch.Tensor]:
+    """Our `RadialMLP(layer_norm=True)` state from mace-torch's ``RadialMLP`` (Linear, LayerNorm,
+    SiLU, ..., Linear: the same modules in the same places); ``rows`` reorders the outputs."""
+    layers = mlp.child("net").children
+    out = {}
+    last = str(len(layers) - 1)
+    for name, layer in layers.items():
+        kind = layer.kind.rsplit(".", 1)[-1]
+        if kind == "LayerNorm" and abs(float(layer.attr("eps", 1e-5)) - 1e-5) > 1e-12:
+            raise ConversionError(f"{where}: LayerNorm eps {layer.attr('eps')} (ours 1e-5)")
+        if kind not in ("Linear", "LayerNorm", "SiLU"):
+            raise ConversionError(f"{where}: a {kind} in the radial MLP (expected Linear, LayerNorm, SiLU)")
+        if kind == "SiLU":
+            continue
+        weight, bias = layer.tensor("weight"), layer.tensor("bias")
+        if name == last and rows is not None:
+            weight, bias = weight.index_select(0, rows), bias.index_select(0, rows)
+        out[f"net.{name}.weight"], out[f"net.{name}.bias"] = weight, bias
+    return out
+
+
+def gate_folded_linear(record: Record, ours: o3.Linear, gate: Record, ours_gate, where: str) -> torch.Tensor:
+    """The weights of the linear after mace-torch's gate, with the ratio of its activation
+    constants to ours folded into each input irrep's block (SiLU on the scalars, sigmoid gates)."""
+    weight = _linear_weight(record, ours.weight.numel(), where).to(torch.float64).clone()
+    scalar = float(gate.attr("_scalar_cst")) / float(ours_gate.act_scalars.acts[0].cst)
+    gated = float(gate.attr("_gate_cst")) / float(ours_gate.act_gates.acts[0].cst) if len(ours_gate.act_gates.acts) else 1.0
+    offset = 0
+    for ins in ours.instructions:
+        size = math.prod(ins.path_shape)
+        weight[offset : offset + size] *= scalar if ours.irreps_in[ins.i_in].ir.l == 0 else gated
+        offset += size
+    return weight
+
+
+def nonlinear_block_weights(block: Record, ours, order: list[int], mul: int, where: str) -> dict[str, torch.Tensor]:
+    """Our `NonLinearInteractionBlock`'s weights (keys below it) from mace-torch's
+    ``RealAgnosticResidualNonLinearInteractionBlock``."""
+    rows = torch.tensor([p * mul + c for p in order for c in range(mul)])
+    out = {f"radial.{k}": v for k, v in layer_norm_mlp_weights(block.child("conv_tp_weights"), rows, where).items()}
+    density = layer_norm_mlp_weights(block.child("density_fn"), None, f"{where}.density_fn")
+    if density["net.0.weight"].shape != ours.density.net[0].weight.shape:
+        raise ConversionError(f"{where}.density_fn: a {tuple(density['net.0.weight'].shape)} first layer, "
+                              f"ours {tuple(ours.density.net[0].weight.shape)}")
+    out |= {f"density.{k}": v for k, v in density.items()}
+    for name in ("source_embedding", "target_embedding", "linear_res", "linear_1"):
+        out[f"{name}.weight"] = _linear_weight(block.child(name), getattr(ours, name).weight.numel(), f"{where}.{name}")
+    out["linear_2.weight"] = gate_folded_linear(block.child("linear_2"), ours.linear_2, block.child("equivariant_nonlin"),
+                                                ours.gate, f"{where}.linear_2")
+    out["alpha"], out["beta"] = block.tensor("alpha"), block.tensor("beta")
+    return out
 
 
 def _linear_weight(record: Record, expected_numel: int, where: str) -> torch.Tensor:
@@ -391,21 +450,26 @@ def _convert(model: Record, head: str | None) -> Potential:
         put(f"{where}.linear_up.weight", _linear_weight(block.child("linear_up"), ours_block.linear_up.weight.numel(), where))
         order = path_order(block.child("conv_tp"), ours_block.convolution.instructions, where)
         mul = ours_block.convolution.irreps_in[0].mul
-        for k, weight in enumerate(radial_weights(block.child("conv_tp_weights"), order, mul, where)):
-            put(f"{where}.radial.net.{2 * k}.weight", weight)
-        put(f"{where}.linear.weight", _linear_weight(block.child("linear"), ours_block.linear.weight.numel(), where))
+        if block.kind == NONLINEAR:
+            for key, value in nonlinear_block_weights(block, ours_block, order, mul, where).items():
+                put(f"{where}.{key}", value)
+            put(f"products.{t}.skip.weight", block.child("skip_tp").tensor("weight"))
+        else:
+            for k, weight in enumerate(radial_weights(block.child("conv_tp_weights"), order, mul, where)):
+                put(f"{where}.radial.net.{2 * k}.weight", weight)
+            put(f"{where}.linear.weight", _linear_weight(block.child("linear"), ours_block.linear.weight.numel(), where))
         if block.kind in DENSITY_KINDS:
             (density,) = radial_weights(block.child("density_fn"), [0], 1, f"{where}.density_fn")
             put(f"{where}.density.net.0.weight", density)
         skip = block.child("skip_tp").tensor("weight")
         if block.kind in RESIDUAL_KINDS:
             put(f"products.{t}.skip.weight", skip)
-        else:
+        elif block.kind != NONLINEAR:
             put(f"{where}.element_linear.weight", skip)
 
         product, ours_product = products[str(t)], ours.products[t]
         where = f"products.{t}"
-        if bool(product.attr("use_sc", True)) != (ours_product.skip is not None) and block.kind in RESIDUAL_KINDS:
+        if bool(product.attr("use_sc", True)) != (ours_product.skip is not None) and block.kind in (*RESIDUAL_KINDS, NONLINEAR):
             raise ConversionError(f"{where}: use_sc={product.attr('use_sc')} with a residual interaction")
         contractions = product.child("symmetric_contractions").child("contractions").children
         if len(contractions) != len(ours_product.contraction.paths):

@@ -14,10 +14,17 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from mlip.nn.blocks import InteractionBlock, LinearReadout, NodeEmbedding, NonLinearReadout, ProductBlock
+from mlip.nn.blocks import (
+    InteractionBlock,
+    LinearReadout,
+    NodeEmbedding,
+    NonLinearInteractionBlock,
+    NonLinearReadout,
+    ProductBlock,
+)
 from mlip.nn.radial import RadialEmbedding
 
-INTERACTIONS = ("standard", "density")
+INTERACTIONS = ("standard", "density", "nonlinear")
 
 
 class MACE(nn.Module):
@@ -63,6 +70,16 @@ class MACE(nn.Module):
             `mlip-train` fills it in from the training set).
         num_heads: readouts per node (mace-torch's multi-head models); the forward returns the
             head held in the ``head`` buffer (`Potential.select_head` sets it).
+        edge_irreps: the features sent along edges, apart from ``hidden_irreps`` (mace-torch's
+            ``edge_irreps``: ``linear_up`` maps to them; None: the node features);
+            ``edge_irreps_first_scalars``: the first layer sends only their scalars
+            (mace-torch's ``use_edge_irreps_first``).
+        agnostic_product: the symmetric product's weights shared by all elements.
+        apply_cutoff: the envelope multiplies the radial embedding (True), or the radial weights
+            and densities each block makes from it (False: mace-torch's ``apply_cutoff=False``).
+
+    ``interaction="nonlinear"`` is mace-torch's non-linear residual block (MACE-MH-1:
+    `NonLinearInteractionBlock`), with a plain linear residual in the product.
 
     Pair repulsion (ZBL) is an option of the `Potential`, for every model family.
     """
@@ -92,11 +109,18 @@ class MACE(nn.Module):
         distance_transform: str | None = None,
         atomic_numbers: Sequence[int] | None = None,
         num_heads: int = 1,
+        edge_irreps: str | None = None,
+        edge_irreps_first_scalars: bool = False,
+        agnostic_product: bool = False,
+        apply_cutoff: bool = True,
     ):
         super().__init__()
         kinds = [interaction] * num_interactions if isinstance(interaction, str) else list(interaction)
         if len(kinds) != num_interactions or any(kind not in INTERACTIONS for kind in kinds):
             raise ValueError(f"interaction must be one of {INTERACTIONS} or one per layer, got {interaction!r}")
+        if "nonlinear" in kinds and tp_backend in ("cp", "grid"):
+            raise ValueError(f"interaction=nonlinear takes the channel-wise convolution (tp_backend auto, e3nn or cueq), "
+                             f"not {tp_backend!r}")
         correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
         if len(correlations) != num_interactions:
             raise ValueError(f"correlation: {len(correlations)} values for {num_interactions} interactions")
@@ -111,7 +135,9 @@ class MACE(nn.Module):
         scalars = o3.Irreps(f"{num_channels}x0e")
 
         self.embedding = NodeEmbedding(num_elements, scalars)
-        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_power, distance_transform, atomic_numbers)
+        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_power, distance_transform, atomic_numbers,
+                                                apply_cutoff)
+        edge = None if edge_irreps is None else o3.Irreps(edge_irreps)
         self.spherical_harmonics = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
         self.interactions = nn.ModuleList()
         self.products = nn.ModuleList()
@@ -120,19 +146,27 @@ class MACE(nn.Module):
         for t in range(num_interactions):
             last = t == num_interactions - 1
             irreps_out = scalars if last else hidden  # only invariants are read after the last layer
-            residual = residual_first or t > 0
-            self.interactions.append(
-                InteractionBlock(
+            residual = residual_first or t > 0 or kinds[t] == "nonlinear"  # the non-linear block is residual
+            layer_edge = edge
+            if t == 0 and edge is not None:
+                layer_edge = o3.Irreps(f"{edge.count(o3.Irrep('0e'))}x0e") if edge_irreps_first_scalars else None
+            if kinds[t] == "nonlinear":
+                interaction_block = NonLinearInteractionBlock(
+                    irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, num_elements, tp_backend, layer_edge)
+            else:
+                interaction_block = InteractionBlock(
                     irreps_node, irreps_sh, irreps_basis, num_bessel, radial_mlp, avg_num_neighbors, tp_backend,
                     cp_rank, cp_share_paths, cp_learn_factors, element_out=0 if residual else num_elements,
                     radial_fan_in_forward=radial_fan_in_forward, density_normalization=kinds[t] == "density",
+                    irreps_edge=layer_edge,
                 )
-            )
+            self.interactions.append(interaction_block)
             contraction_backend = "auto" if tp_backend in ("cp", "grid") else tp_backend
             self.products.append(
                 ProductBlock(
                     irreps_basis, irreps_node, irreps_out, correlations[t], num_elements, contraction_backend, residual,
                     contraction_normalization, contraction_parametrization,
+                    skip="linear" if kinds[t] == "nonlinear" else "element", agnostic=agnostic_product,
                 )
             )
             self.readouts.append(NonLinearReadout(irreps_out, readout_mlp, self.num_heads) if last
@@ -143,11 +177,12 @@ class MACE(nn.Module):
         """Per-node energies [n_nodes] (dimensionless) from species [n_nodes] and edge vectors [n_edges, 3] Å."""
         lengths = torch.linalg.vector_norm(edge_vectors, dim=-1, keepdim=True)
         edge_radial = self.radial_embedding(lengths, species, edge_index)
+        edge_cutoff = None if self.radial_embedding.apply_cutoff else self.radial_embedding.cutoff(lengths)
         edge_sh = self.spherical_harmonics(edge_vectors)
         node_feats = self.embedding(species)
         node_energy = torch.zeros_like(node_feats[:, 0])
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            basis = interaction(node_feats, edge_sh, edge_radial, edge_index, species)
+            basis = interaction(node_feats, edge_sh, edge_radial, edge_index, species, edge_cutoff)
             node_feats = product(basis, node_feats, species)
             energies = readout(node_feats)  # [n], or [n, num_heads]
             node_energy = node_energy + (energies if self.num_heads == 1 else energies.index_select(1, self.head)[:, 0])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from e3nn import o3
+from e3nn.nn import Gate
 from torch import nn
 
 from mlip.nn.radial import NormalizedSiLU, RadialMLP, SplineRadial
@@ -91,19 +92,22 @@ class InteractionBlock(nn.Module):
         element_out: int = 0,
         radial_fan_in_forward: bool = False,
         density_normalization: bool = False,
+        irreps_edge: o3.Irreps | None = None,
     ):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        # the features sent along edges: the node features, or (mace-torch's edge_irreps) others
+        self.irreps_edge = self.irreps_in if irreps_edge is None else o3.Irreps(irreps_edge)
         self.avg_num_neighbors = float(avg_num_neighbors)
-        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        self.linear_up = o3.Linear(self.irreps_in, self.irreps_edge)
         if tp_backend == "cp":  # TDN: the product in CP form, rank and path-weight sharing as given
             self.convolution = CPConvolution(
-                self.irreps_in, irreps_sh, self.irreps_out, cp_rank, cp_share_paths, learn_factors=cp_learn_factors
+                self.irreps_edge, irreps_sh, self.irreps_out, cp_rank, cp_share_paths, learn_factors=cp_learn_factors
             )
         elif tp_backend == "grid":  # the Gaunt product on a sphere grid
-            self.convolution = GridConvolution(self.irreps_in, irreps_sh, self.irreps_out, grid_resolution)
+            self.convolution = GridConvolution(self.irreps_edge, irreps_sh, self.irreps_out, grid_resolution)
         else:
-            self.convolution = ChannelwiseConvolution(self.irreps_in, irreps_sh, self.irreps_out, tp_backend)
+            self.convolution = ChannelwiseConvolution(self.irreps_edge, irreps_sh, self.irreps_out, tp_backend)
         if spline_basis:  # Facet: the weights are splines of the distance itself
             self.radial = SplineRadial(r_max, spline_basis, self.convolution.weight_numel, cutoff_power)
         else:
@@ -119,30 +123,113 @@ class InteractionBlock(nn.Module):
         edge_radial: torch.Tensor,
         edge_index: torch.Tensor,
         species: torch.Tensor | None = None,
+        edge_cutoff: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``edge_cutoff`` [E, 1]: the envelope, where the radial embedding left it out."""
         sender, receiver = edge_index
         h = self.linear_up(node_feats)
         order = self.convolution.weight_order(h)  # the backend's column order, made by the radial net
         radial_weights = self.radial(edge_radial, order)  # [n_edges, weight_numel]
+        if edge_cutoff is not None:
+            radial_weights = radial_weights * edge_cutoff
         n = node_feats.shape[0]
         pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, n, order is not None)  # Eq. 8, summed
         if self.density is None:
             basis = self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
         else:  # the local density in place of the average neighbour count
-            density = scatter_sum(torch.tanh(self.density(edge_radial).square()), receiver, n)  # [n, 1]
+            edge_density = torch.tanh(self.density(edge_radial).square())
+            if edge_cutoff is not None:
+                edge_density = edge_density * edge_cutoff
+            density = scatter_sum(edge_density, receiver, n)  # [n, 1]
             basis = self.linear(pooled / (1.0 + density))
         if self.element_linear is None:
             return basis
         return self.element_linear(basis, species)
 
 
+class NonLinearInteractionBlock(nn.Module):
+    """mace-torch's ``RealAgnosticResidualNonLinearInteractionBlock`` (MACE-MH-1): Eqs. 8-9 with
+    the elements in the radial weights, a learned density normalisation, a residual and a gate.
+
+        r_ij' = [radial(r_ij), W_s one_hot(z_j), W_t one_hot(z_i)]           (element embeddings)
+        m_i   = W_1 Σ_j R(r_ij') Y(r̂_ij) ⊗ (W_up h_j) / (β Σ_j tanh(ρ(r_ij')²) + α) + W_res W_up h_i
+        A_i   = W_2 gate(m_i)
+
+    R and ρ are radial MLPs with biases and LayerNorm (`RadialMLP(layer_norm=True)`), α and β
+    learned scalars (initially 20 and 0), the gate e3nn's: SiLU on the scalars, sigmoid gates on
+    the rest. The residual to the next features is a plain linear map (`ProductBlock(skip="linear")`).
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        num_radial: int,
+        radial_mlp: Sequence[int],
+        num_elements: int,
+        tp_backend: str = "auto",
+        irreps_edge: o3.Irreps | None = None,
+        density_hidden: int = 64,
+    ):
+        super().__init__()
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.irreps_edge = self.irreps_in if irreps_edge is None else o3.Irreps(irreps_edge)
+        self.num_elements = int(num_elements)
+        num_scalars = self.irreps_in.count(o3.Irrep("0e"))
+        elements = o3.Irreps(f"{num_elements}x0e")
+        self.source_embedding = o3.Linear(elements, o3.Irreps(f"{num_scalars}x0e"))
+        self.target_embedding = o3.Linear(elements, o3.Irreps(f"{num_scalars}x0e"))
+        self.linear_up = o3.Linear(self.irreps_in, self.irreps_edge)
+        self.convolution = ChannelwiseConvolution(self.irreps_edge, irreps_sh, self.irreps_out, tp_backend)
+        radial_in = num_radial + 2 * num_scalars
+        self.radial = RadialMLP([radial_in, *radial_mlp, self.convolution.weight_numel], layer_norm=True)
+        self.density = RadialMLP([radial_in, density_hidden, 1], layer_norm=True)
+        self.alpha = nn.Parameter(torch.tensor(20.0))
+        self.beta = nn.Parameter(torch.tensor(0.0))
+        scalars = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l == 0])
+        gated = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l > 0])
+        gates = o3.Irreps([(mul, "0e") for mul, _ in gated])
+        self.gate = Gate(scalars, [nn.functional.silu] * len(scalars), gates, [torch.sigmoid] * len(gates), gated)
+        self.linear_res = o3.Linear(self.irreps_edge, self.gate.irreps_in)
+        self.linear_1 = o3.Linear(self.convolution.irreps_out, self.gate.irreps_in)
+        self.linear_2 = o3.Linear(self.gate.irreps_out, self.irreps_out)
+
+    def forward(
+        self,
+        node_feats: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_index: torch.Tensor,
+        species: torch.Tensor,
+        edge_cutoff: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        sender, receiver = edge_index
+        n = node_feats.shape[0]
+        h = self.linear_up(node_feats)
+        residual = self.linear_res(h)
+        one_hot = nn.functional.one_hot(species, self.num_elements).to(node_feats.dtype)
+        edge_in = torch.cat([edge_radial, self.source_embedding(one_hot).index_select(0, sender),
+                             self.target_embedding(one_hot).index_select(0, receiver)], dim=-1)
+        order = self.convolution.weight_order(h)
+        radial_weights = self.radial(edge_in, order)
+        edge_density = torch.tanh(self.density(edge_in).square())
+        if edge_cutoff is not None:
+            radial_weights, edge_density = radial_weights * edge_cutoff, edge_density * edge_cutoff
+        density = scatter_sum(edge_density, receiver, n)  # [n, 1]
+        pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, n, order is not None)
+        message = self.linear_1(pooled) / (density * self.beta + self.alpha) + residual
+        return self.linear_2(self.gate(message))
+
+
 class ProductBlock(nn.Module):
     """Eqs. 10-11: ``h^(t+1) = W m(B(A)) + W_{z_i} h^(t)``.
 
-    B is the element-dependent symmetric contraction of order ``correlation``; the
-    residual is a linear map of the previous features whose weights depend on the
-    element of the node (``residual=False`` leaves it out: mace-torch's first layer
-    after a non-residual interaction).
+    B is the element-dependent symmetric contraction of order ``correlation`` (``agnostic``:
+    the same weights for every element, mace-torch's ``use_agnostic_product``); the residual is
+    a linear map of the previous features whose weights depend on the element of the node
+    (``skip="linear"``: the same for all, after mace-torch's non-linear blocks; ``residual=False``
+    leaves it out: mace-torch's first layer after a non-residual interaction).
     """
 
     def __init__(
@@ -156,20 +243,33 @@ class ProductBlock(nn.Module):
         residual: bool = True,
         normalization: str = "norm",
         parametrization: str = "orthonormal",
+        skip: str = "element",
+        agnostic: bool = False,
     ):
         super().__init__()
+        if skip not in ("element", "linear"):
+            raise ValueError(f"skip must be 'element' or 'linear', got {skip!r}")
         irreps_out = o3.Irreps(irreps_out)
         num_channels = irreps_out[0].mul
         contraction_out = o3.Irreps([(num_channels, ir) for _, ir in irreps_out])
+        self.agnostic = bool(agnostic)
         self.contraction = SymmetricContraction(
-            irreps_in, contraction_out, correlation, num_elements, tp_backend, normalization, parametrization
+            irreps_in, contraction_out, correlation, 1 if agnostic else num_elements, tp_backend, normalization,
+            parametrization,
         )
         self.linear = o3.Linear(contraction_out, irreps_out)
-        self.skip = ElementLinear(irreps_node, irreps_out, num_elements) if residual else None
+        if not residual:
+            self.skip = None
+        elif skip == "linear":
+            self.skip = o3.Linear(o3.Irreps(irreps_node), irreps_out)
+        else:
+            self.skip = ElementLinear(irreps_node, irreps_out, num_elements)
 
     def forward(self, basis: torch.Tensor, node_feats: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        update = self.linear(self.contraction(basis, species))
-        return update if self.skip is None else update + self.skip(node_feats, species)
+        update = self.linear(self.contraction(basis, torch.zeros_like(species) if self.agnostic else species))
+        if self.skip is None:
+            return update
+        return update + (self.skip(node_feats) if isinstance(self.skip, o3.Linear) else self.skip(node_feats, species))
 
 
 class LinearReadout(nn.Module):

@@ -101,12 +101,14 @@ class RadialEmbedding(nn.Module):
 
     With ``distance_transform="agnesi"`` the basis takes the transformed distance
     (`AgnesiTransform`, which needs the ``atomic_numbers`` of the species) and the envelope
-    the raw one, as in mace-torch.
+    the raw one, as in mace-torch. ``apply_cutoff=False`` leaves the envelope out of the
+    embedding (`cutoff` gives it apart).
     """
 
     def __init__(self, r_max: float, num_basis: int = 8, cutoff_power: int = 5, distance_transform: str | None = None,
-                 atomic_numbers: Sequence[int] | None = None):
+                 atomic_numbers: Sequence[int] | None = None, apply_cutoff: bool = True):
         super().__init__()
+        self.apply_cutoff = bool(apply_cutoff)
         if distance_transform not in DISTANCE_TRANSFORMS:
             raise ValueError(f"distance_transform must be one of {DISTANCE_TRANSFORMS}, got {distance_transform!r}")
         if distance_transform is not None and atomic_numbers is None:
@@ -118,9 +120,11 @@ class RadialEmbedding(nn.Module):
 
     def forward(self, r: torch.Tensor, species: torch.Tensor | None = None,
                 edge_index: torch.Tensor | None = None) -> torch.Tensor:
-        """[E, 1] Å (species [n] and edge_index [2, E] for a distance transform) -> [E, num_basis]."""
+        """[E, 1] Å (species [n] and edge_index [2, E] for a distance transform) -> [E, num_basis]
+        (without the envelope where ``apply_cutoff`` is off: the blocks then apply it to their
+        radial weights, as mace-torch's ``apply_cutoff=False``)."""
         x = r if self.transform is None else self.transform(r, species, edge_index)
-        return self.basis(x) * self.cutoff(r)
+        return self.basis(x) * self.cutoff(r) if self.apply_cutoff else self.basis(x)
 
 
 class NormalizedSiLU(nn.Module):
@@ -140,18 +144,24 @@ class RadialMLP(nn.Module):
     divides by sqrt(fan_in) in the forward (e3nn's ``FullyConnectedNet``, which mace-torch uses).
     They train differently: Adam's step is about lr per weight in either, so the first moves the
     layer's function sqrt(fan_in) times faster than the second.
+
+    ``layer_norm=True`` is the other radial MLP of mace-torch (its non-linear interaction blocks,
+    after ESEN): each layer with a bias, then LayerNorm and a plain SiLU on the hidden layers,
+    torch's default initialisation (``fan_in_forward`` does not apply).
     """
 
-    def __init__(self, sizes: Sequence[int], fan_in_forward: bool = False):
+    def __init__(self, sizes: Sequence[int], fan_in_forward: bool = False, layer_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
-        self.fan_in_forward = fan_in_forward
+        self.fan_in_forward = fan_in_forward and not layer_norm
+        self.layer_norm = layer_norm
         for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            linear = nn.Linear(n_in, n_out, bias=False)
-            nn.init.normal_(linear.weight, std=1.0 if fan_in_forward else 1.0 / math.sqrt(n_in))
+            linear = nn.Linear(n_in, n_out, bias=layer_norm)
+            if not layer_norm:
+                nn.init.normal_(linear.weight, std=1.0 if fan_in_forward else 1.0 / math.sqrt(n_in))
             layers.append(linear)
             if k < len(sizes) - 2:
-                layers.append(NormalizedSiLU())
+                layers += [nn.LayerNorm(n_out), nn.SiLU()] if layer_norm else [NormalizedSiLU()]
         self.net = nn.Sequential(*layers)
 
     def _weight(self, layer: nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,8 +173,9 @@ class RadialMLP(nn.Module):
         the last layer's weight rows, so no [E, sizes[-1]] copy is made)."""
         *hidden, last = self.net
         for layer in hidden:
-            x = nn.functional.linear(x, self._weight(layer)) if isinstance(layer, nn.Linear) else layer(x)
-        return nn.functional.linear(x, self._weight(last, output_order))
+            x = nn.functional.linear(x, self._weight(layer), layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+        bias = last.bias if last.bias is None or output_order is None else last.bias.index_select(0, output_order)
+        return nn.functional.linear(x, self._weight(last, output_order), bias)
 
 
 class SplineRadial(nn.Module):

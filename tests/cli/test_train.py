@@ -180,3 +180,22 @@ def test_zbl_trains_with_every_model_family(tmp_path, emt_file, model):
     assert all(v == v for v in metrics.values())
     potential = load_potential(tmp_path / "model.safetensors")
     assert potential.pair_repulsion is not None and not potential.pair_repulsion_scaled
+
+
+def test_an_mh1_shaped_mace_trains_and_its_file_loads(tmp_path, emt_file):
+    """model=mace_mh (non-linear blocks, edge irreps, agnostic products, no cutoff on the embedding)
+    at a tiny width: it learns, and its model file rebuilds the same architecture."""
+    from mlip.export import load_potential, read_metadata
+    from mlip.nn.blocks import NonLinearInteractionBlock
+
+    metrics = train(compose_train_config(tmp_path, emt_file, "model=mace_mh", "model.edge_irreps=2x0e+2x1o",
+                                         "trainer.max_epochs=3"))
+    assert all(v == v for v in metrics.values())
+    rows = [r for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if r.get("val_loss")]
+    losses = [float(r["val_loss"]) for r in rows]
+    assert min(losses[1:]) < losses[0], losses
+    kwargs = read_metadata(tmp_path / "model.safetensors")["model_spec"]["kwargs"]
+    assert kwargs["interaction"] == "nonlinear" and kwargs["agnostic_product"] and not kwargs["apply_cutoff"]
+    potential = load_potential(tmp_path / "model.safetensors")
+    assert isinstance(potential.model.interactions[1], NonLinearInteractionBlock)
+    assert potential.model.interactions[0].irreps_edge == potential.model.interactions[0].irreps_edge.__class__("2x0e")

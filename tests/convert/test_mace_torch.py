@@ -78,7 +78,8 @@ def _record(name="scaleshift_residual_nu3_l1_f64"):
     return read_pickled_module(ORACLE / f"{name}.model")
 
 
-@pytest.mark.parametrize("flag, value", [("use_so3", True), ("apply_cutoff", False), ("use_agnostic_product", True)])
+@pytest.mark.parametrize("flag, value", [("use_so3", True), ("use_last_readout_only", True),
+                                         ("keep_last_layer_irreps", True)])
 def test_architecture_options_we_lack_are_refused_by_name(flag, value):
     model = _record()
     model.state[flag] = value
@@ -98,10 +99,10 @@ def test_unsupported_blocks_are_refused_by_name():
     model = _record()
     interactions = model.child("interactions")
     block = interactions.children["1"]
-    nonlinear = record_class("mace.modules.blocks", "RealAgnosticResidualNonLinearInteractionBlock")()
-    nonlinear.state = block.state
-    interactions.state["_modules"]["1"] = nonlinear
-    with pytest.raises(ConversionError, match="RealAgnosticResidualNonLinearInteractionBlock"):
+    attention = record_class("mace.modules.blocks", "RealAgnosticAttResidualInteractionBlock")()
+    attention.state = block.state
+    interactions.state["_modules"]["1"] = attention
+    with pytest.raises(ConversionError, match="RealAgnosticAttResidualInteractionBlock"):
         check_supported(model)
     model = _record()
     model.state["_modules"]["pair_repulsion_fn"] = record_class("mace.modules.radial", "SoftTransform")()

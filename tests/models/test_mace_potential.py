@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 from e3nn import o3
 
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.potential import UnknownElementError
-from tests.conftest import FOUNDATION_PARTS, make_tiny_potential, random_alloy, random_cluster
+from tests.conftest import FOUNDATION_PARTS, MH1_PARTS, make_tiny_potential, random_alloy, random_cluster
 
 REL = 1e-10
 
@@ -24,10 +25,16 @@ def assert_rel(a, b, what, tol=REL):
     assert err < tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
-@pytest.fixture(params=["nu2", "nu3", "foundation"])
+@pytest.fixture(params=["nu2", "nu3", "foundation", "mh1"])
 def potential(request):
     if request.param == "foundation":  # density blocks, Agnesi transform, ZBL inside scale and shift
         return make_tiny_potential(correlation=2, **FOUNDATION_PARTS)
+    if request.param == "mh1":  # non-linear blocks; β moved off its initial 0 so the density acts
+        potential = make_tiny_potential(correlation=2, **MH1_PARTS)
+        with torch.no_grad():
+            for block in potential.model.interactions:
+                block.beta.fill_(0.7)
+        return potential
     return make_tiny_potential(correlation=int(request.param[-1]))
 
 
