@@ -17,6 +17,9 @@ or run). Each of its blocks maps onto ours:
 | ``interactions.t.density_fn`` (density blocks)| ``interactions.t.density`` (`MACE(interaction="density")`) |
 | ``radial_embedding.distance_transform`` (Agnesi) | ``radial_embedding.transform`` (its constants and covalent radii) |
 | ``pair_repulsion_fn`` (ZBL)                   | the `Potential`'s ``pair_repulsion``, inside scale and shift for ``ScaleShiftMACE`` |
+| ``interactions.t`` non-linear block (MH-1): ``conv_tp_weights``, ``density_fn`` (LayerNorm MLPs), ``source/target_embedding``, ``linear_res``, ``linear_1``, ``linear_2``, ``alpha``, ``beta`` | ``interactions.t`` (`NonLinearInteractionBlock`: the same names; the gate's constants folded into ``linear_2``) |
+| ``interactions.t.skip_tp`` (non-linear block) | ``products.t.skip`` (a plain linear)         |
+| every head of a multi-head file (``head="all"``) | ``readouts`` with one output per head, the `Potential`'s ``head_e0s/scale/shift`` |
 
 What we cannot express exactly is refused by `ConversionError`, naming it.
 """
