@@ -48,10 +48,14 @@ def model_of(elements: list[int], r_max: float, hidden: str, backend: str, avg_n
     torch.manual_seed(0)
     cueq = CuEquivarianceConfig(enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True, conv_fusion=True)
     kind = SHAPES[shape]
+    options = dict(kind["options"])
+    if "edge_irreps" in options:
+        options["edge_irreps"] = o3.Irreps(options["edge_irreps"])
+    hidden = kind.get("hidden", hidden)
     model = modules.ScaleShiftMACE(
         r_max=r_max, num_bessel=kind["num_bessel"], num_polynomial_cutoff=5, max_ell=3,
         interaction_cls=modules.interaction_classes[kind["later"]],
-        interaction_cls_first=modules.interaction_classes[kind["first"]], **kind["options"],
+        interaction_cls_first=modules.interaction_classes[kind["first"]], **options,
         num_interactions=2, num_elements=len(elements), hidden_irreps=o3.Irreps(hidden), MLP_irreps=o3.Irreps("16x0e"),
         atomic_energies=np.zeros(len(elements)), avg_num_neighbors=avg_num_neighbors, atomic_numbers=elements,
         correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
@@ -113,10 +117,10 @@ def calculator_rows(systems, model_file: Path, dtypes: list[str], repeats: int, 
                 print(f"MACECalculator{name} {dtype}: not timed ({type(error).__name__}: {error})", flush=True)
                 continue
             for atoms in systems:
-                ms, f = calculator_ms(calc, atoms, repeats)
+                ms, f, peak = calculator_ms(calc, atoms, repeats)
                 forces.setdefault(f"{dtype}_{len(atoms)}", f)
                 rows.append(f"| Si {len(atoms)} ASE calculator | mace-torch MACECalculator{name} | {dtype} | {ms:.2f} "
-                            f"| {len(atoms) / ms * 1000:,.0f} | 0 |")
+                            f"| {len(atoms) / ms * 1000:,.0f} | {peak:.2f} |")
                 print(rows[-1], flush=True)
     np.savez(model_file.with_suffix(".forces.npz"), **forces)
     return rows

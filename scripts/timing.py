@@ -29,16 +29,22 @@ def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def calculator_ms(calc, atoms: Atoms, repeats: int, warmup: int = 3) -> tuple[float, np.ndarray]:
+def calculator_ms(calc, atoms: Atoms, repeats: int, warmup: int = 3) -> tuple[float, np.ndarray, float]:
     """Mean milliseconds of an ASE calculator's energy+forces+stress call on ``atoms`` (its
-    results come back as numpy, so each call is complete), and the forces of the last call."""
+    results come back as numpy, so each call is complete), the forces of the last call, and the
+    peak GPU memory (GB, 0 without CUDA) over the calls, warm-up (and graph capture) included."""
     atoms = atoms.copy()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     for k in range(warmup + repeats):
         if k == warmup:
             start = time.perf_counter()
         atoms.positions[0, 0] += 1e-6 * (-1) ** k  # a new structure each call: no cached results
         calc.calculate(atoms, ["energy", "forces", "stress"], ["positions"])
-    return 1000 * (time.perf_counter() - start) / repeats, np.asarray(calc.results["forces"])
+    ms = 1000 * (time.perf_counter() - start) / repeats
+    peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
+    return ms, np.asarray(calc.results["forces"]), peak
 
 
 def silicon_atoms(repeat: int, seed: int = 0) -> Atoms:
@@ -58,8 +64,8 @@ def case_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--calculator-only", action="store_true",
                         help="only the ASE-calculator rows (skip the model and training-step cases)")
     parser.add_argument("--shape", choices=list(SHAPES), default="medium",
-                        help="the mace-torch model of the calculator rows: MACE-MP medium, or MP-0b3-shaped "
-                             "(density blocks, Agnesi transform, ZBL, 10 Bessel functions)")
+                        help="the mace-torch model of the calculator rows: MACE-MP medium, MP-0b3-shaped "
+                             "(density blocks, Agnesi transform, ZBL, 10 Bessel functions) or MH-1-shaped")
     return parser
 
 
@@ -70,6 +76,11 @@ SHAPES = {
     "mp0b3": {"num_bessel": 10, "first": "RealAgnosticDensityInteractionBlock",
               "later": "RealAgnosticDensityResidualInteractionBlock",
               "options": {"pair_repulsion": True, "distance_transform": "Agnesi"}},
+    # MH-1-shaped: 512 hidden channels, 128-channel edge features, non-linear blocks
+    "mh1": {"num_bessel": 10, "hidden": "512x0e+512x1o", "first": "RealAgnosticResidualNonLinearInteractionBlock",
+            "later": "RealAgnosticResidualNonLinearInteractionBlock",
+            "options": {"pair_repulsion": True, "distance_transform": "Agnesi", "edge_irreps": "128x0e+128x1o",
+                        "use_edge_irreps_first": True, "use_agnostic_product": True, "apply_cutoff": False}},
 }
 
 
