@@ -7,12 +7,14 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test install
 
+# --no-compile: bytecode is written on first import instead, for the modules a run uses (torch alone
+# has thousands of sources; compiling them all took ~20 s of the first `make demo` on 2 cores)
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q --no-compile --upgrade pip
+	$(BIN)/python -m pip install -q --no-compile $(TORCH_PIN)
 	$(BIN)/python -m pip uninstall -q -y mlip 2>/dev/null || true  # this venv's install from before the rename to mlip-forge
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-compile -e ".[test]"
 	touch $@
 
 install: $(BIN)/.installed
