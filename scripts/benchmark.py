@@ -165,7 +165,8 @@ def mace_torch_rows(path: str, args, calculator_model: Path | None = None) -> li
     """The same cases run by scripts/benchmark_mace_torch.py with mace-torch from ``path``."""
     env = dict(os.environ, PYTHONPATH=path, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     command = [sys.executable, str(Path(__file__).with_name("benchmark_mace_torch.py")), "--data-dir", str(args.data_dir),
-               "--dtypes", *args.dtypes, "--repeats", str(args.repeats), "--shape", args.shape]
+               "--dtypes", *args.dtypes, "--repeats", str(args.repeats), "--shape", args.shape,
+               "--device", args.device, "--cells", *map(str, args.cells)]
     if calculator_model is not None:
         command += ["--calculator-model", str(calculator_model)]
     if args.calculator_only:
@@ -231,13 +232,18 @@ def main() -> None:
     parser = case_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--mace-torch-path", help="folder holding mace-torch 0.3.16 and e3nn 0.4.4")
     args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    bandwidth = copy_bandwidth()
-    systems = [silicon(3), silicon(6)]
-    for dtype in (getattr(torch, d) for d in args.dtypes):
-        for graph in systems:
-            gigabytes, ms = floor_ms(graph, dtype, bandwidth)
-            print(f"floor, Si {graph.num_nodes} {str(dtype)[6:]}: {gigabytes:.2f} GB at {bandwidth:.0f} GB/s = {ms:.2f} ms")
+    if args.device == "cpu" and not args.calculator_only:
+        raise SystemExit("--device cpu times the ASE-calculator rows only: add --calculator-only")
+    cuda = args.device == "cuda"
+    print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, model shape {args.shape}")
+    systems = [silicon(n) for n in args.cells]
+    if cuda:
+        bandwidth = copy_bandwidth()
+        for dtype in (getattr(torch, d) for d in args.dtypes):
+            for graph in systems:
+                gigabytes, ms = floor_ms(graph, dtype, bandwidth)
+                print(f"floor, Si {graph.num_nodes} {str(dtype)[6:]}: {gigabytes:.2f} GB at {bandwidth:.0f} GB/s = {ms:.2f} ms")
     print("| case | backend | dtype | ms | atom-steps/s | peak GB |\n|---|---|---|---|---|---|")
     graphs = molecules(args.data_dir)
     rows = []
@@ -253,7 +259,8 @@ def main() -> None:
         model_file = Path(tempfile.mkdtemp()) / "mace_si.model"
         theirs = mace_torch_rows(args.mace_torch_path, args, model_file)
         if model_file.is_file():
-            rows += converted_calculator_rows(model_file, [silicon_atoms(3), silicon_atoms(6)], args.dtypes, args.repeats)
+            rows += converted_calculator_rows(model_file, [silicon_atoms(n) for n in args.cells], args.dtypes,
+                                              args.repeats, args.device)
             print("\n".join(rows[-2 * len(args.dtypes):]), flush=True)
         ratios(rows, theirs)
 

@@ -130,7 +130,7 @@ def main() -> None:
     parser = case_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--calculator-model", type=Path, help="also time MACECalculator on a model saved here")
     args = parser.parse_args()
-    systems = [silicon_atoms(3), silicon_atoms(6)]
+    systems = [silicon_atoms(n) for n in args.cells]
     path = args.data_dir / "3bpa" / "train_300K.xyz"
     molecules = ase.io.read(path, index=":32") if path.is_file() else None
     for dtype in (getattr(torch, d) for d in args.dtypes):
@@ -140,7 +140,7 @@ def main() -> None:
             if molecules is not None:
                 print(training_row(molecules, backend, dtype, args.repeats), flush=True)
     if args.calculator_model is not None:
-        calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats, shape=args.shape)
+        calculator_rows(systems, args.calculator_model, args.dtypes, args.repeats, args.device, shape=args.shape)
 
 
 if __name__ == "__main__":

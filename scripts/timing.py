@@ -63,6 +63,9 @@ def case_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--calculator-only", action="store_true",
                         help="only the ASE-calculator rows (skip the model and training-step cases)")
+    parser.add_argument("--cells", nargs="+", type=int, default=[3, 6],
+                        help="diamond Si supercells of n³ cubic cells (3: 216 atoms, 6: 1728)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for the ASE-calculator rows only")
     parser.add_argument("--shape", choices=list(SHAPES), default="medium",
                         help="the mace-torch model of the calculator rows: MACE-MP medium, MP-0b3-shaped "
                              "(density blocks, Agnesi transform, ZBL, 10 Bessel functions) or MH-1-shaped")
