@@ -258,12 +258,12 @@ def run(args: argparse.Namespace) -> None:
         if args.seconds is not None:
             gpu = free_gpus.get()
             try:
-                return timed_one(index_job, gpu)
+                return run_job(index_job, gpu)
             finally:
                 free_gpus.put(gpu)
-        return timed_one(index_job, args.gpus[index_job[0] % len(args.gpus)])
+        return run_job(index_job, args.gpus[index_job[0] % len(args.gpus)])
 
-    def timed_one(index_job, gpu: int) -> None:
+    def run_job(index_job, gpu: int) -> None:
         index, (name, recipe, seed) = index_job
         folder = args.sets.resolve() / name
         budget = f"e{args.epochs}" if args.seconds is None else f"s{args.seconds:g}"

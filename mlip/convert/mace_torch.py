@@ -437,13 +437,11 @@ def _convert(model: Record, head: str | None) -> Potential:
         for name in ("q", "p", "a"):
             put(f"radial_embedding.transform.{name}", agnesi.tensor(name))
         put("radial_embedding.transform.covalent_radius", agnesi.tensor("covalent_radii").index_select(0, atomic_numbers))
-    if potential.pair_repulsion is not None:
+    if potential.pair_repulsion is not None:  # the Potential's, not the model's: no "model." prefix
         zbl = model.child("pair_repulsion_fn")
-        for ours_name, theirs in (("covalent_radius", "covalent_radii"), ("a_exponent", "a_exp"),
-                                  ("a_prefactor", "a_prefactor")):
-            value = zbl.tensor(theirs)
-            new[f"pair_repulsion.{ours_name}"] = (value.index_select(0, atomic_numbers) if ours_name == "covalent_radius"
-                                                   else value).reshape(state[f"pair_repulsion.{ours_name}"].shape).to(dtype)
+        new["pair_repulsion.covalent_radius"] = zbl.tensor("covalent_radii").index_select(0, atomic_numbers).to(dtype)
+        new["pair_repulsion.a_exponent"] = zbl.tensor("a_exp").reshape(()).to(dtype)
+        new["pair_repulsion.a_prefactor"] = zbl.tensor("a_prefactor").reshape(()).to(dtype)
 
     interactions = model.child("interactions").children
     products = model.child("products").children
@@ -456,7 +454,6 @@ def _convert(model: Record, head: str | None) -> Potential:
         if block.kind == NONLINEAR:
             for key, value in nonlinear_block_weights(block, ours_block, order, mul, where).items():
                 put(f"{where}.{key}", value)
-            put(f"products.{t}.skip.weight", block.child("skip_tp").tensor("weight"))
         else:
             for k, weight in enumerate(radial_weights(block.child("conv_tp_weights"), order, mul, where)):
                 put(f"{where}.radial.net.{2 * k}.weight", weight)
@@ -465,9 +462,9 @@ def _convert(model: Record, head: str | None) -> Potential:
             (density,) = radial_weights(block.child("density_fn"), [0], 1, f"{where}.density_fn")
             put(f"{where}.density.net.0.weight", density)
         skip = block.child("skip_tp").tensor("weight")
-        if block.kind in RESIDUAL_KINDS:
+        if block.kind in (*RESIDUAL_KINDS, NONLINEAR):  # the residual, added in our product block
             put(f"products.{t}.skip.weight", skip)
-        elif block.kind != NONLINEAR:
+        else:
             put(f"{where}.element_linear.weight", skip)
 
         product, ours_product = products[str(t)], ours.products[t]

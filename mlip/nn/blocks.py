@@ -50,6 +50,17 @@ class ElementLinear(o3.FullyConnectedTensorProduct):
         return super().forward(node_feats, one_hot)
 
 
+def local_density(
+    density: nn.Module, edge_input: torch.Tensor, receiver: torch.Tensor, n: int, edge_cutoff: torch.Tensor | None
+) -> torch.Tensor:
+    """mace-torch's local density of each node, ``Σ_j tanh(ρ(x_ij)²)`` (times the envelope where
+    the radial embedding left it out): ``density`` ρ maps [E, d] edge inputs to [E, 1]; -> [n, 1]."""
+    edge_density = torch.tanh(density(edge_input).square())
+    if edge_cutoff is not None:
+        edge_density = edge_density * edge_cutoff
+    return scatter_sum(edge_density, receiver, n)
+
+
 class InteractionBlock(nn.Module):
     """Eqs. 8-9: the atomic basis ``A_i`` from neighbour features, radial weights and edge harmonics.
 
@@ -137,11 +148,7 @@ class InteractionBlock(nn.Module):
         if self.density is None:
             basis = self.linear(pooled / self.avg_num_neighbors)  # Eq. 9
         else:  # the local density in place of the average neighbour count
-            edge_density = torch.tanh(self.density(edge_radial).square())
-            if edge_cutoff is not None:
-                edge_density = edge_density * edge_cutoff
-            density = scatter_sum(edge_density, receiver, n)  # [n, 1]
-            basis = self.linear(pooled / (1.0 + density))
+            basis = self.linear(pooled / (1.0 + local_density(self.density, edge_radial, receiver, n, edge_cutoff)))
         if self.element_linear is None:
             return basis
         return self.element_linear(basis, species)
@@ -213,10 +220,9 @@ class NonLinearInteractionBlock(nn.Module):
                              self.target_embedding(one_hot).index_select(0, receiver)], dim=-1)
         order = self.convolution.weight_order(h)
         radial_weights = self.radial(edge_in, order)
-        edge_density = torch.tanh(self.density(edge_in).square())
         if edge_cutoff is not None:
-            radial_weights, edge_density = radial_weights * edge_cutoff, edge_density * edge_cutoff
-        density = scatter_sum(edge_density, receiver, n)  # [n, 1]
+            radial_weights = radial_weights * edge_cutoff
+        density = local_density(self.density, edge_in, receiver, n, edge_cutoff)  # [n, 1]
         pooled = self.convolution(h, edge_sh, radial_weights, sender, receiver, n, order is not None)
         message = self.linear_1(pooled) / (density * self.beta + self.alpha) + residual
         return self.linear_2(self.gate(message))
