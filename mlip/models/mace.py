@@ -173,8 +173,10 @@ class MACE(nn.Module):
                                  else LinearReadout(irreps_out, self.num_heads))
             irreps_node = irreps_out
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-node energies [n_nodes] (dimensionless) from species [n_nodes] and edge vectors [n_edges, 3] Å."""
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                node_heads: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-node energies [n_nodes] (dimensionless) from species [n_nodes] and edge vectors [n_edges, 3] Å;
+        with several heads, of the head in the ``head`` buffer, or of each node's ``node_heads`` [n_nodes]."""
         lengths = torch.linalg.vector_norm(edge_vectors, dim=-1, keepdim=True)
         edge_radial = self.radial_embedding(lengths, species, edge_index)
         edge_cutoff = None if self.radial_embedding.apply_cutoff else self.radial_embedding.cutoff(lengths)
@@ -185,5 +187,8 @@ class MACE(nn.Module):
             basis = interaction(node_feats, edge_sh, edge_radial, edge_index, species, edge_cutoff)
             node_feats = product(basis, node_feats, species)
             energies = readout(node_feats)  # [n], or [n, num_heads]
-            node_energy = node_energy + (energies if self.num_heads == 1 else energies.index_select(1, self.head)[:, 0])
+            if self.num_heads > 1:
+                energies = (energies.index_select(1, self.head)[:, 0] if node_heads is None
+                            else energies.gather(1, node_heads[:, None])[:, 0])
+            node_energy = node_energy + energies
         return node_energy

@@ -142,12 +142,16 @@ class Potential(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Predict for a (batched) `AtomicGraph`.
 
+        A multi-head model predicts each structure with the head its ``head`` [G] names, if the
+        graph has one (else the selected head).
+
         Returns ``energy`` [G] eV, ``node_energy`` [n] eV, its two parts ``interaction_energy`` [G]
         eV (model dtype) and ``e0_energy`` [G] eV (float64, no gradient), and when asked ``forces``
         [n, 3] eV/Å and ``stress`` [G, 3, 3] eV/Å³ (zero for graphs without a cell volume).
         ``create_graph=True`` keeps the graph of the derivatives for training on them.
         """
-        return self.predict(*self.inputs(graph), compute_forces, compute_stress, create_graph)
+        heads = getattr(graph, "head", None) if self.heads else None
+        return self.predict(*self.inputs(graph), compute_forces, compute_stress, create_graph, heads)
 
     def inputs(self, graph: Any, check_elements: bool = True) -> tuple:
         """`predict`'s tensor arguments for a (batched) graph: (species, positions, cell [G, 3, 3],
@@ -170,11 +174,13 @@ class Potential(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         create_graph: bool = False,
+        heads: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """`forward` on plain tensors, with no host synchronisation (CUDA-graph capturable).
 
         species [n] (indices from `species`), positions [n, 3] Å, cell [G, 3, 3] Å, batch [n],
-        edge_index [2, E] (sender, receiver), shifts [E, 3] (integer cell translations).
+        edge_index [2, E] (sender, receiver), shifts [E, 3] (integer cell translations);
+        ``heads`` [G]: each graph's head of a multi-head model (None: the selected head).
         """
         dtype = self.e0s.dtype
         positions = positions.to(dtype)
@@ -200,16 +206,22 @@ class Potential(nn.Module):
             - positions.index_select(0, receiver)
             + torch.einsum("ei,eij->ej", shifts.to(dtype), edge_cells)
         )
-        node_model = self.model(species, edge_index, edge_vectors)
+        scale, shift, node_e0 = self.scale, self.shift, self.e0s.index_select(0, species)
+        if heads is not None and self.heads:  # each graph's own head: its readout, E0s, scale and shift
+            node_heads = heads.index_select(0, batch)
+            node_model = self.model(species, edge_index, edge_vectors, node_heads)
+            scale, shift = self.head_scale.index_select(0, node_heads), self.head_shift.index_select(0, node_heads)
+            node_e0 = self.head_e0s[node_heads, species]
+        else:
+            node_model = self.model(species, edge_index, edge_vectors)
         pair = None
         if self.pair_repulsion is not None:
             pair = self.pair_repulsion(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=-1))
             if self.pair_repulsion_scaled:
                 node_model, pair = node_model + pair, None
-        node_interaction = self.scale * node_model + self.shift
+        node_interaction = scale * node_model + shift
         if pair is not None:
             node_interaction = node_interaction + pair
-        node_e0 = self.e0s.index_select(0, species)
         interaction = scatter_sum(node_interaction, batch, num_graphs)
         # Σ E0 apart and in float64: exact, and rounded once with the interaction energy (module docstring)
         e0_energy = scatter_sum(node_e0.to(torch.float64), batch, num_graphs)

@@ -291,6 +291,12 @@ class LinearReadout(nn.Module):
         out = self.linear(node_feats)
         return out.squeeze(-1) if self.num_heads == 1 else out
 
+    def head_state(self, sources: list[int]) -> dict[str, torch.Tensor]:
+        """The state of this readout with ``len(sources)`` heads, head h a copy of head ``sources[h]``
+        (the fan-in, the input width, is the same for any number of heads)."""
+        weight = self.linear.weight.detach().view(-1, self.num_heads)
+        return {"linear.weight": weight[:, sources].reshape(-1).clone()}
+
 
 class NonLinearReadout(nn.Module):
     """Eq. 13, last layer: a one-hidden-layer MLP on the invariant features.
@@ -316,3 +322,15 @@ class NonLinearReadout(nn.Module):
             return self.linear_out(hidden).squeeze(-1)
         weight = self.linear_out.weight.view(self.head_mask.shape) * self.head_mask
         return hidden @ weight / hidden.shape[-1] ** 0.5  # e3nn's Linear: 1/sqrt(fan-in)
+
+    def head_state(self, sources: list[int]) -> dict[str, torch.Tensor]:
+        """The state of this readout with ``len(sources)`` heads, head h a copy of head ``sources[h]``.
+        The output layer's fan-in is ``hidden`` times the number of heads, so its weights scale
+        by sqrt(new heads / old heads); units of one head reach no other."""
+        hidden, heads = self.linear_out.weight.numel() // self.num_heads**2, len(sources)
+        w_in = self.linear_in.weight.detach().view(-1, self.num_heads, hidden)
+        w_out = self.linear_out.weight.detach().view(self.num_heads, hidden, self.num_heads)
+        out = w_out.new_zeros(heads, hidden, heads)
+        for h, s in enumerate(sources):
+            out[h, :, h] = w_out[s, :, s] * (heads / self.num_heads) ** 0.5
+        return {"linear_in.weight": w_in[:, sources].reshape(-1).clone(), "linear_out.weight": out.reshape(-1)}
