@@ -138,13 +138,13 @@ def compose_train_config(output_dir, emt_path, *overrides: str):
         tiny_model = ["model.spline_basis=8", "model.grid_hidden=8", "model.grid_resolution=3"]
     else:
         tiny_model = ["model.correlation=2", "model.radial_mlp=[8]"]
+    tiny_model = ["model.hidden_irreps=4x0e+4x1o", "model.max_ell=1", "model.r_max=4.0", "model.readout_mlp=4",
+                  *tiny_model]
+    if model == "pretrained" or any(o.startswith("finetune=") for o in overrides):
+        tiny_model = []  # the model file says it all
     tiny = [
         f"output_dir={output_dir}",
         "data.batch_size=4",
-        "model.hidden_irreps=4x0e+4x1o",
-        "model.max_ell=1",
-        "model.r_max=4.0",
-        "model.readout_mlp=4",
         *tiny_model,
         "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",

@@ -2,6 +2,7 @@
 
     mlip-train                                   # the embedded EMT default
     mlip-train data=extxyz data.train_files=my.xyz model.correlation=2 trainer.max_epochs=100
+    mlip-train finetune=naive model.path=foundation.safetensors data=extxyz data.train_files=my.xyz
 
 The run folder (Hydra's output dir) receives the resolved config, the metrics CSV,
 checkpoints (best and last), ``test_metrics.json`` and the exported model file.
@@ -26,7 +27,11 @@ from mlip.cli.console import quiet_lightning
 from mlip.configs import config_dir, search_path
 from mlip.data.structure import DataError
 from mlip.evaluation.plots import learning_curve
-from mlip.export import save_model
+from mlip.export import ModelFileError, save_model
+from mlip.finetune.e0s import MODES as E0_MODES
+from mlip.finetune.prepare import prepare_finetuning
+from mlip.finetune.pretrained import PretrainedError, pretrained_r_max
+from mlip.finetune.rebuild import RebuildError
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.training.checkpoint_io import BackgroundCheckpointIO, newest_checkpoint
@@ -34,6 +39,7 @@ from mlip.training.module import NonFiniteLossError
 from mlip.training.monitoring import ProgressBar
 
 CONFIG_DIR = config_dir("train")
+PRETRAINED = "mlip.finetune.pretrained.load_pretrained"
 log = logging.getLogger("mlip.train")
 
 
@@ -52,6 +58,37 @@ def build_potential(model_cfg: DictConfig, statistics) -> Potential:
     return Potential(
         build_model(spec), statistics.elements, statistics.e0s, statistics.scale, statistics.shift, model_spec=spec
     )
+
+
+def is_pretrained(model_cfg: DictConfig) -> bool:
+    """``model=pretrained``: the run starts from a model file (`mlip.finetune`)."""
+    return model_cfg.get("_target_") == PRETRAINED
+
+
+def build_data_and_potential(cfg: DictConfig):
+    """The data module (set up for ``fit``) and the potential to train: built from ``cfg.model``
+    and the training-set statistics, or a model file fine-tuned (``model=pretrained``)."""
+    if not is_pretrained(cfg.model):
+        if cfg.get("finetune") is not None:
+            raise ValueError("finetune settings need a model file to start from: model=pretrained model.path=FILE "
+                             "(the finetune=naive and finetune=replay configs select it)")
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        return datamodule, build_potential(cfg.model, datamodule.statistics)
+    r_max = pretrained_r_max(cfg.model.path)
+    if cfg.model.r_max is not None and abs(float(cfg.model.r_max) - r_max) > 1e-9:
+        raise PretrainedError(f"model.r_max={cfg.model.r_max} contradicts {cfg.model.path}, whose cutoff is {r_max} Å: "
+                              "leave model.r_max unset (it comes from the file)")
+    cfg.model.r_max = r_max  # for the data's neighbour lists
+    foundation = instantiate(cfg.model)
+    e0s = cfg.data.get("e0s")
+    finetune = OmegaConf.to_container(cfg.finetune, resolve=True) if cfg.get("finetune") is not None else {}
+    data_options = {"e0s": "zero"} if e0s in E0_MODES else {}  # the data module knows no foundation's E0s
+    if finetune.get("elements"):  # more of the foundation's elements than the data holds (replay data)
+        data_options["elements"] = sorted(int(z) for z in finetune["elements"])
+    datamodule = instantiate(cfg.data, **data_options)
+    datamodule.setup("fit")
+    return datamodule, prepare_finetuning(foundation, datamodule, e0s, finetune)
 
 
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
@@ -90,9 +127,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
 
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = instantiate(cfg.module, potential=build_potential(cfg.model, datamodule.statistics))
+    datamodule, potential = build_data_and_potential(cfg)
+    module = instantiate(cfg.module, potential=potential)
     weights = module.loss.weights
     datamodule.require_labels(energy=bool(weights["energy"]), forces=bool(weights["forces"]), stress=bool(weights["stress"]))
     log.info("statistics: %s", json.dumps(datamodule.statistics.to_dict()))
@@ -154,6 +190,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     except DataError as exc:
         raise SystemExit(f"mlip-train: data error: {exc}") from None
     except NonFiniteLossError as exc:
+        raise SystemExit(f"mlip-train: {exc}") from None
+    except (PretrainedError, RebuildError, ModelFileError) as exc:  # the model file of a fine-tuning run
         raise SystemExit(f"mlip-train: {exc}") from None
 
 

@@ -3,7 +3,9 @@
     L = w_E ⟨ρ((E - Ê)/N)⟩_graphs + w_F ⟨ρ(F - F̂)⟩_components + w_S ⟨ρ(σ - σ̂)⟩_components
 
 ρ is the square (``mse``) or the Huber function with threshold ``delta``. Each mean
-runs only over entries that carry the label (``has_energy`` ...).
+runs only over entries that carry the label (``has_energy`` ...). A batch with a ``weight``
+per structure (fine-tuning's replay structures) weighs each structure's entries by it; the
+means still divide by the number of labelled entries.
 
 Under data parallelism each rank holds part of the batch. With ``sum_over_ranks`` (an
 all-reduce sum) the denominators are the counts of the whole global batch, and each
@@ -29,6 +31,19 @@ def label_counts(batch, names: list[str]) -> torch.Tensor:
     """How many labelled entries each term in ``names`` averages over: [len(names)] (int)."""
     masks = {"energy": batch.has_energy, "forces": batch.forces_mask, "stress": batch.has_stress}
     return torch.stack([ENTRIES[name] * masks[name].sum() for name in names])
+
+
+def structure_weights(batch, errors: dict) -> dict[str, torch.Tensor] | None:
+    """Each structure's loss weight (a batch's ``weight`` [G]: replay structures of fine-tuning),
+    shaped to broadcast against each term's error; None when the batch carries none."""
+    weight = getattr(batch, "weight", None)
+    if weight is None:
+        return None
+    nodes = getattr(batch, "batch", None)
+    if nodes is None:  # one graph, not a batch
+        nodes = torch.zeros(batch.num_nodes, dtype=torch.long, device=weight.device)
+    shapes = {"energy": weight, "forces": weight.index_select(0, nodes)[:, None], "stress": weight[:, None, None]}
+    return {name: shapes[name].to(errors[name][0].dtype) for name in errors}
 
 
 class EnergyForcesStressLoss(nn.Module):
@@ -67,10 +82,12 @@ class EnergyForcesStressLoss(nn.Module):
         missing = [name for name, weight in self.weights.items() if weight and name not in errors]
         assert not missing, f"the loss weights {missing} but the prediction has only {sorted(pred)}"
         names = self.term_names(errors)
+        weights = structure_weights(batch, errors)
         sums = {}
         for name in names:
             error, mask = errors[name]
-            sums[name] = (self._rho(error) * mask.to(error.dtype)).sum()
+            weighted = mask.to(error.dtype) if weights is None else mask.to(error.dtype) * weights[name]
+            sums[name] = (self._rho(error) * weighted).sum()
         dtype = pred["energy"].dtype
         counts = dict(zip(names, label_counts(batch, names).to(dtype))) if names else {}
         if sum_over_ranks is not None and counts:

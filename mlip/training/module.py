@@ -88,6 +88,9 @@ class PotentialModule(L.LightningModule):
         nonfinite_check_every: the skip counters are read on the host (a warning per skipped
             stretch, the stop above) every this many steps and at each epoch end, not every
             step: a step then never waits for the GPU.
+        lr_factors: block of the model (``embedding``, ``interactions.0``, ``readouts``, ...) ->
+            factor of ``lr`` for its parameters (fine-tuning: a slower backbone than readouts).
+            Frozen parameters (``requires_grad`` False; `mlip.finetune.freeze`) are not trained.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class PotentialModule(L.LightningModule):
         cuda_graph_update: bool = True,
         max_nonfinite_steps: int = 10,
         nonfinite_check_every: int = 50,
+        lr_factors: dict[str, float] | None = None,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -118,6 +122,7 @@ class PotentialModule(L.LightningModule):
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         # a plain list (not Hydra's ListConfig): checkpoints are read with weights_only
         weight_decay_params = None if weight_decay_params is None else [str(p) for p in weight_decay_params]
+        lr_factors = None if not lr_factors else {str(k): float(v) for k, v in dict(lr_factors).items()}
         self.save_hyperparameters(ignore=["potential", "loss"])
         self.potential = potential
         self.loss = loss
@@ -409,7 +414,7 @@ class PotentialModule(L.LightningModule):
         steps = self.hparams.warmup_steps
         if steps and self.global_step < steps:
             for group in self.trainer.optimizers[0].param_groups:
-                group["lr"] = self.hparams.lr * (self.global_step + 1) / steps
+                group["lr"] = self.hparams.lr * group.get("lr_factor", 1.0) * (self.global_step + 1) / steps
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -436,18 +441,48 @@ class PotentialModule(L.LightningModule):
         return {"optimizer": optimizer}
 
     def parameter_groups(self) -> list[dict]:
-        """The optimiser's groups: with ``weight_decay_params``, the matching parameters decay and
-        the others do not."""
+        """The optimiser's groups of the trainable parameters (frozen ones, ``requires_grad``
+        False, are left out): with ``weight_decay_params``, the matching parameters decay and
+        the others do not; with ``lr_factors``, each block's parameters run at ``lr`` times
+        its factor (``lr_factor`` in the group, which warm-up and stage two honour)."""
         patterns = self.hparams.weight_decay_params
-        named = list(self.potential.named_parameters())
+        named = [(name, p) for name, p in self.potential.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("every parameter of the model is frozen: nothing to train")
+        factors = dict(self.hparams.lr_factors or {})
+
+        def in_block(name: str, prefix: str) -> bool:
+            block = name.removeprefix("model.")
+            return block == prefix or block.startswith(f"{prefix}.")
+
+        def factor_of(name: str) -> float:
+            return next((float(f) for prefix, f in factors.items() if in_block(name, prefix)), 1.0)
+
+        unknown = [prefix for prefix in factors if not any(in_block(name, prefix) for name, _ in named)]
+        if unknown:
+            raise ValueError(f"lr_factors {unknown} name no trainable block of the model")
         if patterns is None:
-            return [{"params": [p for _, p in named]}]
-        decay = [p for name, p in named if any(re.search(pattern, name) for pattern in patterns)]
-        if not decay:
-            raise ValueError(f"weight_decay_params {list(patterns)} match no parameter of the model")
-        chosen = {id(p) for p in decay}
-        rest = [p for _, p in named if id(p) not in chosen]
-        return [{"name": "decay", "params": decay}, {"name": "no_decay", "params": rest, "weight_decay": 0.0}]
+            decaying = {"": [p for _, p in named]}
+        else:
+            decay = [p for name, p in named if any(re.search(pattern, name) for pattern in patterns)]
+            if not decay:
+                raise ValueError(f"weight_decay_params {list(patterns)} match no parameter of the model")
+            chosen = {id(p) for p in decay}
+            decaying = {"decay": decay, "no_decay": [p for _, p in named if id(p) not in chosen]}
+        factor_by_id = {id(p): factor_of(name) for name, p in named}
+        groups = []
+        for kind, params in decaying.items():
+            for factor in sorted({factor_by_id[id(p)] for p in params}, reverse=True):
+                members = [p for p in params if factor_by_id[id(p)] == factor]
+                group = {"params": members}
+                if kind:
+                    group["name"] = kind if factor == 1.0 else f"{kind}_x{factor:g}"
+                if kind == "no_decay":
+                    group["weight_decay"] = 0.0
+                if factor != 1.0:
+                    group.update(lr=self.hparams.lr * factor, lr_factor=factor)
+                groups.append(group)
+        return groups
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mlip_model_spec"] = self.potential.model_spec

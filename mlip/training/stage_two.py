@@ -75,7 +75,7 @@ class StageTwo(Callback):
             return
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = self.lr * group.get("lr_factor", 1.0)  # fine-tuning runs keep their per-block factors
         for checkpoint in trainer.checkpoint_callbacks:
             if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor is not None:
                 checkpoint.best_k_models, checkpoint.kth_best_model_path = {}, ""
