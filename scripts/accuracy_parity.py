@@ -169,18 +169,20 @@ def prepare(data_dir: Path, out: Path) -> None:
         print(name, counts)
 
 
-def score(framework: str, model: str, test: str, device: str) -> dict[str, float]:
-    """Force RMSE/MAE (meV/Å), energy RMSE and mean error (meV/atom) of ``model`` on ``test`` through its calculator."""
+def score(framework: str, model: str, test: str, device: str, head: str | None = None) -> dict[str, float]:
+    """Force RMSE/MAE (meV/Å), energy RMSE and mean error (meV/atom) of ``model`` (its ``head``,
+    if it has several) on ``test`` through its calculator."""
     from ase.io import read
 
     if framework == "mlip":
         from mlip.calculator import MLIPCalculator
 
-        calc = MLIPCalculator(model, device=device, dtype="float64")
+        calc = MLIPCalculator(model, device=device, dtype="float64", head=head)
     else:
         from mace.calculators import MACECalculator
 
-        calc = MACECalculator(model_paths=model, device=device, default_dtype="float64")
+        calc = MACECalculator(model_paths=model, device=device, default_dtype="float64",
+                              **({"head": head} if head else {}))
     force_errors, energy_errors = [], []
     for atoms in read(test, ":"):
         reference_e, reference_f = atoms.get_potential_energy(), atoms.get_forces()

@@ -82,11 +82,9 @@ def build_data_and_potential(cfg: DictConfig):
     cfg.model.r_max = r_max  # for the data's neighbour lists
     foundation = instantiate(cfg.model)
     e0s = cfg.data.get("e0s")
-    finetune = OmegaConf.to_container(cfg.finetune, resolve=True) if cfg.get("finetune") is not None else {}
-    data_options = {"e0s": "zero"} if e0s in E0_MODES else {}  # the data module knows no foundation's E0s
-    if finetune.get("elements"):  # more of the foundation's elements than the data holds (replay data)
-        data_options["elements"] = sorted(int(z) for z in finetune["elements"])
-    datamodule = instantiate(cfg.data, **data_options)
+    finetune = OmegaConf.to_container(cfg.finetune, resolve=True) if cfg.get("finetune") is not None else None
+    # the data module knows no foundation's E0s; `prepare_finetuning` adds the elements the data lacks
+    datamodule = instantiate(cfg.data, e0s="zero") if e0s in E0_MODES else instantiate(cfg.data)
     datamodule.setup("fit")
     return datamodule, prepare_finetuning(foundation, datamodule, e0s, finetune)
 

@@ -58,30 +58,40 @@ def prepare_finetuning(potential: Potential, datamodule, e0s: Any, settings: Map
     """
     settings = dict(settings or {})
     statistics = datamodule.statistics
-    elements = sorted(int(z) for z in (settings.get("elements") or statistics.elements))
-    check_elements(potential, datamodule, elements)
-    unused = sorted(set(statistics.elements) - set(elements))
-    if unused:
-        raise DataError(f"finetune.elements={elements} leaves out {[chemical_symbols[z] for z in unused]}, "
-                        "which the training data holds")
-    if elements != potential.elements.tolist():
-        log.info("elements cut from %s to %s", potential.elements.tolist(), elements)
-        potential = rebuild_potential(potential, elements)
-
     replay = settings.get("replay")
     head = str(settings.get("head") or "finetune")
-    replayed = 0
-    if replay:
+    if replay and head == FOUNDATION_HEAD:
+        raise ValueError(f"finetune.head={head!r} is the replay head's name; pick another")
+    structures = []
+    if replay:  # chosen and labelled by the whole foundation: a cut one predicts the same on its elements
         structures = replay_structures(
             potential, list(replay.get("files") or []), replay.get("count"), replay.get("selection", "random"),
             replay.get("labels", "foundation"), int(replay.get("seed", 0)), replay.get("format", "auto"),
             replay.get("reader"))
         ratio = replay.get("ratio")
-        n_train = len(datamodule.datasets["train"])
         if ratio is not None:
-            structures = structures[: max(1, int(round(float(ratio) * n_train)))]
-        if head == FOUNDATION_HEAD:
-            raise ValueError(f"finetune.head={head!r} is the replay head's name; pick another")
+            structures = structures[: max(1, int(round(float(ratio) * len(datamodule.datasets["train"]))))]
+
+    # the data's elements, and the replay structures' (which the foundation head keeps predicting)
+    data_elements = set(statistics.elements) | {int(z) for s in structures for z in s.atomic_numbers}
+    elements = sorted(int(z) for z in (settings.get("elements") or data_elements))
+    check_elements(potential, datamodule, elements)
+    unused = sorted(data_elements - set(elements))
+    if unused:
+        raise DataError(f"finetune.elements={elements} leaves out {[chemical_symbols[z] for z in unused]}, "
+                        "which the training (or replay) data holds")
+    own_e0s = dict(zip(potential.elements.tolist(), potential.e0s.tolist()))
+    if elements != potential.elements.tolist():
+        log.info("elements cut from %s to %s", potential.elements.tolist(), elements)
+        potential = rebuild_potential(potential, elements)
+    if elements != list(statistics.elements):  # the data module checks each batch's elements against these
+        given = dict(zip(statistics.elements, statistics.e0s))
+        statistics.elements = elements
+        statistics.e0s = [given.get(z, own_e0s[z]) for z in elements]
+
+    replayed = 0
+    if replay:
+        n_train = len(datamodule.datasets["train"])
         potential = rebuild_potential(potential, heads=[(FOUNDATION_HEAD, 0), (head, 0)])
         potential.select_head(head)
         for split in ("train", "val", "test"):
@@ -90,7 +100,7 @@ def prepare_finetuning(potential: Potential, datamodule, e0s: Any, settings: Map
         _mark(graphs, 0, float(replay.get("weight", 1.0)))
         replayed = len(graphs)
         log.info("replay: %d structures (head %r, loss weight %s) beside %d of the new data (head %r)",
-                 len(graphs), FOUNDATION_HEAD, replay.get("weight", 1.0), n_train, head)
+                 replayed, FOUNDATION_HEAD, replay.get("weight", 1.0), n_train, head)
 
     if isinstance(e0s, str) and e0s in E0_MODES:
         if e0s == "estimated":

@@ -89,6 +89,18 @@ class PaddedLabels(PaddedInputs):
             self.global_counts.copy_(counts)
 
 
+class PaddedHeadLabels(PaddedLabels):
+    """`PaddedLabels` plus each graph's head and loss weight (multi-head fine-tuning with replay)."""
+
+    LABELS = PaddedLabels.LABELS + (("head", 2, 0), ("weight", 2, 0))
+    PADDED = PaddedInputs.PADDED + LABELS
+
+    def __init__(self, num_atoms: int, num_edges: int, num_graphs: int, r_max: float, device, dtype, num_terms: int = 3):
+        self.head = torch.empty(num_graphs, dtype=torch.long, device=device)
+        self.weight = torch.empty(num_graphs, dtype=torch.float64, device=device)
+        super().__init__(num_atoms, num_edges, num_graphs, r_max, device, dtype, num_terms)
+
+
 class CarryGradients(torch.autograd.Function):
     """``loss`` as a function of ``parameters`` whose gradients were computed already."""
 
@@ -144,13 +156,17 @@ class GraphedLoss:
         self.dtype = dtype
         predicted = ["energy"] + [name for name in ("forces", "stress") if self.wants[f"compute_{name}"]]
         self.terms = loss.term_names(predicted)
+        # a multi-head model trains each structure on its own head, weighted (`mlip.finetune`)
+        self.multi_head = bool(potential.heads)
+        buffers = PaddedHeadLabels if self.multi_head else PaddedLabels
         self.graphs = BucketedGraphs(
-            lambda key: PaddedLabels(*key, potential.r_max, device, dtype, len(self.terms)), self._loss_and_gradients,
+            lambda key: buffers(*key, potential.r_max, device, dtype, len(self.terms)), self._loss_and_gradients,
             device, max_graphs, capture, module=potential,
         )
 
     def _loss_and_gradients(self, labels: PaddedLabels) -> dict[str, torch.Tensor]:
-        pred = self.potential.predict(*labels.arguments(), create_graph=True, **self.wants)
+        heads = labels.head if self.multi_head else None
+        pred = self.potential.predict(*labels.arguments(), create_graph=True, heads=heads, **self.wants)
         if self.world_size > 1:  # the global batch's counts, filled in before each replay
             loss, terms = self.loss(pred, labels, lambda local: labels.global_counts, self.world_size)
         else:
@@ -170,6 +186,8 @@ class GraphedLoss:
         self, batch: Any, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         *tensors, num_graphs = self.potential.inputs(batch, self.check_elements)
+        if self.multi_head and getattr(batch, "head", None) is None:
+            raise ValueError("a multi-head model trains on batches whose structures name their head (graph.head)")
         key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
         counts = None
         if self.world_size > 1:

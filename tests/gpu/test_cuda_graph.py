@@ -132,3 +132,39 @@ def test_foundation_parts_and_heads_switched_under_a_captured_graph_equal_the_cp
         assert np.isclose(a.get_potential_energy(), b.get_potential_energy(), rtol=1e-12, atol=1e-10)
         np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=1e-9, atol=1e-10)
     assert gpu.graphed is not None and zbl.graphed is not None
+
+
+def test_a_captured_two_head_loss_with_replay_weights_equals_the_eager_one(rng):
+    """Fine-tuning with replay under CUDA graphs: per-structure heads and loss weights in the
+    captured buffers give the eager loss and gradients."""
+    from ase.calculators.emt import EMT
+
+    from mlip.finetune.rebuild import rebuild_potential
+    from mlip.training.cuda_graph_loss import GraphedLoss
+    from mlip.training.loss import EnergyForcesStressLoss
+
+    potential = rebuild_potential(make_tiny_potential(correlation=3), heads=[("foundation", 0), ("finetune", 0)]).cuda()
+    with torch.no_grad():
+        potential.head_shift[1] += 0.3
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=1.0)
+    graphed = GraphedLoss(potential, loss_fn, compute_stress=True)
+    for step in range(3):
+        graphs = []
+        for k in range(3):
+            atoms = random_alloy(rng, (2, 2, 1 + step % 2))
+            atoms.calc = EMT()
+            atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+            graph = _graph(atoms, potential)
+            graph.head = torch.tensor([k % 2], device="cuda")
+            graph.weight = torch.tensor([1.0 + k], dtype=torch.float64, device="cuda")
+            graphs.append(graph)
+        batch = Batch.from_data_list(graphs)
+        reference, _ = loss_fn(potential(batch, compute_stress=True, create_graph=True), batch)
+        expected = torch.autograd.grad(reference, list(potential.parameters()))
+        loss, _ = graphed(batch)
+        torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+        potential.zero_grad(set_to_none=True)
+        loss.backward()
+        for p, g in zip(potential.parameters(), expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-10)
+    assert all(entry[1] is not None for entry in graphed.graphs.buckets.values())

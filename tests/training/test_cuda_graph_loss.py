@@ -45,6 +45,36 @@ def test_padded_loss_and_gradients_equal_the_eager_ones(rng):
             torch.testing.assert_close(p.grad, 2.0 * g, rtol=1e-10, atol=1e-12)
 
 
+def test_padded_loss_of_a_two_head_model_with_replay_weights_equals_the_eager_one(rng):
+    """Fine-tuning with replay: each structure trains its own head, weighted; the padded buffers
+    carry both (`PaddedHeadLabels`)."""
+    from mlip.finetune.rebuild import rebuild_potential
+
+    potential = rebuild_potential(make_tiny_potential(correlation=2), heads=[("foundation", 0), ("finetune", 0)])
+    with torch.no_grad():
+        potential.head_shift[1] += 0.3
+        potential.model.readouts[0].linear.weight.view(-1, 2)[:, 1] *= 0.5
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=5.0)
+    graphs = [_labelled(random_alloy(rng), "a", potential.r_max), _labelled(random_cluster(rng), "c", potential.r_max),
+              _labelled(random_alloy(rng), "b", potential.r_max)]
+    for graph, head, weight in zip(graphs, (1, 0, 0), (1.0, 3.0, 0.5)):
+        graph.head, graph.weight = torch.tensor([head]), torch.tensor([weight], dtype=torch.float64)
+    batch = Batch.from_data_list(graphs)
+    reference, _ = loss_fn(potential(batch, compute_stress=True, create_graph=True), batch)
+    expected = torch.autograd.grad(reference, list(potential.parameters()))
+    prediction = potential(batch, compute_stress=True)
+    ones = batch.clone()
+    ones.weight = torch.ones_like(batch.weight)
+    unweighted, _ = loss_fn(prediction, ones)
+    assert not torch.isclose(reference, unweighted)  # the weights count
+    loss, _ = GraphedLoss(potential, loss_fn, compute_stress=True, capture=False)(batch)
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
+    potential.zero_grad(set_to_none=True)
+    loss.backward()
+    for p, g in zip(potential.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
 def test_two_ranks_of_the_padded_loss_average_to_the_global_batch_gradient(rng):
     """Data parallel: each rank's graphed loss divides by the global batch's counts, so the mean
     of the two ranks' gradients (DDP's all-reduce) is the gradient of the one-process loss."""
