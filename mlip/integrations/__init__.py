@@ -1,0 +1,1 @@
+"""Couplings to other simulation programs (optional extras): `torchsim` (torch-sim)."""
