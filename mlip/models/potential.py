@@ -162,6 +162,34 @@ class Potential(nn.Module):
         species = self.species(graph.atomic_numbers, check_elements)
         return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts, num_graphs
 
+    def node_terms(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                   node_heads: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-node interaction energies ``scale · ε_i + shift`` (+ pair repulsion) [n] eV, in the
+        model's dtype, and E0s [n] eV, from species [n], edge_index [2, E] and edge vectors
+        r_ij [E, 3] Å; ``node_heads`` [n]: each node's head of a multi-head model."""
+        scale, shift, node_e0 = self.scale, self.shift, self.e0s.index_select(0, species)
+        if node_heads is not None:  # each node's own head: its readout, E0s, scale and shift
+            node_model = self.model(species, edge_index, edge_vectors, node_heads)
+            scale, shift = self.head_scale.index_select(0, node_heads), self.head_shift.index_select(0, node_heads)
+            node_e0 = self.head_e0s[node_heads, species]
+        else:
+            node_model = self.model(species, edge_index, edge_vectors)
+        pair = None
+        if self.pair_repulsion is not None:
+            pair = self.pair_repulsion(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=-1))
+            if self.pair_repulsion_scaled:
+                node_model, pair = node_model + pair, None
+        node_interaction = scale * node_model + shift
+        if pair is not None:
+            node_interaction = node_interaction + pair
+        return node_interaction, node_e0
+
+    def node_energies(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-node energies [n] eV (E0 included) of a graph given by its edge vectors r_ij [E, 3] Å
+        (sender j, receiver i: r_ij = x_j - x_i): the form LAMMPS hands its pairs in."""
+        node_interaction, node_e0 = self.node_terms(species, edge_index, edge_vectors)
+        return node_interaction + node_e0.to(node_interaction.dtype)
+
     def predict(
         self,
         species: torch.Tensor,
@@ -206,22 +234,8 @@ class Potential(nn.Module):
             - positions.index_select(0, receiver)
             + torch.einsum("ei,eij->ej", shifts.to(dtype), edge_cells)
         )
-        scale, shift, node_e0 = self.scale, self.shift, self.e0s.index_select(0, species)
-        if heads is not None and self.heads:  # each graph's own head: its readout, E0s, scale and shift
-            node_heads = heads.index_select(0, batch)
-            node_model = self.model(species, edge_index, edge_vectors, node_heads)
-            scale, shift = self.head_scale.index_select(0, node_heads), self.head_shift.index_select(0, node_heads)
-            node_e0 = self.head_e0s[node_heads, species]
-        else:
-            node_model = self.model(species, edge_index, edge_vectors)
-        pair = None
-        if self.pair_repulsion is not None:
-            pair = self.pair_repulsion(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=-1))
-            if self.pair_repulsion_scaled:
-                node_model, pair = node_model + pair, None
-        node_interaction = scale * node_model + shift
-        if pair is not None:
-            node_interaction = node_interaction + pair
+        node_heads = heads.index_select(0, batch) if heads is not None and self.heads else None
+        node_interaction, node_e0 = self.node_terms(species, edge_index, edge_vectors, node_heads)
         interaction = scatter_sum(node_interaction, batch, num_graphs)
         # Σ E0 apart and in float64: exact, and rounded once with the interaction energy (module docstring)
         e0_energy = scatter_sum(node_e0.to(torch.float64), batch, num_graphs)
