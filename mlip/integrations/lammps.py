@@ -63,9 +63,11 @@ class MLIPUnified(MLIAPUnified):
             potential.select_head(options["head"])
         self.potential = potential.requires_grad_(False)
         self.dtype, self.device = potential.e0s.dtype, potential.e0s.device
-        elements = [chemical_symbols[int(z)] for z in potential.elements]
+        self.known = [chemical_symbols[int(z)] for z in potential.elements]
+        # every element name is accepted by pair_coeff, so that one the model lacks is refused
+        # here by name (ML-IAP's own check says only "Incorrect args for pair coefficients");
         # LAMMPS' pair cutoff is 2 x rcutfac
-        super().__init__(None, elements, ndescriptors=1, nparams=1, rcutfac=0.5 * potential.r_max)
+        super().__init__(None, chemical_symbols[1:], ndescriptors=1, nparams=1, rcutfac=0.5 * potential.r_max)
 
     # the file LAMMPS unpickles holds the options only; the weights come from the model file
     def __getstate__(self) -> dict:
@@ -87,7 +89,15 @@ class MLIPUnified(MLIAPUnified):
         if nlocal == 0:
             data.energy = 0.0
             return
-        species = torch.as_tensor(np.asarray(data.elems), dtype=torch.long, device=self.device)
+        numbers = torch.as_tensor(np.asarray(data.elems), dtype=torch.long) + 1  # element_types start at H
+        species = self.potential.species_of_z.cpu()[numbers]
+        if bool((species < 0).any()):
+            unknown = sorted({chemical_symbols[int(z)] for z in numbers[species < 0]})
+            message = (f"{self.options['model_file']}: pair_coeff maps atom types to {unknown}, which the model "
+                       f"does not know (it knows {self.known})")
+            print(f"ERROR: {message}", flush=True)
+            raise ValueError(message)
+        species = species.to(self.device)
         if npairs == 0:
             i = j = np.zeros(0, dtype=np.int64)
             rij = np.zeros((0, 3))

@@ -9,16 +9,15 @@ xx yy zz xy xz yz), and with NVE_STEPS > 0 the total energy at each thermo outpu
 import json
 import sys
 
+import lammps
+import lammps.mliap
 import numpy as np
-from lammps import lammps
 
 
 def main() -> None:
     model, data, elements, cutoff, steps = sys.argv[1], sys.argv[2], sys.argv[3].split(","), float(sys.argv[4]), int(sys.argv[5])
-    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
-    import lammps.mliap
-
-    lammps.mliap.activate_mliappy(lmp)
+    lmp = lammps.lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    lammps.mliap.activate_mliappy(lmp)  # before the pair style loads a Python model
     lmp.commands_string(f"""
 units metal
 atom_style atomic
@@ -32,8 +31,9 @@ neighbor 1.0 bin
 thermo_style custom step pe ke etotal pxx pyy pzz pxy pxz pyz
 run 0
 """)
-    ids = np.asarray(lmp.numpy.extract_atom("id")).copy()
-    forces = np.asarray(lmp.numpy.extract_atom("f"))[: len(ids)].copy()
+    nlocal = lmp.extract_global("nlocal")
+    ids = np.asarray(lmp.numpy.extract_atom("id"))[:nlocal].copy()
+    forces = np.asarray(lmp.numpy.extract_atom("f"))[:nlocal].copy()
     order = np.argsort(ids)
     result = {
         "energy": lmp.get_thermo("pe"),
