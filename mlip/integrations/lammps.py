@@ -85,7 +85,7 @@ class MLIPUnified(MLIAPUnified):
 
     def compute_forces(self, data) -> None:
         """Energy of the local atoms, per-atom energies and pair forces ∂E/∂r_ij, into ``data``."""
-        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
+        nlocal, npairs = int(data.nlocal), int(data.npairs)
         if nlocal == 0:
             data.energy = 0.0
             return
@@ -115,7 +115,6 @@ class MLIPUnified(MLIAPUnified):
         data.energy = float(energy.detach().double())
         if npairs:
             data.update_pair_forces(np.ascontiguousarray(forces.detach().double().cpu().numpy()))
-        del ntotal
 
 
 def write_lammps_model(model_file: str | os.PathLike, output: str | os.PathLike | None = None,

@@ -1,6 +1,5 @@
 """``mlip-train finetune=...`` from a trained model file: identity at lr 0, elements, E0s, freezing, replay."""
 
-import json
 
 import ase.io
 import numpy as np
