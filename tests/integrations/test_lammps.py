@@ -6,6 +6,7 @@ The build (``../shared/lammps/build.sh``: ML-IAP + PYTHON, serial, ~4 minutes on
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ def lammps_site() -> Path:
     """PYTHONPATH of a LAMMPS with ML-IAP and PYTHON: built from the shared source on first use."""
     if not BUILD_SCRIPT.is_file():
         pytest.skip(f"no LAMMPS source to build ({BUILD_SCRIPT}; set MLIP_LAMMPS_BUILD)")
+    missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"building LAMMPS needs {missing} on PATH")
     try:
         import Cython  # noqa: F401
     except ImportError:
