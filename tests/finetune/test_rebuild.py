@@ -101,3 +101,23 @@ def test_heads_on_a_model_family_without_them_are_refused():
         rebuild_potential(facet, heads=[("a", 0), ("b", 0)])
     cut = rebuild_potential(facet, KEPT)  # elements are cut for every family
     assert cut.elements.tolist() == sorted(KEPT)
+
+
+def test_a_mace_torch_file_starts_a_run_from_the_head_asked_for(rng):
+    """`load_pretrained` on a two-head mace-torch .model: the head given, as a single-head model
+    predicting what that head of the converted file predicts."""
+    from pathlib import Path
+
+    from mlip.convert.mace_torch import convert_mace_torch
+    from mlip.finetune.pretrained import PretrainedError, load_pretrained
+
+    model = Path(__file__).parents[1] / "convert" / "mace_torch_oracle" / "scaleshift_two_heads_nu2_l1_f64.model"
+    both = convert_mace_torch(model, "all")
+    both.select_head("r2scan")
+    start = load_pretrained(model, head="r2scan")
+    assert not start.heads
+    z = both.elements.tolist()
+    batch = _graphs(rng, z[:2] if len(z) > 1 else z)
+    _assert_same(_predict(both, batch), _predict(start, batch))
+    with pytest.raises(PretrainedError, match=r"model.head=hse: .* has heads \['pbe', 'r2scan'\]"):
+        load_pretrained(model, head="hse")
