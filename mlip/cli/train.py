@@ -30,7 +30,7 @@ from mlip.evaluation.plots import learning_curve
 from mlip.export import ModelFileError, save_model
 from mlip.finetune.e0s import MODES as E0_MODES
 from mlip.finetune.prepare import prepare_finetuning
-from mlip.finetune.pretrained import PretrainedError, pretrained_r_max
+from mlip.finetune.pretrained import PretrainedError
 from mlip.finetune.rebuild import RebuildError
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
@@ -75,12 +75,9 @@ def build_data_and_potential(cfg: DictConfig):
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         return datamodule, build_potential(cfg.model, datamodule.statistics)
-    r_max = pretrained_r_max(cfg.model.path)
-    if cfg.model.r_max is not None and abs(float(cfg.model.r_max) - r_max) > 1e-9:
-        raise PretrainedError(f"model.r_max={cfg.model.r_max} contradicts {cfg.model.path}, whose cutoff is {r_max} Å: "
-                              "leave model.r_max unset (it comes from the file)")
-    cfg.model.r_max = r_max  # for the data's neighbour lists
-    foundation = instantiate(cfg.model)
+    # called here, not inside instantiate: a bad file, head or cutoff stays one line (Hydra wraps what it calls)
+    foundation = instantiate(cfg.model, _partial_=True)()
+    cfg.model.r_max = foundation.r_max  # for the data's neighbour lists
     e0s = cfg.data.get("e0s")
     finetune = OmegaConf.to_container(cfg.finetune, resolve=True) if cfg.get("finetune") is not None else None
     # the data module knows no foundation's E0s; `prepare_finetuning` adds the elements the data lacks

@@ -111,10 +111,8 @@ def prepare_finetuning(potential: Potential, datamodule, e0s: Any, settings: Map
             values = estimated_e0s(potential, real)
             set_e0s(potential, values)
             log.info("E0s estimated: %s", dict(zip(elements, np.round(values, 6).tolist())))
-    else:  # the data module's E0s (a file, a mapping, least squares on the new data); the foundation's elsewhere
-        given = dict(zip(statistics.elements, statistics.e0s))
-        own = dict(zip(elements, potential.e0s.tolist()))
-        set_e0s(potential, [given.get(z, own[z]) for z in elements])
+    else:  # the data module's E0s (a file, a mapping, least squares on the new data), aligned above
+        set_e0s(potential, statistics.e0s)
 
     blocks = list(settings.get("freeze") or [])
     if blocks:

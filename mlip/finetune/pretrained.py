@@ -55,14 +55,3 @@ def load_pretrained(path: str | os.PathLike, head: str | None = None, r_max: flo
         raise PretrainedError(f"model.head={head}: {path} has a single head; leave model.head unset")
     return potential
 
-
-def pretrained_r_max(path: str | os.PathLike) -> float:
-    """The cutoff (Å) of the model file at ``path``, read without building the model where possible."""
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedError(f"model.path={path}: no such model file")
-    if path.suffix == ".safetensors":
-        from mlip.export import read_metadata
-
-        return float(read_metadata(path)["model_spec"]["kwargs"]["r_max"])
-    return load_pretrained(path).r_max

@@ -90,7 +90,7 @@ class MLIPUnified(MLIAPUnified):
             data.energy = 0.0
             return
         numbers = torch.as_tensor(np.asarray(data.elems), dtype=torch.long) + 1  # element_types start at H
-        species = self.potential.species_of_z.cpu()[numbers]
+        species = self.potential.species(numbers, check=False)  # -1 for an element the model lacks
         if bool((species < 0).any()):
             unknown = sorted({chemical_symbols[int(z)] for z in numbers[species < 0]})
             message = (f"{self.options['model_file']}: pair_coeff maps atom types to {unknown}, which the model "
