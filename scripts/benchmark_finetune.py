@@ -145,30 +145,19 @@ def scored(framework: str, model: Path, test: Path, device: str, head: str | Non
 
 
 def run(args: argparse.Namespace) -> None:
+    """Train the foundation (unless ``--work`` holds it) while the from-scratch runs, which do not
+    need it, share the GPU; then every fine-tuning run at once; then, with ``--solo``, one
+    ``mlip-naive`` and one ``mace-naive`` run alone on the GPU for the wall-clock comparison."""
     sets, work = args.sets.resolve(), args.work.resolve()
     results = args.out / "results.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="2", WANDB_MODE="disabled")
     mace_env = dict(env, PYTHONPATH=args.mace_torch or "", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     foundation = work / "foundation" / "foundation.model"
-    if not foundation.is_file():
-        start = time.perf_counter()
-        done = subprocess.run(foundation_command(sets, foundation.parent, args.foundation_epochs, args.device), env=mace_env,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"foundation training failed:\n{done.stderr[-3000:]}")
-        print(f"foundation: {time.perf_counter() - start:.0f} s", flush=True)
-    converted = foundation.with_suffix(".safetensors")
-    subprocess.run([sys.executable, "-m", "mlip.cli.convert", f"input={foundation}", f"output={converted}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    base = {"method": "foundation", "seed": 0, "foundation_epochs": args.foundation_epochs,
-            "new_system": score_in(mace_env, "mace", foundation, sets / "ft_test.xyz", None, args),
-            "foundation_domain": score_in(mace_env, "mace", foundation, sets / "foundation_test.xyz", None, args)}
-    append(results, base)
 
-    def one(job) -> None:
+    def one(job: tuple[str, int], solo: bool = False) -> None:
         method, seed = job
-        run_dir = work / f"{method}-{seed}-e{args.epochs}"
+        run_dir = work / f"{method}-{seed}-e{args.epochs}{'-solo' if solo else ''}"
         job_env = mace_env if method.startswith("mace") else env
         start = time.perf_counter()
         try:
@@ -177,18 +166,41 @@ def run(args: argparse.Namespace) -> None:
             wall = time.perf_counter() - start
             if done.returncode != 0:
                 raise RuntimeError(done.stderr[-1500:])
-            framework, model, head = model_of(method, run_dir)
-            row = {"method": method, "seed": seed, "epochs": args.epochs, "wall_s": round(wall, 1),
-                   "new_system": score_in(job_env, framework, model, sets / "ft_test.xyz", None, args)}
-            if "scratch" not in method:  # a model trained on H, C, O alone has no N for 3BPA
-                row["foundation_domain"] = score_in(job_env, framework, model, sets / "foundation_test.xyz", head, args)
+            row = {"method": method, "seed": seed, "epochs": args.epochs, "wall_s": round(wall, 1), "solo": solo}
+            if not solo:
+                framework, model, head = model_of(method, run_dir)
+                row["new_system"] = score_in(job_env, framework, model, sets / "ft_test.xyz", None, args)
+                if "scratch" not in method:  # a model trained on H, C, O alone has no N for 3BPA
+                    row["foundation_domain"] = score_in(job_env, framework, model, sets / "foundation_test.xyz", head, args)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, the others go on
             row = {"method": method, "seed": seed, "error": f"{type(exc).__name__}: {str(exc)[-800:]}"}
         append(results, row)
 
     jobs = [(m, s) for m in args.methods for s in args.seeds]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        list(pool.map(one, jobs))
+    independent = [job for job in jobs if "scratch" in job[0]]
+    with ThreadPoolExecutor(max(len(jobs), 1)) as pool:
+        running = [pool.submit(one, job) for job in independent]
+        if not foundation.is_file():
+            start = time.perf_counter()
+            done = subprocess.run(foundation_command(sets, foundation.parent, args.foundation_epochs, args.device),
+                                  env=mace_env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"foundation training failed:\n{done.stderr[-3000:]}")
+            print(f"foundation: {time.perf_counter() - start:.0f} s", flush=True)
+        converted = foundation.with_suffix(".safetensors")
+        if not converted.is_file():
+            subprocess.run([sys.executable, "-m", "mlip.cli.convert", f"input={foundation}", f"output={converted}"],
+                           cwd=ROOT, env=env, check=True, capture_output=True)
+        if not args.skip_foundation_score:
+            append(results, {"method": "foundation", "seed": 0, "foundation_epochs": args.foundation_epochs,
+                             "new_system": score_in(mace_env, "mace", foundation, sets / "ft_test.xyz", None, args),
+                             "foundation_domain": score_in(mace_env, "mace", foundation, sets / "foundation_test.xyz",
+                                                           None, args)})
+        running += [pool.submit(one, job) for job in jobs if job not in independent]
+        for future in running:
+            future.result()
+    for method in ("mlip-naive", "mace-naive") if args.solo else ():
+        one((method, 0), solo=True)
     print(table(results))
 
 
@@ -210,12 +222,13 @@ def append(path: Path, row: dict) -> None:
 
 def table(path: Path) -> str:
     """Per method: force RMSE (meV/Å) on the new system and the foundation's domain, mean ± half
-    the range over seeds, and wall-clock. Markdown."""
+    the range over seeds, and wall-clock (runs sharing the GPU, and ``--solo`` runs alone). Markdown."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    lines = ["| method | seeds | new system: force RMSE | 3BPA held out: force RMSE | wall-clock s |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | seeds | new system: force RMSE | 3BPA held out: force RMSE | wall-clock s, GPU shared | "
+             "wall-clock s, alone |", "|---|---|---|---|---|---|"]
     for method in ["foundation", *METHODS]:
-        done = [r for r in rows if r["method"] == method and "error" not in r]
+        alone = [r["wall_s"] for r in rows if r["method"] == method and r.get("solo") and "error" not in r]
+        done = [r for r in rows if r["method"] == method and not r.get("solo") and "error" not in r]
         if not done:
             continue
 
@@ -226,7 +239,7 @@ def table(path: Path) -> str:
         wall = stat([r["wall_s"] for r in done]) if "wall_s" in done[0] else "-"
         domain = stat([r["foundation_domain"]["forces_rmse"] for r in done]) if "foundation_domain" in done[0] else "-"
         lines.append(f"| {method} | {len(done)} | {stat([r['new_system']['forces_rmse'] for r in done])} | "
-                     f"{domain} | {wall} |")
+                     f"{domain} | {wall} | {stat(alone) if alone else '-'} |")
     failed = [r for r in rows if "error" in r]
     for r in failed:
         lines.append(f"\n{r['method']} seed {r['seed']} failed: {r['error'][:300]}")
@@ -252,6 +265,8 @@ def main() -> None:
         p.add_argument("--foundation-epochs", type=int, default=80)
         p.add_argument("--test-structures", type=int, default=200, help="structures of each test set scored")
         p.add_argument("--budget-s", type=float, default=3600)
+        p.add_argument("--solo", action="store_true", help="then time mlip-naive and mace-naive alone on the GPU")
+        p.add_argument("--skip-foundation-score", action="store_true", help="the foundation's row is already in a table")
         p.add_argument("--work", type=Path, default=Path("/tmp/finetune_runs"))
         p.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_finetune")
         p.add_argument("--device", default="cuda")

@@ -144,3 +144,44 @@ def test_the_ema_copy_of_a_wide_model_exports_and_loads(tmp_path, rng):
     old = {k: v.contiguous() for k, v in ema_copy.state_dict().items()}  # as files written before the fix
     save_file(old, str(tmp_path / "old.safetensors"), metadata=metadata)
     load_model(tmp_path / "old.safetensors")
+
+
+@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "molecule"])
+def test_the_device_neighbour_list_gives_the_host_results_along_an_md_run(tiny_potential, rng, periodic):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = random_alloy(rng, repeat=(2, 1, 1)) if periodic else random_cluster(rng, n=9)
+    host = MLIPCalculator(tiny_potential, neighbour_list="host")
+    device = MLIPCalculator(tiny_potential, neighbour_list="device", skin=0.5)
+    atoms.calc = device
+    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * 0.3)
+    dynamics = VelocityVerlet(atoms, 2 * units.fs)
+    for _ in range(15):
+        dynamics.run(2)
+        a, b = _results(host, atoms), _results(device, atoms)
+        for key in a:
+            assert np.allclose(a[key], b[key], rtol=1e-12, atol=1e-12), key
+    assert 1 <= device.neighbours.builds < 15  # kept across calls, rebuilt as atoms moved
+
+
+def test_the_device_path_refuses_collapsed_atoms_unknown_elements_and_nan(tiny_potential, rng):
+    calc = MLIPCalculator(tiny_potential, neighbour_list="device")
+    atoms = random_alloy(rng)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.positions[3] = atoms.positions[2] + 0.001
+    with pytest.raises(DataError, match="atoms (2 and 3|3 and 2) are 0.00. Å apart"):
+        atoms.get_potential_energy()
+    bad = random_alloy(rng)
+    bad.numbers[0] = 26
+    bad.calc = calc
+    with pytest.raises(UnknownElementError, match="Fe"):
+        bad.get_potential_energy()
+    nan = random_alloy(rng)
+    nan.positions[1, 0] = np.nan
+    nan.calc = calc
+    with pytest.raises(DataError, match="non-finite .* atom 1"):
+        nan.get_potential_energy()
+    with pytest.raises(ValueError, match="neighbour_list"):
+        MLIPCalculator(tiny_potential, neighbour_list="gpu")

@@ -108,25 +108,26 @@ def activation_constant(act: Record, where: str) -> float:
 
 
 def radial_weights(mlp: Record, row_order: list[int], mul: int, where: str) -> list[torch.Tensor]:
-    """Our `RadialMLP` weights [out, in] from e3nn's ``FullyConnectedNet`` with SiLU.
+    """Our `RadialMLP` weights [out, in] (``fan_in_forward``: divided by sqrt(in) in its forward)
+    from e3nn's ``FullyConnectedNet`` with SiLU.
 
     e3nn's layer: ``x @ W / sqrt(h_in var_in)``, then ``c act(.) sqrt(var_out)`` on hidden layers;
-    ours: ``x @ W.T`` and ``c' act(.)``. The factors c sqrt(var_out) / c' go into the next layer.
-    ``row_order[p]`` is the mace-torch path of our path p; each path has ``mul`` columns.
+    ours: ``x @ W.T / sqrt(h_in)`` and ``c' act(.)``. The factors c sqrt(var_out) / c' go into the
+    next layer. Keeping e3nn's 1/sqrt(h_in) in the forward keeps mace-torch's parametrisation, so a
+    converted model fine-tunes as it would in mace-torch (folded into the weights, Adam would move
+    the layer sqrt(h_in) times faster). ``row_order[p]`` is the mace-torch path of our path p;
+    each path has ``mul`` columns.
     """
     layers = [mlp.child(f"layer{k}") for k in range(len(mlp.children))]
     weights, carried = [], 1.0
     for k, layer in enumerate(layers):
-        h_in, var_in, var_out = layer.attr("h_in"), layer.attr("var_in"), layer.attr("var_out")
+        var_in, var_out = layer.attr("var_in"), layer.attr("var_out")
         weight = layer.tensor("weight").to(torch.float64)
         last = k == len(layers) - 1
         acts = layer.children.get("act")
         if last != (acts is None):
             raise ConversionError(f"{where}: a radial MLP with an activation after its last layer (out_act)")
-        if last:
-            weight = weight / math.sqrt(h_in * var_in / var_out)
-        else:
-            weight = weight / math.sqrt(h_in * var_in)
+        weight = weight / math.sqrt(var_in / var_out if last else var_in)
         weight = (weight * carried).T.contiguous()
         if not last:
             carried = activation_constant(acts, where) * math.sqrt(var_out) / NormalizedSiLU.SCALE
@@ -305,6 +306,7 @@ def model_kwargs(model: Record, num_heads: int) -> dict[str, Any]:
         "correlation": correlations,
         "num_interactions": len(interactions),
         "radial_mlp": list(radial_mlps.pop()),
+        "radial_fan_in_forward": True,  # e3nn's parametrisation (`radial_weights`)
         "readout_mlp": mlp_irreps.dim // num_heads,
         "tp_backend": "auto",
         "residual_first": interactions["0"].kind in (*RESIDUAL_KINDS, NONLINEAR),

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
-from vesin.torch import NeighborList
+from vesin_torch import NeighborList
 
 from mlip.export import load_potential
 from mlip.models.cuda_graph import GraphedPotential
