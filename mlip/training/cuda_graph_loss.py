@@ -130,7 +130,9 @@ class GraphedLoss:
     Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``
     (with ``sum_over_ranks``: like ``loss(..., sum_over_ranks, world_size)``). Without ``into``,
     ``loss.backward()`` (before the next call) puts the gradients on the parameters; with it,
-    the loss is a plain tensor and the gradients are in ``into``'s buffers.
+    the loss is a plain tensor and the gradients are in ``into``'s buffers. Let the loss go
+    before the next call (as the training loop does): an autograd graph of the parameters
+    still alive from a backward on the default stream breaks the capture of a new size.
     """
 
     def __init__(

@@ -159,12 +159,20 @@ def test_a_captured_two_head_loss_with_replay_weights_equals_the_eager_one(rng):
             graph.weight = torch.tensor([1.0 + k], dtype=torch.float64, device="cuda")
             graphs.append(graph)
         batch = Batch.from_data_list(graphs)
-        reference, _ = loss_fn(potential(batch, compute_stress=True, create_graph=True), batch)
-        expected = torch.autograd.grad(reference, list(potential.parameters()))
+        reference, expected = _eager_loss_and_gradients(potential, loss_fn, batch)
         loss, _ = graphed(batch)
         torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
         potential.zero_grad(set_to_none=True)
         loss.backward()
         for p, g in zip(potential.parameters(), expected):
             torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-10)
+        del loss  # as the training loop does: no autograd graph lives on into the next capture
     assert all(entry[1] is not None for entry in graphed.graphs.buckets.values())
+
+
+def _eager_loss_and_gradients(potential, loss_fn, batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The eager loss and its parameter gradients, no autograd graph outliving the call: a live
+    graph built on the default stream holds the parameters' AccumulateGrad nodes there, and the
+    capture of a new size then fails (cudaErrorStreamCaptureImplicit)."""
+    reference, _ = loss_fn(potential(batch, compute_stress=True, create_graph=True), batch)
+    return reference.detach(), torch.autograd.grad(reference, list(potential.parameters()))
