@@ -14,7 +14,9 @@ scratch, forget less with replay, and run faster than mace-torch's fine-tuning?
    for ``--epochs``, each ``--seeds``:
    ``mlip-naive`` (`mlip-train finetune=naive`), ``mlip-replay`` (``finetune=replay``: 3BPA
    structures pseudo-labelled by the foundation), ``mace-naive`` (``--foundation_model
-   --multiheads_finetuning False``), ``mace-multihead`` (``--pt_train_file`` 3BPA), and
+   --multiheads_finetuning False``), ``mace-multihead`` (``--pt_train_file`` 3BPA; mace-torch
+   then sets lr 1e-4 and EMA 0.99999 itself), ``mace-multihead-lr`` (the same with
+   ``--force_mh_ft_lr``: the learning rate of the other runs), and
    ``mlip-scratch`` / ``mace-scratch`` (the same architecture from random weights).
    E0s: the acetylacetone isolated atoms on every side. Naive fine-tuning keeps the foundation's
    N (``finetune.elements``, ``--foundation_model_elements``) so that its forgetting can be
@@ -52,7 +54,7 @@ def common_mace(device: str, batch_size: int = 5) -> list[str]:
             "--forces_key=forces", f"--device={device}", "--default_dtype=float32", "--eval_interval=1", "--save_cpu"]
 
 
-METHODS = ("mlip-naive", "mlip-replay", "mace-naive", "mace-multihead", "mlip-scratch", "mace-scratch")
+METHODS = ("mlip-naive", "mlip-replay", "mace-naive", "mace-multihead", "mace-multihead-lr", "mlip-scratch", "mace-scratch")
 REPLAY_COUNT = 100  # replay structures on both sides
 KEEP = "[1,6,7,8]"  # naive fine-tuning keeps the foundation's N (not in the new data), so forgetting can be scored
 SIZE = {"hidden": "128x0e+128x1o", "max_ell": 3}  # of the foundation and the from-scratch models (--hidden, --max-ell)
@@ -123,15 +125,18 @@ def command(method: str, sets: Path, foundation: Path, run_dir: Path, seed: int,
     finetuned = [*mace, f"--foundation_model={foundation}", "--lr=0.003"]
     if method == "mace-naive":
         return [*finetuned, "--multiheads_finetuning=False", "--foundation_model_elements=True"]
+    # mace-multihead: mace-torch's own multi-head recipe, which sets lr 1e-4 and EMA 0.99999 itself;
+    # mace-multihead-lr: the same at the learning rate of every other fine-tuning run here
+    same_lr = ["--force_mh_ft_lr=True"] if method == "mace-multihead-lr" else []
     return [*finetuned, "--multiheads_finetuning=True", f"--pt_train_file={sets / 'foundation_train.xyz'}",
-            f"--num_samples_pt={REPLAY_COUNT}", "--subselect_pt=fps", "--weight_pt_head=1.0"]
+            f"--num_samples_pt={REPLAY_COUNT}", "--subselect_pt=fps", "--weight_pt_head=1.0", *same_lr]
 
 
 def model_of(method: str, run_dir: Path) -> tuple[str, Path, str | None]:
     """(framework, model file, the head that holds the foundation's domain or None)."""
     if method.startswith("mlip"):
         return "mlip", run_dir / "model.safetensors", "foundation" if method == "mlip-replay" else None
-    return "mace", run_dir / "mace.model", "pt_head" if method == "mace-multihead" else None
+    return "mace", run_dir / "mace.model", "pt_head" if method.startswith("mace-multihead") else None
 
 
 def scored(framework: str, model: Path, test: Path, device: str, head: str | None, limit: int) -> dict[str, float]:

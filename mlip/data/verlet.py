@@ -71,3 +71,87 @@ class VerletList:
         lengths = torch.linalg.vector_norm(vectors, dim=1)
         keep = torch.nonzero(lengths < self.cutoff).squeeze(1)  # the one device read: how many
         return self._pairs[:, keep], self._pair_shifts[keep], lengths[keep]
+
+
+class BatchedVerletList:
+    """`VerletList` for a batch of structures whose positions live on the device (torch-sim).
+
+    Each structure's pairs within ``cutoff + skin`` come from vesin-torch and are kept; a call
+    rebuilds only the structures of which an atom has moved more than ``skin / 2`` or whose cell
+    changed (tested on the device: one read of a flag per structure), and all of them when the
+    batch itself changed (other atoms or structures). The pairs closer than ``cutoff`` at the
+    current positions are returned, exact either way.
+
+    ``builds`` counts the structures whose list was built (for tests and benchmarks).
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0):
+        from vesin_torch import NeighborList
+
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self._search = NeighborList(cutoff=self.cutoff + self.skin, full_list=True)
+        self._system_idx: torch.Tensor | None = None
+        self.builds = 0
+
+    def _stale_systems(self, positions: torch.Tensor, cells: torch.Tensor, system_idx: torch.Tensor,
+                       periodic: torch.Tensor) -> list[int] | None:
+        """Structures to rebuild; None: all of them (a new batch)."""
+        same = (self._system_idx is not None and self._system_idx.shape == system_idx.shape
+                and self._cells.shape == cells.shape and bool(torch.equal(self._periodic, periodic)))
+        if not same:
+            return None
+        moved = (positions - self._reference).square().sum(dim=1)
+        farthest = torch.zeros(cells.shape[0], dtype=moved.dtype, device=moved.device)
+        farthest = farthest.scatter_reduce(0, system_idx, moved, reduce="amax")
+        stale = (farthest > (0.5 * self.skin) ** 2) | (cells != self._cells).flatten(1).any(dim=1)
+        # one read: the batch's layout and the stale flags
+        flags = torch.cat([(system_idx != self._system_idx).any().view(1), stale]).tolist()
+        return None if flags[0] else [k for k, flag in enumerate(flags[1:]) if flag]
+
+    def _build(self, positions: torch.Tensor, cells: torch.Tensor, periodic: torch.Tensor,
+               systems: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pairs, shifts, owners = [], [], []
+        for k in systems:
+            start, stop = self._offsets[k], self._offsets[k + 1]
+            box = cells[k] if bool(self._any_periodic) else torch.zeros_like(cells[k])
+            i, j, s = self._search.compute(positions[start:stop].detach(), box.detach(), periodic, quantities="ijS")
+            pairs.append(torch.stack([j, i]).to(torch.long) + start)  # sender j, receiver i
+            shifts.append(s.to(positions.dtype))
+            owners.append(torch.full((i.shape[0],), k, dtype=torch.long, device=positions.device))
+        self.builds += len(systems)
+        return torch.cat(pairs, dim=1), torch.cat(shifts), torch.cat(owners)
+
+    def __call__(self, positions: torch.Tensor, cells: torch.Tensor, system_idx: torch.Tensor,
+                 pbc: torch.Tensor | bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``edge_index`` [2, E] and ``shifts`` [E, 3] (lattice images, the positions' dtype) of
+        the pairs closer than ``cutoff`` at ``positions`` [N, 3] Å of structures ``system_idx``
+        [N] (sorted) with ``cells`` [S, 3, 3] Å (rows are lattice vectors) and ``pbc`` (one flag
+        or [3], the same for every structure, as torch-sim's states have it)."""
+        # contiguous: vesin reads the three flags from memory (an expanded 0-d tensor gave it garbage)
+        periodic = torch.as_tensor(pbc, dtype=torch.bool, device=positions.device).reshape(-1).repeat(3)[:3].contiguous()
+        stale = self._stale_systems(positions, cells, system_idx, periodic)
+        if stale is None:
+            counts = torch.bincount(system_idx, minlength=cells.shape[0]).tolist()
+            self._offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+            self._any_periodic = bool(periodic.any())
+            self._system_idx, self._periodic = system_idx.clone(), periodic
+            self._pairs, self._shifts, self._owners = self._build(positions, cells, periodic, list(range(cells.shape[0])))
+            self._reference, self._cells = positions.detach().clone(), cells.detach().clone()
+        elif stale:
+            rebuilt = torch.zeros(cells.shape[0], dtype=torch.bool, device=positions.device)
+            rebuilt[stale] = True
+            keep = ~rebuilt.index_select(0, self._owners)
+            pairs, shifts, owners = self._build(positions, cells, periodic, stale)
+            self._pairs = torch.cat([self._pairs[:, keep], pairs], dim=1)
+            self._shifts = torch.cat([self._shifts[keep], shifts])
+            self._owners = torch.cat([self._owners[keep], owners])
+            moved_atoms = rebuilt.index_select(0, system_idx)
+            self._reference[moved_atoms] = positions.detach()[moved_atoms]
+            self._cells[rebuilt] = cells.detach()[rebuilt]
+        sender, receiver = self._pairs
+        offsets = torch.bmm(self._shifts.unsqueeze(1), cells.index_select(0, self._owners)).squeeze(1)
+        vectors = positions.detach()[sender] - positions.detach()[receiver] + offsets.detach()
+        keep = torch.nonzero(torch.linalg.vector_norm(vectors, dim=1) < self.cutoff).squeeze(1)
+        return self._pairs[:, keep], self._shifts[keep]

@@ -9,8 +9,9 @@
 
 `MLIPModel` implements torch-sim's ``ModelInterface``: a batch of systems (``SimState``) in,
 ``energy`` [n_systems] eV, ``forces`` [n_atoms, 3] eV/Å and ``stress`` [n_systems, 3, 3] eV/Å³
-(ASE's sign, as torch-sim's other models) out. Neighbour lists are built on the state's device
-by vesin-torch, one system at a time. On CUDA the model call replays from CUDA graphs
+(ASE's sign, as torch-sim's other models) out. Neighbour lists stay on the state's device
+(`mlip.data.verlet.BatchedVerletList`: vesin-torch at r_max + ``skin``, a system's list rebuilt
+only when one of its atoms has moved more than half the skin or its cell changed). On CUDA the model call replays from CUDA graphs
 (`mlip.models.cuda_graph.GraphedPotential`), padded to buckets of sizes, so a batch whose
 size does not change costs one launch. Needs the ``torchsim`` extra
 (``pip install mlip-forge[torchsim]``: torch-sim-atomistic).
@@ -24,8 +25,7 @@ from types import SimpleNamespace
 import torch
 import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
-from vesin_torch import NeighborList
-
+from mlip.data.verlet import BatchedVerletList
 from mlip.export import load_potential
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
@@ -41,6 +41,8 @@ class MLIPModel(ModelInterface):
         compute_forces, compute_stress: what ``forward`` returns besides the energy.
         head: of a multi-head model, the head predicted (default: the file's selected one).
         cuda_graphs: on CUDA, replay each call from a captured graph.
+        skin: of the neighbour lists kept between calls, Å (exact for any skin; 0 rebuilds
+            every call).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class MLIPModel(ModelInterface):
         compute_stress: bool = True,
         head: str | None = None,
         cuda_graphs: bool = True,
+        skin: float = 1.0,
     ) -> None:
         super().__init__()
         self._device = torch.device(device) if device is not None else torch.device(
@@ -68,27 +71,17 @@ class MLIPModel(ModelInterface):
         self.potential = potential.to(device=self._device, dtype=dtype).eval().requires_grad_(False)
         if head is not None:
             self.potential.select_head(head)
-        self.neighbours = NeighborList(cutoff=self.potential.r_max, full_list=True)
+        self.neighbours = BatchedVerletList(self.potential.r_max, skin)
         self.graphed = (GraphedPotential(self.potential, compute_stress=compute_stress)
                         if cuda_graphs and self._device.type == "cuda" else None)
 
     def _graph(self, state: ts.SimState) -> SimpleNamespace:
         """The batched graph of ``state``: edges of every system at the model's cutoff."""
         positions, cell = state.positions.to(self._dtype), state.row_vector_cell.to(self._dtype)
-        system_idx = state.system_idx
-        # contiguous: vesin reads the three flags from memory (an expanded 0-d tensor gave it garbage)
-        periodic = torch.as_tensor(state.pbc, device=positions.device).reshape(-1).repeat(3)[:3].contiguous()
-        counts = torch.bincount(system_idx, minlength=cell.shape[0]).tolist()
-        edges, shifts, start = [], [], 0
-        for k, count in enumerate(counts):
-            box = cell[k] if bool(periodic.any()) else torch.zeros_like(cell[k])
-            i, j, s = self.neighbours.compute(positions[start : start + count], box, periodic, quantities="ijS")
-            edges.append(torch.stack([j, i]).to(torch.long) + start)  # sender j, receiver i: r_ij = x_j - x_i + S·cell
-            shifts.append(s.to(self._dtype))
-            start += count
+        edge_index, shifts = self.neighbours(positions, cell, state.system_idx, state.pbc)
         return SimpleNamespace(
-            atomic_numbers=state.atomic_numbers, positions=positions, cell=cell, batch=system_idx,
-            edge_index=torch.cat(edges, dim=1), shifts=torch.cat(shifts), num_graphs=len(counts))
+            atomic_numbers=state.atomic_numbers, positions=positions, cell=cell, batch=state.system_idx,
+            edge_index=edge_index, shifts=shifts, num_graphs=cell.shape[0])
 
     def forward(self, state: ts.SimState | dict, **kwargs) -> dict[str, torch.Tensor]:
         """Energies [n_systems] eV, forces [n_atoms, 3] eV/Å and stress [n_systems, 3, 3] eV/Å³."""

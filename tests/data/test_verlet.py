@@ -57,3 +57,59 @@ def test_a_new_cell_or_a_jump_rebuilds_and_no_skin_rebuilds_every_move():
     assert fresh.builds == 3
     with pytest.raises(ValueError, match="skin"):
         VerletList(3.0, -0.1)
+
+
+def _batch(structures):
+    positions = torch.as_tensor(np.concatenate([a.positions for a in structures]), dtype=torch.float64)
+    cells = torch.as_tensor(np.stack([a.cell[:] for a in structures]), dtype=torch.float64)
+    system_idx = torch.repeat_interleave(torch.arange(len(structures)), torch.tensor([len(a) for a in structures]))
+    return positions, cells, system_idx
+
+
+def _fresh_pairs(structures, cutoff) -> set:
+    pairs, start = set(), 0
+    for atoms in structures:
+        edge_index, shifts = neighbour_list(atoms.positions, atoms.cell[:], atoms.pbc, cutoff)
+        pairs |= _pairs(edge_index + start, shifts)
+        start += len(atoms)
+    return pairs
+
+
+def test_a_batched_list_is_exact_at_every_step_and_rebuilds_only_the_structures_that_moved(rng):
+    from mlip.data.verlet import BatchedVerletList
+
+    structures = [bulk("Cu", "fcc", a=3.6, cubic=True).repeat(r) for r in ((1, 1, 1), (2, 1, 1), (1, 2, 2))]
+    structures.append(bulk("Cu", "fcc", a=3.6) * (2, 2, 2))  # a primitive, non-orthogonal cell
+    cutoff, skin = 3.0, 0.6
+    verlet = BatchedVerletList(cutoff, skin)
+    steps = [0.0, 0.002, 0.004, 0.06]  # per-step displacement scale of each structure: the last one moves fast
+    for step in range(30):
+        positions, cells, system_idx = _batch(structures)
+        edge_index, shifts = verlet(positions, cells, system_idx, True)
+        assert _pairs(edge_index, shifts) == _fresh_pairs(structures, cutoff), step
+        for atoms, scale in zip(structures, steps):
+            atoms.positions += scale * rng.standard_normal(atoms.positions.shape)
+    # all four built once; then the fast structure is rebuilt every few steps and the others never
+    assert 4 + 3 <= verlet.builds <= 4 + 20
+    fast_only = verlet.builds
+    structures[0].set_cell(structures[0].cell[:] * 1.01, scale_atoms=True)  # one cell changes: one rebuild
+    positions, cells, system_idx = _batch(structures)
+    edge_index, shifts = verlet(positions, cells, system_idx, True)
+    assert verlet.builds in (fast_only + 1, fast_only + 2)  # the fast one may be due as well
+    assert _pairs(edge_index, shifts) == _fresh_pairs(structures, cutoff)
+    before = verlet.builds
+    edge_index, shifts = verlet(*_batch(structures[1:]), True)  # another batch: everything is rebuilt
+    assert verlet.builds == before + 3
+    assert _pairs(edge_index, shifts) == _fresh_pairs(structures[1:], cutoff)
+
+
+def test_a_batch_of_molecules_needs_no_cell():
+    from mlip.data.verlet import BatchedVerletList
+
+    structures = [molecule("CH3CH2OH"), molecule("H2O"), molecule("C6H6")]
+    for atoms in structures:
+        atoms.cell = np.zeros((3, 3))
+    verlet = BatchedVerletList(2.5, 0.5)
+    edge_index, shifts = verlet(*_batch(structures), False)
+    assert _pairs(edge_index, shifts) == _fresh_pairs(structures, 2.5)
+    assert not shifts.any()
