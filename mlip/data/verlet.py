@@ -9,6 +9,8 @@ most ``skin / 2``). A new cell, periodicity or atom count rebuilds it too.
 
 The displacement test runs on the host copy of the positions that a caller such as ASE
 already holds (no device read); the filter to ``cutoff`` reads one count from the device.
+`BatchedVerletList` does the same for a batch whose positions live on the device (torch-sim),
+rebuilding only the structures that moved.
 Edge convention as everywhere (`mlip.data.graph`): ``edge_index[0]`` the sender j,
 ``edge_index[1]`` the receiver i, ``r_ij = x_j - x_i + shifts @ cell``.
 """

@@ -13,6 +13,20 @@ from mlip.integrations.torchsim import MLIPModel  # noqa: E402
 from tests.conftest import make_tiny_potential, random_alloy  # noqa: E402
 
 
+# torch-sim 0.3 (the last for Python 3.11) names its integrators as functions that return
+# (init, step); 0.4+ has ts.Integrator and separate nve_init / nve_step functions
+NVT = getattr(getattr(ts, "Integrator", None), "nvt_langevin", None) or getattr(ts, "nvt_langevin", None)
+
+
+def nve(model, dt, kT):
+    """(init(state, seed), step(state)) of velocity Verlet in either API."""
+    if hasattr(ts, "nve_init"):
+        return (lambda state, seed: ts.nve_init(state, model, kT=kT, seed=seed),
+                lambda state: ts.nve_step(state, model, dt=dt))
+    init, update = ts.nve(model=model, dt=dt, kT=kT)
+    return (lambda state, seed: init(state, seed=seed)), update
+
+
 def mixed_cells(rng):
     """Periodic cells of different sizes, shapes and compositions."""
     cells = [random_alloy(rng, (1, 1, 1)), random_alloy(rng, (2, 1, 1)), random_alloy(rng, (1, 2, 2))]
@@ -58,13 +72,13 @@ def test_batched_nvt_runs_and_nve_conserves_energy(rng):
     model = MLIPModel(potential, device="cpu", dtype=torch.float64)
     systems = [random_alloy(rng, (2, 1, 1), rattle=0.02) for _ in range(3)]
     state = ts.io.atoms_to_state(systems, torch.device("cpu"), torch.float64)
-    final = ts.integrate(state, model, integrator=ts.nvt_langevin, n_steps=50, temperature=300.0, timestep=0.001)
+    final = ts.integrate(state, model, integrator=NVT, n_steps=50, temperature=300.0, timestep=0.001)
     assert final.positions.shape == state.positions.shape and torch.isfinite(final.positions).all()
     assert not torch.allclose(final.positions, state.positions)
 
     kT = torch.tensor(300.0 * ts.units.MetalUnits.temperature, dtype=torch.float64)
     dt = torch.tensor(0.0005 * ts.units.MetalUnits.time, dtype=torch.float64)  # 0.5 fs
-    init, update = ts.nve(model=model, dt=dt, kT=kT)
+    init, update = nve(model, dt, kT)
     md = init(ts.io.atoms_to_state(systems, torch.device("cpu"), torch.float64), seed=0)
 
     def total():
