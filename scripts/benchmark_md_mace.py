@@ -105,7 +105,8 @@ def large_rows(path: Path, cells: list[int], dtype: str, device: str, repeats: i
     from mace.cli.convert_e3nn_cueq import run as to_cueq
 
     torch.set_default_dtype(getattr(torch, dtype))
-    model = to_cueq(str(path), device=device).to(device=device, dtype=getattr(torch, dtype))
+    source = torch.load(path, map_location="cpu", weights_only=False).to(getattr(torch, dtype))
+    model = to_cueq(source, device=device).to(device)  # converted in the dtype it runs in
     for n in cells:
         atoms = silicon_atoms(n)
         try:
