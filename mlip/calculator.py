@@ -78,6 +78,7 @@ class MLIPCalculator(Calculator):
         # the device path checks the elements once per set of atoms, not at every call
         self.graphed = GraphedPotential(self.potential, check_elements=not on_device) if cuda_graphs and on_gpu else None
         self._numbers: np.ndarray | None = None  # the atomic numbers the device tensors below were made for
+        self._named: tuple[np.ndarray, str] | None = None  # atomic numbers and their `_source`
 
     def select_head(self, name: str) -> None:
         """Predict with head ``name`` of a multi-head model from now on (`Potential.select_head`)."""
@@ -97,7 +98,7 @@ class MLIPCalculator(Calculator):
             positions=atoms.positions,
             cell=atoms.cell[:],
             pbc=atoms.pbc,
-            source=f"Atoms {atoms.get_chemical_formula()} passed to MLIPCalculator",
+            source=self._source(atoms),
         )
         periodic = bool(atoms.pbc.all())
         if self.neighbours is not None:
@@ -119,6 +120,13 @@ class MLIPCalculator(Calculator):
         if periodic:
             stress = out["stress"][0].detach().cpu().numpy().astype(np.float64)
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+    def _source(self, atoms: Atoms) -> str:
+        """How errors name these atoms; the formula is recomputed only when the atoms change
+        (it costs milliseconds for a few thousand atoms, as much as a model call)."""
+        if self._named is None or not np.array_equal(atoms.numbers, self._named[0]):
+            self._named = (atoms.numbers.copy(), f"Atoms {atoms.get_chemical_formula()} passed to MLIPCalculator")
+        return self._named[1]
 
     def _calculate_on_device(self, structure: Structure, periodic: bool) -> dict[str, float | np.ndarray]:
         """The CUDA path: positions in (and the cell when it changed) in one copy each, the
