@@ -11,6 +11,7 @@ The displacement test runs on the host copy of the positions that a caller such 
 already holds (no device read); the filter to ``cutoff`` reads one count from the device.
 `BatchedVerletList` does the same for a batch whose positions live on the device (torch-sim),
 rebuilding only the structures that moved.
+
 Edge convention as everywhere (`mlip.data.graph`): ``edge_index[0]`` the sender j,
 ``edge_index[1]`` the receiver i, ``r_ij = x_j - x_i + shifts @ cell``.
 """

@@ -11,10 +11,10 @@
 ``energy`` [n_systems] eV, ``forces`` [n_atoms, 3] eV/Å and ``stress`` [n_systems, 3, 3] eV/Å³
 (ASE's sign, as torch-sim's other models) out. Neighbour lists stay on the state's device
 (`mlip.data.verlet.BatchedVerletList`: vesin-torch at r_max + ``skin``, a system's list rebuilt
-only when one of its atoms has moved more than half the skin or its cell changed). On CUDA the model call replays from CUDA graphs
-(`mlip.models.cuda_graph.GraphedPotential`), padded to buckets of sizes, so a batch whose
-size does not change costs one launch. Needs the ``torchsim`` extra
-(``pip install mlip-forge[torchsim]``: torch-sim-atomistic).
+only when one of its atoms has moved more than half the skin or its cell changed). On CUDA the
+model call replays from CUDA graphs (`mlip.models.cuda_graph.GraphedPotential`), padded to
+buckets of sizes, so a batch whose size does not change costs one launch. Needs the ``torchsim``
+extra (``pip install mlip-forge[torchsim]``: torch-sim-atomistic).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 import torch_sim as ts
 from torch_sim.models.interface import ModelInterface
+
 from mlip.data.verlet import BatchedVerletList
 from mlip.export import load_potential
 from mlip.models.cuda_graph import GraphedPotential
