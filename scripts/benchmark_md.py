@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from timing import silicon_atoms
+from timing import (ase_md_steps_per_s, peak_gb, reset_peak, silicon_atoms, synchronize,
+                    torchsim_atom_steps_per_s)
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,36 +49,14 @@ def mace_rows(args, *command: str) -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.startswith("|")]
 
 
-def peak_gb() -> float:
-    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
-
-
-def reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def ase_rows(model_file: Path, args) -> list[str]:
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
-
     from mlip.calculator import MLIPCalculator
 
     rows = []
     calc = MLIPCalculator(model_file, device=args.device, dtype=args.dtype)
     for n in args.cells:
         atoms = silicon_atoms(n)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-        atoms.calc = calc
-        dynamics = VelocityVerlet(atoms, 2 * units.fs)
-        reset_peak()
-        dynamics.run(max(args.steps // 10, 2))
-        start = time.perf_counter()
-        dynamics.run(args.steps)
-        rate = args.steps / (time.perf_counter() - start)
+        rate = ase_md_steps_per_s(calc, atoms, args.steps)
         builds = f" ({calc.neighbours.builds} list builds)" if calc.neighbours is not None else ""
         rows.append(f"| Si {len(atoms)} ASE MD | mlip MLIPCalculator{builds} | {args.dtype} | {rate:.1f} | steps/s "
                     f"| {peak_gb():.2f} |")
@@ -87,30 +65,17 @@ def ase_rows(model_file: Path, args) -> list[str]:
 
 
 def torchsim_rows(model_file: Path, args) -> list[str]:
-    import torch_sim as ts
-
     from mlip.integrations.torchsim import MLIPModel
 
-    nvt = getattr(getattr(ts, "Integrator", None), "nvt_langevin", None) or ts.nvt_langevin  # torch-sim 0.4+ / 0.3
     rows = []
     model = MLIPModel(model_file, device=args.device, dtype=getattr(torch, args.dtype))
     for count in args.systems:
         cells = [silicon_atoms(args.cell, seed=k) for k in range(count)]
-        state = ts.io.atoms_to_state(cells, torch.device(args.device), getattr(torch, args.dtype))
-        reset_peak()
-        state = ts.integrate(state, model, integrator=nvt, n_steps=max(args.steps // 10, 2), temperature=300.0,
-                             timestep=0.002)
         builds = model.neighbours.builds
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        ts.integrate(state, model, integrator=nvt, n_steps=args.steps, temperature=300.0, timestep=0.002)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rate = args.steps * state.positions.shape[0] / (time.perf_counter() - start)
+        rate = torchsim_atom_steps_per_s(model, cells, args.steps, args.device, getattr(torch, args.dtype))
         rebuilt = (model.neighbours.builds - builds) / count
         rows.append(f"| {count} x Si {len(cells[0])} torch-sim NVT | mlip MLIPModel ({rebuilt:.1f} list builds per "
-                    f"system) | {args.dtype} | {rate:,.0f} | atom-steps/s | {peak_gb():.2f} |")
+                    f"system, warm-up included) | {args.dtype} | {rate:,.0f} | atom-steps/s | {peak_gb():.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -141,13 +106,11 @@ def large_rows(model_file: Path, args) -> list[str]:
                 call = (GraphedPotential(potential, max_graphs=1) if name
                         else lambda g: potential(g, compute_forces=True, compute_stress=True))
                 call(graph)
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
+                synchronize()
                 start = time.perf_counter()
                 for _ in range(args.repeats):
                     call(graph)
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
+                synchronize()
                 ms = 1000 * (time.perf_counter() - start) / args.repeats
             except torch.cuda.OutOfMemoryError:
                 rows.append(f"| Si {len(atoms)} E+F+S | mlip{name} | {args.dtype} | out of memory | ms | - |")

@@ -15,28 +15,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from benchmark_mace_torch import batch_of, model_of
-from timing import silicon_atoms
+from timing import (ase_md_steps_per_s, peak_gb, reset_peak, silicon_atoms, synchronize,
+                    torchsim_atom_steps_per_s)
 
 AVG_NEIGHBOURS = 45.0  # about the neighbours per atom of diamond Si at 6 Å
-
-
-def peak_gb() -> float:
-    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def save(path: Path, shape: str) -> None:
@@ -47,9 +31,6 @@ def save(path: Path, shape: str) -> None:
 
 def ase_rows(path: Path, cells: list[int], steps: int, dtype: str, device: str) -> None:
     """Velocity Verlet (2 fs) through ``MACECalculator``, with and without its cuequivariance path."""
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
     from mace.calculators import MACECalculator
 
     for name, options in (("", {}), (" cueq", {"enable_cueq": True})):
@@ -60,24 +41,15 @@ def ase_rows(path: Path, cells: list[int], steps: int, dtype: str, device: str) 
             continue
         for n in cells:
             atoms = silicon_atoms(n)
-            MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-            atoms.calc = calc
-            dynamics = VelocityVerlet(atoms, 2 * units.fs)
-            reset_peak()
-            dynamics.run(max(steps // 10, 2))  # warm-up (and its kernels' compilation)
-            start = time.perf_counter()
-            dynamics.run(steps)
-            rate = steps / (time.perf_counter() - start)
+            rate = ase_md_steps_per_s(calc, atoms, steps)
             print(f"| Si {len(atoms)} ASE MD | mace-torch MACECalculator{name} | {dtype} | {rate:.1f} | steps/s "
                   f"| {peak_gb():.2f} |", flush=True)
 
 
 def torchsim_rows(path: Path, systems: list[int], steps: int, dtype: str, device: str, cell: int) -> None:
     """Batched Langevin NVT (2 fs, 300 K) of ``systems`` Si cells through torch-sim's own MACE interface."""
-    import torch_sim as ts
     from torch_sim.models.mace import MaceModel
 
-    nvt = getattr(getattr(ts, "Integrator", None), "nvt_langevin", None) or ts.nvt_langevin  # torch-sim 0.4+ / 0.3
     for name, cueq in (("", False), (" cueq", True)):
         try:
             model = MaceModel(model=torch.load(path, map_location=device, weights_only=False), device=torch.device(device),
@@ -87,14 +59,7 @@ def torchsim_rows(path: Path, systems: list[int], steps: int, dtype: str, device
             continue
         for count in systems:
             cells = [silicon_atoms(cell, seed=k) for k in range(count)]
-            state = ts.io.atoms_to_state(cells, torch.device(device), getattr(torch, dtype))
-            reset_peak()
-            state = ts.integrate(state, model, integrator=nvt, n_steps=max(steps // 10, 2), temperature=300.0, timestep=0.002)
-            synchronize()
-            start = time.perf_counter()
-            ts.integrate(state, model, integrator=nvt, n_steps=steps, temperature=300.0, timestep=0.002)
-            synchronize()
-            rate = steps * state.positions.shape[0] / (time.perf_counter() - start)
+            rate = torchsim_atom_steps_per_s(model, cells, steps, device, getattr(torch, dtype))
             print(f"| {count} x Si {len(cells[0])} torch-sim NVT | mace-torch MaceModel{name} | {dtype} | {rate:,.0f} "
                   f"| atom-steps/s | {peak_gb():.2f} |", flush=True)
 

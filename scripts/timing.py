@@ -29,6 +29,58 @@ def cuda_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    """Start a fresh peak-memory count (GPU only)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb() -> float:
+    """Peak GPU memory since `reset_peak`, GB (0 without CUDA)."""
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
+
+
+def ase_md_steps_per_s(calc, atoms: Atoms, steps: int) -> float:
+    """Velocity Verlet (2 fs, 300 K start) steps per second of ``calc`` on a copy of ``atoms``,
+    after a tenth as many untimed steps; the peak-memory count starts before them."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    atoms.calc = calc
+    dynamics = VelocityVerlet(atoms, 2 * units.fs)
+    reset_peak()
+    dynamics.run(max(steps // 10, 2))  # warm-up (graph captures, kernel compilation)
+    start = time.perf_counter()
+    dynamics.run(steps)
+    return steps / (time.perf_counter() - start)
+
+
+def torchsim_atom_steps_per_s(model, cells: list[Atoms], steps: int, device: str, dtype: torch.dtype) -> float:
+    """Batched Langevin NVT (300 K, 2 fs) atom-steps per second of a torch-sim ``model`` on
+    ``cells``, after a tenth as many untimed steps; the peak-memory count starts before them."""
+    import torch_sim as ts
+
+    nvt = getattr(getattr(ts, "Integrator", None), "nvt_langevin", None) or ts.nvt_langevin  # torch-sim 0.4+ / 0.3
+    state = ts.io.atoms_to_state(cells, torch.device(device), dtype)
+    reset_peak()
+    state = ts.integrate(state, model, integrator=nvt, n_steps=max(steps // 10, 2), temperature=300.0, timestep=0.002)
+    synchronize()
+    start = time.perf_counter()
+    ts.integrate(state, model, integrator=nvt, n_steps=steps, temperature=300.0, timestep=0.002)
+    synchronize()
+    return steps * state.positions.shape[0] / (time.perf_counter() - start)
+
+
 def calculator_ms(calc, atoms: Atoms, repeats: int, warmup: int = 3) -> tuple[float, np.ndarray, float]:
     """Mean milliseconds of an ASE calculator's energy+forces+stress call on ``atoms`` (its
     results come back as numpy, so each call is complete), the forces of the last call, and the
