@@ -85,6 +85,13 @@ class BatchedVerletList:
     batch itself changed (other atoms or structures). The pairs closer than ``cutoff`` at the
     current positions are returned, exact either way.
 
+    An atom that a periodic boundary wrapped (torch-sim wraps positions into the cell) has jumped
+    by a lattice vector, not moved: its displacement is taken modulo the cell, and its stored
+    pairs' shifts (and its reference position) follow it by the whole cells it jumped, so wrapping
+    alone rebuilds nothing.
+    (Only along directions where the cell is wider than twice the skin, so that a jump and a
+    move cannot be confused; in narrower cells a wrap rebuilds the structure.)
+
     ``builds`` counts the structures whose list was built (for tests and benchmarks).
     """
 
@@ -105,13 +112,48 @@ class BatchedVerletList:
                 and self._cells.shape == cells.shape and bool(torch.equal(self._periodic, periodic)))
         if not same:
             return None
-        moved = (positions - self._reference).square().sum(dim=1)
+        jumps = self._jumps(positions, system_idx)
+        offsets = 0.0 if jumps is None else torch.bmm(jumps.unsqueeze(1),
+                                                      self._cells.index_select(0, system_idx)).squeeze(1)
+        moved = (positions.detach() - self._reference - offsets).square().sum(dim=1)
         farthest = torch.zeros(cells.shape[0], dtype=moved.dtype, device=moved.device)
         farthest = farthest.scatter_reduce(0, system_idx, moved, reduce="amax")
         stale = (farthest > (0.5 * self.skin) ** 2) | (cells != self._cells).flatten(1).any(dim=1)
-        # one read: the batch's layout and the stale flags
-        flags = torch.cat([(system_idx != self._system_idx).any().view(1), stale]).tolist()
-        return None if flags[0] else [k for k, flag in enumerate(flags[1:]) if flag]
+        jumped = torch.zeros(1, dtype=torch.bool, device=stale.device) if jumps is None else jumps.any().view(1)
+        # one read: the batch's layout, whether an atom jumped, and the stale flags
+        flags = torch.cat([(system_idx != self._system_idx).any().view(1), jumped, stale]).tolist()
+        if flags[0]:
+            return None
+        if flags[1]:  # the stored pairs follow the jumped atoms: x_j - x_i + s·cell is unchanged
+            sender, receiver = self._pairs
+            self._shifts = self._shifts - jumps[sender] + jumps[receiver]
+            self._reference = self._reference + offsets
+        return [k for k, flag in enumerate(flags[2:]) if flag]
+
+    def _set_cells(self, cells: torch.Tensor, rebuilt: torch.Tensor | None = None) -> None:
+        """Keep the cells of the last builds, their inverses and the directions where a jump by a
+        whole cell can be told from a move (periodic, and wider than twice the skin)."""
+        cells = cells.detach()
+        if rebuilt is None:
+            self._cells = cells.clone()
+        else:
+            self._cells[rebuilt] = cells[rebuilt]
+        if not self._any_periodic:
+            self._inverse = self._jumpable = None
+            return
+        safe = torch.where(self._periodic[None, :, None], self._cells,
+                           torch.eye(3, dtype=cells.dtype, device=cells.device).expand_as(self._cells))
+        self._inverse = torch.linalg.inv(safe)
+        widths = 1.0 / torch.linalg.vector_norm(self._inverse, dim=1)  # between opposite faces, Å
+        self._jumpable = (widths > 2.0 * self.skin) & self._periodic[None, :]
+
+    def _jumps(self, positions: torch.Tensor, system_idx: torch.Tensor) -> torch.Tensor | None:
+        """Whole cells each atom jumped since the last build [N, 3] (fractional, integers), or None."""
+        if self._inverse is None:
+            return None
+        shift = positions.detach() - self._reference
+        fractional = torch.bmm(shift.unsqueeze(1), self._inverse.index_select(0, system_idx)).squeeze(1)
+        return torch.round(fractional) * self._jumpable.index_select(0, system_idx)
 
     def _build(self, positions: torch.Tensor, cells: torch.Tensor, periodic: torch.Tensor,
                systems: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,7 +183,8 @@ class BatchedVerletList:
             self._any_periodic = bool(periodic.any())
             self._system_idx, self._periodic = system_idx.clone(), periodic
             self._pairs, self._shifts, self._owners = self._build(positions, cells, periodic, list(range(cells.shape[0])))
-            self._reference, self._cells = positions.detach().clone(), cells.detach().clone()
+            self._reference = positions.detach().clone()
+            self._set_cells(cells)
         elif stale:
             rebuilt = torch.zeros(cells.shape[0], dtype=torch.bool, device=positions.device)
             rebuilt[stale] = True
@@ -152,9 +195,10 @@ class BatchedVerletList:
             self._owners = torch.cat([self._owners[keep], owners])
             moved_atoms = rebuilt.index_select(0, system_idx)
             self._reference[moved_atoms] = positions.detach()[moved_atoms]
-            self._cells[rebuilt] = cells.detach()[rebuilt]
+            self._set_cells(cells, rebuilt)
         sender, receiver = self._pairs
-        offsets = torch.bmm(self._shifts.unsqueeze(1), cells.index_select(0, self._owners)).squeeze(1)
+        shifts = self._shifts
+        offsets = torch.bmm(shifts.unsqueeze(1), cells.index_select(0, self._owners)).squeeze(1)
         vectors = positions.detach()[sender] - positions.detach()[receiver] + offsets.detach()
         keep = torch.nonzero(torch.linalg.vector_norm(vectors, dim=1) < self.cutoff).squeeze(1)
-        return self._pairs[:, keep], self._shifts[keep]
+        return self._pairs[:, keep], shifts[keep]

@@ -113,3 +113,25 @@ def test_a_batch_of_molecules_needs_no_cell():
     edge_index, shifts = verlet(*_batch(structures), False)
     assert _pairs(edge_index, shifts) == _fresh_pairs(structures, 2.5)
     assert not shifts.any()
+
+
+def test_atoms_wrapped_into_the_cell_rebuild_nothing_and_keep_the_pairs_exact(rng):
+    """torch-sim wraps positions every step: a jump by a lattice vector is not a move."""
+    from mlip.data.verlet import BatchedVerletList
+
+    wide = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))  # 7.2 Å: wider than twice the skin
+    wide.set_cell(wide.cell[:] @ np.array([[1.0, 0.0, 0.0], [0.15, 1.0, 0.0], [0.0, 0.1, 1.0]]), scale_atoms=True)
+    narrow = bulk("Cu", "fcc", a=3.6, cubic=True)  # 3.6 Å: narrower than twice the skin, a wrap rebuilds
+    structures = [wide, narrow]
+    verlet = BatchedVerletList(3.0, 2.0)
+    builds = []
+    for step in range(12):
+        for atoms in structures:
+            atoms.positions += 0.01 * rng.standard_normal(atoms.positions.shape)  # far less than skin / 2
+            atoms.positions[0] += atoms.cell[step % 3] * (1 if step % 2 else -1)  # ... but one atom jumps a cell
+            atoms.positions[1] += atoms.cell[0] - atoms.cell[2]
+        positions, cells, system_idx = _batch(structures)
+        edge_index, shifts = verlet(positions, cells, system_idx, True)
+        assert _pairs(edge_index, shifts) == _fresh_pairs(structures, 3.0), step
+        builds.append(verlet.builds)
+    assert builds[-1] == 2 + 11  # the first build of both, then only the narrow cell, at every step
