@@ -62,6 +62,15 @@ class SphericalGridMLP(nn.Module):
             nn.init.normal_(linear.weight, std=1.0 / math.sqrt(linear.in_features))
 
     def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
-        values = self.grid.to_grid(self.layout.to_channels(node_feats)).transpose(1, 2)  # [n, G, C]
-        mixed = self.mlp(values)  # the MLP, pointwise
-        return self.layout_out.from_channels(self.grid.from_grid(mixed.transpose(1, 2)))  # [n, C', D'] -> e3nn
+        # Sampling acts on the degrees and the MLP's first linear on the channels, so they commute:
+        # W_1 S[h] = S[W_1 h], and likewise P[W_2 a] = W_2 P[a]. Mixing channels before sampling and
+        # after projecting does the two widest linears on D = Σ(2l+1) rows instead of G grid
+        # points (9 against 72 at ℓ ≤ 2) and never writes a [n, G, C] grid table: only the
+        # hidden layer lives on the grid.
+        first, *inner, last = self.mlp
+        coefficients = first(self.layout.to_channels(node_feats).transpose(1, 2))  # [n, D, H]: W_1 h
+        hidden = torch.matmul(self.grid.sample.T, coefficients)  # [n, G, H]: S[W_1 h]
+        for layer in inner:  # σ, then any further hidden linears and σ, pointwise on the grid
+            hidden = layer(hidden)
+        projected = torch.matmul(self.grid.project.T, hidden)  # [n, D', H]: P[σ(...)]
+        return self.layout_out.from_channels(last(projected).transpose(1, 2))  # W_2 P[...]: [n, C', D'] -> e3nn

@@ -105,3 +105,17 @@ def test_grid_mlp_onto_other_degrees_builds_invariants_from_higher_ones():
     assert linear(only_l2)[:, scalars].abs().max() < 1e-12  # linear: degrees do not mix
     nonlinear = SphericalGridMLP(irreps_in, 8, resolution=8, irreps_out=irreps_out)
     assert nonlinear(only_l2)[:, scalars].abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("hidden", [16, [16, 12]])
+def test_grid_mlp_equals_the_mlp_applied_at_every_grid_point(hidden):
+    """The layer mixes channels before sampling and after projecting; the paper's order samples
+    the features on the grid, runs the whole MLP at each point and projects (float64)."""
+    irreps_in, irreps_out = o3.Irreps("6x0e+6x1o+6x2e+6x3o"), o3.Irreps("5x0e+5x1o+5x2e")
+    torch.manual_seed(0)
+    layer = SphericalGridMLP(irreps_in, hidden, resolution=5, irreps_out=irreps_out)
+    x = torch.randn(7, irreps_in.dim)
+    values = layer.grid.to_grid(layer.layout.to_channels(x)).transpose(1, 2)  # [n, G, C]
+    assert values.shape[1] == 50
+    expected = layer.layout_out.from_channels(layer.grid.from_grid(layer.mlp(values).transpose(1, 2)))
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-13)
