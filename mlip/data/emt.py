@@ -9,15 +9,15 @@ as extxyz with energy, forces and (for periodic cells) stress.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import ase.io
 import numpy as np
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Icosahedron
+
+from mlip.data.generated import write_once
 
 ELEMENTS = ("Cu", "Au", "Ni")
 LATTICE_CONSTANT = {"Cu": 3.61, "Au": 4.08, "Ni": 3.52}  # Å, fcc
@@ -86,24 +86,6 @@ def make_emt_structures(n_structures: int = 400, seed: int = 0) -> list[Atoms]:
 
 
 def ensure_emt_dataset(path: str | os.PathLike, n_structures: int = 400, seed: int = 0) -> str:
-    """Return ``path``, first writing the EMT dataset there if it does not exist (atomic write).
-
-    The first structure records ``n_structures`` and ``seed``: a file written for others is
-    refused (a larger ``n_structures`` must not silently train on the smaller set)."""
-    path = Path(path)
-    if path.exists():
-        first = ase.io.read(path, index=0, format="extxyz").info
-        made = (first.get("emt_n_structures"), first.get("emt_seed"))
-        if None not in made and tuple(int(v) for v in made) != (n_structures, seed):
-            raise ValueError(
-                f"{path} holds the EMT set of {made[0]} structures (seed {made[1]}), not the {n_structures} "
-                f"(seed {seed}) asked for: delete it, or give another path (data.train_files.path=...)"
-            )
-        return str(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    structures = make_emt_structures(n_structures, seed)
-    structures[0].info.update(emt_n_structures=n_structures, emt_seed=seed)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ase.io.write(tmp, structures, format="extxyz")
-    os.replace(tmp, path)
-    return str(path)
+    """Return ``path``, first writing the EMT dataset there if it does not exist (atomic write;
+    a file made with another ``n_structures`` or ``seed`` is refused: `write_once`)."""
+    return write_once(path, make_emt_structures, "emt", n_structures=n_structures, seed=seed)

@@ -19,7 +19,10 @@ def test_every_dataset_has_a_config():
     assert {"3bpa", "emt", "extxyz", "mptrj", "oc20_s2ef", "oc22_s2ef", "store"} <= set(DATA_CONFIGS)
 
 
-@pytest.mark.parametrize("name", [n for n in DATA_CONFIGS if n != "emt"])
+GENERATED = {"emt", "emt_crystals"}  # made on first use: instantiated at a small size below
+
+
+@pytest.mark.parametrize("name", [n for n in DATA_CONFIGS if n not in GENERATED])
 def test_data_config_instantiates(name, tmp_path):
     required = {"extxyz": ["data.train_files=x.xyz"], "store": [f"data.train_store={tmp_path}"]}
     module = instantiate(_data_config(name, *required.get(name, [])))
@@ -52,3 +55,11 @@ def test_dataset_configs_read_the_samples(dataset_dir, name, files, n_train, ele
         assert module.statistics.e0s == [0.0] * len(module.statistics.elements)
     batch = next(iter(module.train_dataloader()))
     assert batch.num_nodes <= module.max_atoms
+
+
+def test_the_crystal_config_writes_its_set_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLIP_DATA_DIR", str(tmp_path))
+    cfg = _data_config("emt_crystals", "data.train_files.n_structures=12", "data.train_files.workers=1")
+    module = instantiate(cfg)
+    assert module.r_max == 5.0 and module.batch_size == 16
+    assert (tmp_path / "emt_crystals" / "emt_crystals_12.extxyz").exists()

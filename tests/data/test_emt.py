@@ -11,8 +11,8 @@ def test_emt_dataset_is_written_once_and_refused_for_another_size(tmp_path):
     assert ensure_emt_dataset(path, n_structures=6, seed=2) == str(path)  # found, not rewritten
     assert path.stat().st_mtime_ns == stamp
     assert len(read_structures(path)) == 6  # the stamp in the first structure does not disturb the reader
-    with pytest.raises(ValueError, match=r"set\.extxyz holds the EMT set of 6 structures \(seed 2\), not the 20"):
+    with pytest.raises(ValueError, match=r"set\.extxyz was made with n_structures=6, seed=2, not the n_structures=20"):
         ensure_emt_dataset(path, n_structures=20, seed=2)
-    with pytest.raises(ValueError, match="seed 2.*not the 6 .seed 3."):
+    with pytest.raises(ValueError, match="seed=2, not the n_structures=6, seed=3 asked for"):
         ensure_emt_dataset(path, n_structures=6, seed=3)
     assert not list(path.parent.glob(".*.tmp"))
