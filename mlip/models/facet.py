@@ -56,6 +56,8 @@ class Facet(nn.Module):
             the message then carries less of the neighbours' angular structure.
         element_skip: the self-connection's weights depend on the node's element (``W_{z_i} h_i``,
             as MACE's residual); False: one linear map for all elements.
+        grid_backend: the grid MLPs' hidden layer: ``"torch"``, or ``"auto"`` / ``"triton"`` for
+            the fused kernel on CUDA (`mlip.nn.kernels.grid_activation`; one hidden layer).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Facet(nn.Module):
         conv_grid_resolution: int | None = None,
         message_ell: int | None = None,
         element_skip: bool = False,
+        grid_backend: str = "torch",
     ):
         super().__init__()
         self.r_max = float(r_max)
@@ -101,7 +104,8 @@ class Facet(nn.Module):
             self.self_connections.append(
                 ElementLinear(irreps_node, hidden, num_elements) if element_skip else o3.Linear(irreps_node, hidden)
             )
-            self.updates.append(SphericalGridMLP(irreps_message, grid_hidden, grid_resolution, irreps_out=hidden))
+            self.updates.append(SphericalGridMLP(irreps_message, grid_hidden, grid_resolution, irreps_out=hidden,
+                                                 backend=grid_backend))
             self.readouts.append(NonLinearReadout(hidden, readout_mlp) if last else LinearReadout(hidden))
             irreps_node = hidden
 

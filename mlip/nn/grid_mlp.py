@@ -28,6 +28,7 @@ from e3nn import o3
 from torch import nn
 
 from mlip.nn.irreps import ChannelLayout
+from mlip.nn.kernels.grid_activation import BACKENDS, grid_activation
 from mlip.nn.radial import NormalizedSiLU
 from mlip.nn.spherical import SphericalGrid
 
@@ -42,11 +43,17 @@ class SphericalGridMLP(nn.Module):
             smallest grid exact for linear maps (degree L_in + L_out).
         activation: False leaves out σ (a linear, exactly equivariant map; for tests).
         irreps_out: output irreps, one multiplicity, natural parity (default ``irreps``).
+        backend: of the hidden layer on the grid (one hidden layer with σ): ``"torch"`` (matmuls
+            that write the [n, G, H] tables), ``"triton"`` or ``"auto"`` (the fused kernel of
+            `mlip.nn.kernels.grid_activation` on CUDA, which writes nothing of size G).
     """
 
     def __init__(self, irreps: o3.Irreps, hidden: int | Sequence[int], resolution: int | None = None,
-                 activation: bool = True, irreps_out: o3.Irreps | None = None):
+                 activation: bool = True, irreps_out: o3.Irreps | None = None, backend: str = "torch"):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"grid MLP backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.irreps = o3.Irreps(irreps)
         self.irreps_out = o3.Irreps(irreps_out) if irreps_out is not None else self.irreps
         self.layout, self.layout_out = ChannelLayout(self.irreps), ChannelLayout(self.irreps_out)
@@ -69,8 +76,11 @@ class SphericalGridMLP(nn.Module):
         # hidden layer lives on the grid.
         first, *inner, last = self.mlp
         coefficients = first(self.layout.to_channels(node_feats).transpose(1, 2))  # [n, D, H]: W_1 h
-        hidden = torch.matmul(self.grid.sample.T, coefficients)  # [n, G, H]: S[W_1 h]
-        for layer in inner:  # σ, then any further hidden linears and σ, pointwise on the grid
-            hidden = layer(hidden)
-        projected = torch.matmul(self.grid.project.T, hidden)  # [n, D', H]: P[σ(...)]
+        if self.backend != "torch" and len(inner) == 1 and isinstance(inner[0], NormalizedSiLU):
+            projected = grid_activation(coefficients, self.grid.sample, self.grid.project, self.backend)
+        else:
+            hidden = torch.matmul(self.grid.sample.T, coefficients)  # [n, G, H]: S[W_1 h]
+            for layer in inner:  # σ, then any further hidden linears and σ, pointwise on the grid
+                hidden = layer(hidden)
+            projected = torch.matmul(self.grid.project.T, hidden)  # [n, D', H]: P[σ(...)]
         return self.layout_out.from_channels(last(projected).transpose(1, 2))  # W_2 P[...]: [n, C', D'] -> e3nn
