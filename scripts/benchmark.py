@@ -16,7 +16,8 @@ r_max 5 Å, eager and with the loss and gradients replayed from a CUDA graph
 ``tdn-full`` is its exact CP); ``facet`` the Facet of the same channels as tuned on 3BPA
 (node features to ℓ = 2, grid MLP twice the channels wide; spline radial weights,
 grid-MLP node updates, convolution on cuequivariance), ``facet-grid`` with the
-Gaunt grid product as its convolution.
+Gaunt grid product as its convolution, ``facet-fused`` with the grid MLPs' hidden layer in the
+fused Triton kernel (`mlip.nn.kernels.grid_activation`).
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
 scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
@@ -55,7 +56,7 @@ from mlip.training.loss import EnergyForcesStressLoss
 def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_num_neighbors: float) -> Potential:
     """The benchmark MACE with ``backend`` (e3nn, cueq, auto); ``tdn-R``: the same backbone
     with CP-decomposed convolutions of rank R and path-weight sharing (`mlip.models.tdn.TDN`);
-    ``facet``/``facet-grid``: Facet at the same width (`mlip.models.facet.Facet`)."""
+    ``facet``/``facet-grid``/``facet-fused``: Facet at the same width (`mlip.models.facet.Facet`)."""
     kwargs = dict(num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
                   max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
                   readout_mlp=16)
@@ -64,7 +65,8 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
         spec = {"target": "mlip.models.facet.Facet", "kwargs": dict(
             num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, spline_basis=16, max_ell=3,
             hidden_irreps=f"{channels}x0e+{channels}x1o+{channels}x2e", num_interactions=2, grid_hidden=2 * channels,
-            grid_resolution=6, readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto")}
+            grid_resolution=6, readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto",
+            grid_backend="auto" if backend == "facet-fused" else "torch")}
     elif backend.startswith("tdn-"):
         rank = backend[4:] if backend == "tdn-full" else int(backend[4:])
         spec = {"target": "mlip.models.tdn.TDN", "kwargs": dict(kwargs, cp_rank=rank, cp_share_paths=True)}

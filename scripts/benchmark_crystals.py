@@ -3,7 +3,7 @@
 
     python scripts/benchmark_crystals.py prepare --structures 5000 20000 --out .crystals
     python scripts/benchmark_crystals.py run --sets .crystals/emt_5000 --models mace-64 facet-64 tdn-64 \\
-        --epochs 30 --gpus 0 --out $OUT                                     # equal epochs (runs share the GPU)
+        --epochs 30 --parallel 3 --sanity ../shared/datasets --out $OUT     # equal epochs (runs share the GPU)
     python scripts/benchmark_crystals.py run ... --seconds 600              # equal wall-clock, one run at a time
     python scripts/benchmark_crystals.py table $OUT/results.jsonl           # the table and the Pareto fronts
     python scripts/benchmark_crystals.py prepare --structures 40 --held-out 8 --relaxations 4 --out /tmp/c && \\
@@ -17,12 +17,15 @@ cells of 4-128 atoms, 1-3 elements, vacancies, strain, rattle; energy, forces, s
 relaxation of each, to fmax 1e-3 eV/Å).
 
 ``run`` trains each model (`MODELS`: family-width, on the shipped recipe; lr 0.005, batch 16,
-E/F/S weights 1/100/10) through ``mlip-train``, then scores it: force RMSE (meV/Å) and energy
+E/F/S weights 1/100/10) through ``mlip-train``, ``--parallel`` runs at a time on the GPU (equal
+epochs; ``fit_s`` then counts a shared GPU), then scores each model alone: force RMSE (meV/Å) and energy
 RMSE (meV/atom) on ``test.xyz``, and the relaxation task: the trained model relaxes the same
 starts with batched FIRE (fmax 0.01 eV/Å, cell fixed) and is compared with EMT's end point:
 the EMT energy of the model's end structure minus EMT's relaxed energy (meV/atom: how good the
 model's minimum is), the RMSD of the end positions (Å) and steps; structures/s of the batched
-relaxation (after a warm-up). Rows land in ``results.jsonl`` as they finish.
+relaxation (after a warm-up). ``--sanity DIR`` (the datasets folder) also trains each model on
+the MPTrj-style and the OC22 sample (80/10/10 splits; their test errors as ``mlip-train``
+scored them). Rows land in ``results.jsonl``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -138,33 +142,74 @@ def relaxation_scores(model_file: Path, relax_file: Path, device: str, fmax: flo
             "relaxed_rmsd": float(np.mean(rmsd)), "n_relax": len(results)}
 
 
+SANITY = {  # the public-data samples (``--sanity DIR``: the datasets folder): name -> data overrides
+    "mptrj_sample": lambda d: ["data=mptrj", f"data.train_files={d / 'mptrj_style' / 'oxides_mptrj_layout.json'}"],
+    "oc22_sample": lambda d: ["data=extxyz", "data.format=ase_db",
+                              "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
+                              f"data.train_files=[{d / 'oc22_style' / 'oxides.db'}]"],
+}
+
+
+def sanity_command(name: str, data_dir: Path, run_dir: Path, model: str, seed: int, epochs: int,
+                   device: str) -> list[str]:
+    """``mlip-train`` of ``model`` on a public-data sample, split 80/10/10, energy and forces only."""
+    return [sys.executable, "-m", "mlip.cli.train", *merged([
+        *MODELS[model], *SANITY[name](data_dir), "data.val_fraction=0.1", "data.test_fraction=0.1",
+        "data.batch_size=8", "data.num_workers=0", "module.lr=0.005", "module.loss.energy_weight=1",
+        "module.loss.forces_weight=100", "module.loss.stress_weight=0", "step_checkpoint=null", "preemption=null",
+        "monitoring.val_parity=null", "trainer.enable_progress_bar=false",
+        "trainer=gpu" if device == "cuda" else "trainer=cpu", *(["module.cuda_graphs=true"] if device == "cuda" else []),
+        f"trainer.max_epochs={epochs}", f"seed={seed}", f"hydra.run.dir={run_dir}"])]
+
+
 def run(args: argparse.Namespace) -> None:
+    """Train every (set, model, seed) — ``--parallel`` at a time on the one GPU — then score each
+    model alone (held-out errors, relaxations), so that relaxation throughput is never shared."""
+    if args.seconds is not None and args.parallel > 1:
+        raise SystemExit("--seconds: runs sharing a GPU cannot be compared at equal time; use --parallel 1")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
-    for folder in args.sets:
-        for model in args.models:
-            for seed in args.seeds:
-                budget = f"e{args.epochs}" if args.seconds is None else f"s{args.seconds:g}"
-                run_dir = args.work / f"{folder.name}-{model}-{seed}-{budget}"
-                env = dict(os.environ, OMP_NUM_THREADS="2", WANDB_MODE="disabled")
-                row = {"set": folder.name, "model": model, "seed": seed, "n_train": int(folder.name.split("_")[-1])}
-                start = time.perf_counter()
-                try:
-                    done = subprocess.run(mlip_command(folder.resolve(), run_dir, model, seed, args.epochs,
-                                                       args.seconds, args.device),
-                                          cwd=ROOT, env=env, capture_output=True, text=True)
-                    row["wall_s"] = round(time.perf_counter() - start, 1)
-                    if done.returncode != 0:
-                        raise RuntimeError(done.stderr[-1500:])
-                    row.update(training_seconds(run_dir))
-                    model_file = run_dir / "model.safetensors"
+    budget = f"e{args.epochs}" if args.seconds is None else f"s{args.seconds:g}"
+    jobs = [(folder.name, model, seed, args.work / f"{folder.name}-{model}-{seed}-{budget}",
+             mlip_command(folder.resolve(), args.work / f"{folder.name}-{model}-{seed}-{budget}", model, seed,
+                          args.epochs, args.seconds, args.device), folder)
+            for folder in args.sets for model in args.models for seed in args.seeds]
+    if args.sanity is not None:
+        jobs += [(name, model, seed, args.work / f"{name}-{model}-{seed}-e{args.epochs}",
+                  sanity_command(name, args.sanity.resolve(), args.work / f"{name}-{model}-{seed}-e{args.epochs}",
+                                 model, seed, args.epochs, args.device), None)
+                 for name in SANITY for model in args.models for seed in args.seeds]
+    env = dict(os.environ, OMP_NUM_THREADS="2", WANDB_MODE="disabled")
+
+    def train(job) -> dict:
+        name, model, seed, run_dir, command, _ = job
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        row = {"set": name, "model": model, "seed": seed, "parallel": args.parallel,
+               "wall_s": round(time.perf_counter() - start, 1)}
+        if done.returncode != 0:
+            row["error"] = f"training failed: {done.stderr[-1500:]}"
+        return row
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        trained = list(pool.map(train, jobs))
+    for row, (_, _, _, run_dir, _, folder) in zip(trained, jobs):
+        if "error" not in row:
+            try:
+                row.update(training_seconds(run_dir))
+                model_file = run_dir / "model.safetensors"
+                if folder is None:  # a sample: its own test split, as mlip-train scored it
+                    test = json.loads((run_dir / "test_metrics.json").read_text())
+                    row.update(forces_rmse=1000 * test["test_forces_rmse"], energy_rmse=1000 * test["test_energy_rmse"])
+                else:
+                    row["n_train"] = int(folder.name.split("_")[-1])
                     row.update(score("mlip", str(model_file), str(folder / "test.xyz"), args.device))
                     row.update(relaxation_scores(model_file, folder / "relax.xyz", args.device))
-                except Exception as exc:  # noqa: BLE001 - a failed run is reported, the others go on
-                    row["error"] = f"{type(exc).__name__}: {str(exc)[-600:]}"
-                with open(results, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+            except Exception as exc:  # noqa: BLE001 - a failed run is reported, the others go on
+                row["error"] = f"{type(exc).__name__}: {str(exc)[-600:]}"
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
 
 
 def training_seconds(run_dir: Path) -> dict[str, float]:
@@ -188,7 +233,8 @@ def pareto(rows: list[dict], cost: str, higher_is_better: bool = False) -> list[
 
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    done = [r for r in rows if "error" not in r]
+    done = [r for r in rows if "error" not in r and "relax_structures_per_s" in r]
+    samples = [r for r in rows if "error" not in r and "relax_structures_per_s" not in r]
     lines = ["| set | model | seed | epochs | fit s | force RMSE meV/Å | energy RMSE meV/atom | relaxed E error "
              "meV/atom | end RMSD Å | relax steps (EMT) | relaxations/s |", "|---" * 11 + "|"]
     for r in done:
@@ -196,6 +242,11 @@ def table(path: Path) -> str:
                      f"{r['forces_rmse']:.1f} | {r['energy_rmse']:.2f} | {r['relaxed_energy_error']:.2f} | "
                      f"{r['relaxed_rmsd']:.3f} | {r['relax_steps']:.0f} ({r['emt_steps']:.0f}) | "
                      f"{r['relax_structures_per_s']:.1f} |")
+    if samples:
+        lines += ["", "| sample | model | seed | epochs | fit s | force RMSE meV/Å | energy RMSE meV/atom |",
+                  "|---" * 7 + "|"]
+        lines += [f"| {r['set']} | {r['model']} | {r['seed']} | {r['epochs']} | {r['fit_s']:.0f} | "
+                  f"{r['forces_rmse']:.1f} | {r['energy_rmse']:.2f} |" for r in samples]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['set']} | {r['model']} | {r['seed']} | failed: {r['error'][-120:]!r} |")
@@ -224,6 +275,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seconds", type=float, help="train each run this many seconds (Lightning max_time) instead")
+    p.add_argument("--parallel", type=int, default=1, help="trainings at once on the GPU (equal epochs only)")
+    p.add_argument("--sanity", type=Path, help="the datasets folder: also train on its MPTrj-style and OC22 samples")
     p.add_argument("--device", default="cuda")
     p.add_argument("--work", type=Path, default=Path("/tmp/crystal_runs"))
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_crystals")

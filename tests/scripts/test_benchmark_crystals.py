@@ -24,24 +24,29 @@ def test_the_pareto_front_keeps_the_rows_that_nothing_beats_on_both_axes():
     assert [r["model"] for r in benchmark_crystals.pareto(speed, "rate", higher_is_better=True)] == ["a", "b"]
 
 
-def test_the_crystal_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+def test_the_crystal_benchmark_runs_end_to_end_on_the_cpu(tmp_path, dataset_dir):
     script = [sys.executable, str(ROOT / "scripts" / "benchmark_crystals.py")]
     subprocess.run([*script, "prepare", "--structures", "24", "--held-out", "4", "--relaxations", "3",
                     "--out", str(tmp_path)], check=True, cwd=ROOT, capture_output=True)
     folder = tmp_path / "emt_24"
     assert sorted(p.name for p in folder.iterdir()) == ["e0.xyz", "relax.xyz", "test.xyz", "train.xyz", "valid.xyz"]
     done = subprocess.run([*script, "run", "--sets", str(folder), "--models", "mace-8", "--epochs", "1",
-                           "--device", "cpu", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                           "--device", "cpu", "--sanity", str(dataset_dir), "--work", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    (row,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    row, *samples = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert "error" not in row, row["error"]
+    assert [s["set"] for s in samples] == ["mptrj_sample", "oc22_sample"]
+    for sample in samples:  # the same oxides in two layouts: errors from mlip-train's test split
+        assert "error" not in sample and np.isfinite(sample["forces_rmse"]), sample
     assert row["epochs"] == 1 and row["n_test"] == 4 and row["n_relax"] == 3 and row["emt_steps"] > 0
     assert 0.0 <= row["relax_converged"] <= 1.0 and row["relax_structures_per_s"] > 0
     assert np.isfinite([row["forces_rmse"], row["relaxed_energy_error"], row["relaxed_rmsd"]]).all()
     table = subprocess.run([*script, "table", str(tmp_path / "out" / "results.jsonl")], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout
     assert "| emt_24 | mace-8 | 0 | 1 |" in table and "Pareto front of force RMSE against training seconds" in table
+    assert "| oc22_sample | mace-8 | 0 | 1 |" in table
 
 
 def test_end_point_errors_are_zero_at_emts_own_minimum_and_count_the_nearest_image():
