@@ -50,7 +50,7 @@ RECIPE = ["data=extxyz", "data.reader={energy_key: energy, forces_key: forces, s
 # family-width -> model overrides: MACE and TDN at hidden width C (C x 0e + C x 1o, ℓ ≤ 3 edges);
 # Facet at C channels to ℓ = 2 with a grid MLP of 2C
 MODELS = {}
-for _c in (8, 32, 64, 128):
+for _c in (8, 16, 32, 64, 128):
     MODELS[f"mace-{_c}"] = ["model=mace", f"model.hidden_irreps={_c}x0e+{_c}x1o", "model.max_ell=3",
                             "model.correlation=3", "model.num_interactions=2", "model.r_max=5.0"]
     MODELS[f"tdn-{_c}"] = ["model=tdn", f"model.hidden_irreps={_c}x0e+{_c}x1o", "model.max_ell=3",
