@@ -70,12 +70,16 @@ def torchsim_rows(model_file: Path, args) -> list[str]:
     rows = []
     model = MLIPModel(model_file, device=args.device, dtype=getattr(torch, args.dtype))
     for count in args.systems:
+        print(f"  starting {count} systems", flush=True)  # a timed-out call shows where it stood
         cells = [silicon_atoms(args.cell, seed=k) for k in range(count)]
         builds = model.neighbours.builds
         rate = torchsim_atom_steps_per_s(model, cells, args.steps, args.device, getattr(torch, args.dtype))
         rebuilt = (model.neighbours.builds - builds) / count
+        graphs = model.graphed.graphs.stats() if model.graphed is not None else None
+        captured = (f"; {graphs['captures']} graph captures, {graphs['capture_s']:.1f} s so far"
+                    if graphs is not None else "")
         rows.append(f"| {count} x Si {len(cells[0])} torch-sim NVT | mlip MLIPModel ({rebuilt:.1f} list builds per "
-                    f"system, warm-up included) | {args.dtype} | {rate:,.0f} | atom-steps/s | {peak_gb():.2f} |")
+                    f"system, warm-up included{captured}) | {args.dtype} | {rate:,.0f} | atom-steps/s | {peak_gb():.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -105,8 +109,11 @@ def large_rows(model_file: Path, args) -> list[str]:
                 reset_peak()
                 call = (GraphedPotential(potential, max_graphs=1) if name
                         else lambda g: potential(g, compute_forces=True, compute_stress=True))
-                call(graph)
+                print(f"  starting Si {len(atoms)}{name}", flush=True)  # a timed-out call shows where it stood
+                start = time.perf_counter()
+                call(graph)  # warm-up (and the capture)
                 synchronize()
+                first_s = time.perf_counter() - start
                 start = time.perf_counter()
                 for _ in range(args.repeats):
                     call(graph)
@@ -116,7 +123,8 @@ def large_rows(model_file: Path, args) -> list[str]:
                 rows.append(f"| Si {len(atoms)} E+F+S | mlip{name} | {args.dtype} | out of memory | ms | - |")
                 print(rows[-1], flush=True)
                 return rows
-            rows.append(f"| Si {len(atoms)} E+F+S | mlip{name} | {args.dtype} | {ms:.2f} | ms | {peak_gb():.2f} |")
+            rows.append(f"| Si {len(atoms)} E+F+S | mlip{name} (first call {first_s:.1f} s) | {args.dtype} | {ms:.2f} | ms "
+                        f"| {peak_gb():.2f} |")
             print(rows[-1], flush=True)
             del call, graph
     return rows
