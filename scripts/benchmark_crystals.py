@@ -59,7 +59,7 @@ for _c in (8, 16, 32, 64, 128):
                              "model.num_interactions=2", "model.r_max=5.0", f"model.grid_hidden={2 * _c}"]
 
 
-def prepare(counts: list[int], relaxations: int, held_out: int, out: Path, seed: int = 0) -> None:
+def prepare(counts: list[int], relaxations: int, held_out: int, out: Path, seed: int = 0, max_atoms: int = 128) -> None:
     from ase import Atoms
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -68,7 +68,7 @@ def prepare(counts: list[int], relaxations: int, held_out: int, out: Path, seed:
     from mlip.data.crystals import ELEMENTS, make_crystals, make_relaxations
 
     workers = min(16, os.cpu_count() or 1)
-    valid, test = (make_crystals(held_out, seed=seed + s, workers=workers) for s in (1000, 1001))
+    valid, test = (make_crystals(held_out, seed=seed + s, max_atoms=max_atoms, workers=workers) for s in (1000, 1001))
     relax = make_relaxations(relaxations, seed=seed + 2000, workers=workers)
     isolated = []
     for symbol in ELEMENTS:
@@ -78,7 +78,7 @@ def prepare(counts: list[int], relaxations: int, held_out: int, out: Path, seed:
     for n in counts:
         folder = out / f"emt_{n}"
         folder.mkdir(parents=True, exist_ok=True)
-        for name, structures in (("train", make_crystals(n, seed=seed, workers=workers)),
+        for name, structures in (("train", make_crystals(n, seed=seed, max_atoms=max_atoms, workers=workers)),
                                  ("valid", valid), ("test", test),
                                  ("relax", relax), ("e0", isolated)):
             tmp = folder / f".{name}.xyz.tmp"
@@ -267,6 +267,7 @@ def main() -> None:
     p.add_argument("--structures", nargs="+", type=int, default=[5000, 20000], help="training-set sizes")
     p.add_argument("--relaxations", type=int, default=256)
     p.add_argument("--held-out", type=int, default=500, help="structures in valid.xyz and in test.xyz")
+    p.add_argument("--max-atoms", type=int, default=128, help="largest cell of the training and held-out sets")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / ".crystals")
     p = sub.add_parser("run")
@@ -284,7 +285,7 @@ def main() -> None:
     p.add_argument("results", type=Path)
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.structures, args.relaxations, args.held_out, args.out, args.seed)
+        prepare(args.structures, args.relaxations, args.held_out, args.out, args.seed, args.max_atoms)
     elif args.command == "run":
         run(args)
     else:
