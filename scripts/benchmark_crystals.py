@@ -43,12 +43,13 @@ import numpy as np
 from accuracy_parity import ROOT, budget_overrides, score
 from timing import merged
 
-RECIPE = ["data=extxyz", "data.reader={energy_key: energy, forces_key: forces, stress_key: stress, virial_key: null}", "data.val_fraction=0", "data.test_fraction=0", "data.batch_size=16",
+RECIPE = ["data=extxyz", "data.reader={energy_key: energy, forces_key: forces, stress_key: stress, virial_key: null}", "data.val_fraction=0", "data.test_fraction=0", "data.max_edges=40000",
           "data.val_batch_size=32", "module.lr=0.005", "module.loss.energy_weight=1",
           "module.loss.forces_weight=100", "module.loss.stress_weight=10", "step_checkpoint=null",
-          "preemption=null", "monitoring.val_parity=null", "trainer.enable_progress_bar=false"]
+          "preemption=null", "monitoring.val_parity=null", "trainer.enable_progress_bar=false",
+          "module.cuda_graph_buckets=32"]
 # family-width -> model overrides: MACE and TDN at hidden width C (C x 0e + C x 1o, ℓ ≤ 3 edges);
-# Facet at C channels to ℓ = 2 with a grid MLP of 2C
+# Facet at C channels to ℓ = 2 with a grid MLP of 2C; EScAIP (escaip-direct: direct forces) with C-wide tokens
 MODELS = {}
 for _c in (8, 16, 32, 64, 128):
     MODELS[f"mace-{_c}"] = ["model=mace", f"model.hidden_irreps={_c}x0e+{_c}x1o", "model.max_ell=3",
@@ -57,6 +58,10 @@ for _c in (8, 16, 32, 64, 128):
                            "model.num_interactions=2", "model.r_max=5.0", f"model.cp_rank={min(64, 2 * _c)}"]
     MODELS[f"facet-{_c}"] = ["model=facet", f"model.hidden_irreps={_c}x0e+{_c}x1o+{_c}x2e", "model.max_ell=3",
                              "model.num_interactions=2", "model.r_max=5.0", f"model.grid_hidden={2 * _c}"]
+    for _direct in (False, True):  # EScAIP at C channels, C/16 heads (at least 2), 2 blocks, 64 slots
+        MODELS[f"escaip{'-direct' if _direct else ''}-{_c}"] = [
+            "model=escaip", f"model.channels={_c}", f"model.heads={max(2, _c // 16)}", "model.num_layers=2",
+            "model.r_max=5.0", f"model.readout_mlp={_c}", f"model.direct_forces={str(_direct).lower()}"]
 
 
 def prepare(counts: list[int], relaxations: int, held_out: int, out: Path, seed: int = 0, max_atoms: int = 128) -> None:
