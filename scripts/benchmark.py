@@ -13,7 +13,9 @@ step (energy + forces loss) on 32 3BPA molecules with a 128x0e+128x1o+128x2e mod
 r_max 5 Å, eager and with the loss and gradients replayed from a CUDA graph
 (`GraphedLoss`). Every tensor-product backend and float32 / float64, one table;
 ``--backends tdn-64`` adds the TDN of the same size (CP rank 64, shared path weights;
-``tdn-full`` is its exact CP); ``facet`` the Facet of the same channels as tuned on 3BPA
+``tdn-full`` is its exact CP); ``escaip`` an EScAIP of the same channels (8 heads, 2 blocks, 64
+neighbour slots; forces by autograd), ``escaip-direct`` the same with direct forces (non-conservative);
+``facet`` the Facet of the same channels as tuned on 3BPA
 (node features to ℓ = 2, grid MLP twice the channels wide; spline radial weights,
 grid-MLP node updates, convolution on cuequivariance), ``facet-grid`` with the
 Gaunt grid product as its convolution, ``facet-fused`` with the grid MLPs' hidden layer in the
@@ -67,6 +69,11 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
             hidden_irreps=f"{channels}x0e+{channels}x1o+{channels}x2e", num_interactions=2, grid_hidden=2 * channels,
             grid_resolution=6, readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto",
             grid_backend="auto" if backend == "facet-fused" else "torch")}
+    elif backend.startswith("escaip"):  # C-wide tokens, 8 heads, 2 blocks, 64 slots; escaip-direct: direct forces
+        spec = {"target": "mlip.models.escaip.EScAIP", "kwargs": dict(
+            num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
+            channels=int(hidden.split("x")[0]), heads=8, num_layers=2, max_neighbors=64, direction_ell=3,
+            readout_mlp=64, direct_forces=backend == "escaip-direct")}
     elif backend.startswith("tdn-"):
         rank = backend[4:] if backend == "tdn-full" else int(backend[4:])
         spec = {"target": "mlip.models.tdn.TDN", "kwargs": dict(kwargs, cp_rank=rank, cp_share_paths=True)}

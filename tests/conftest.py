@@ -140,6 +140,9 @@ def compose_train_config(output_dir, emt_path, *overrides: str):
         tiny_model = ["model.correlation=2", "model.radial_mlp=[8]"]
     tiny_model = ["model.hidden_irreps=4x0e+4x1o", "model.max_ell=1", "model.r_max=4.0", "model.readout_mlp=4",
                   *tiny_model]
+    if model == "escaip":
+        tiny_model = ["model.channels=8", "model.heads=2", "model.direction_ell=1", "model.r_max=4.0",
+                      "model.readout_mlp=8"]
     if model == "pretrained" or any(o.startswith("finetune=") for o in overrides):
         tiny_model = []  # the model file says it all
     tiny = [

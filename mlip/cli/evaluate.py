@@ -84,7 +84,8 @@ def evaluate(cfg: DictConfig) -> dict:
         potential = load_potential(model_path, o["device"], o["dtype"]).requires_grad_(False)
         if o.get("head") is not None:
             potential.select_head(o["head"])
-        entry = report["models"][model_name] = {"path": model_path, "datasets": {}}
+        forces = "conservative" if potential.conservative else "direct (non-conservative)"
+        entry = report["models"][model_name] = {"path": model_path, "forces": forces, "datasets": {}}
         for data_name, structures in datasets.items():
             predictions = predict(potential, structures, o["min_distance"])
             metrics = score(predictions)
@@ -95,7 +96,7 @@ def evaluate(cfg: DictConfig) -> dict:
             per_element = metrics.pop("per_element", {})
             result["per_element"] = per_element
             flat = {f"equivariance_{k}": v for k, v in result.get("equivariance", {}).items()}
-            rows.append({"model": model_name, "data": data_name, **metrics, **flat})
+            rows.append({"model": model_name, "data": data_name, "forces": forces, **metrics, **flat})
             element_rows += [{"model": model_name, "data": data_name, "element": el, **v} for el, v in per_element.items()]
             stem = f"{model_name}_{data_name}"
             if o["plots"]:
@@ -131,6 +132,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (DataError, UnknownElementError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"mlip-eval: {exc}") from None
     print(format_table(report["rows"]))
+    for name, entry in report["models"].items():
+        if entry["forces"] != "conservative":
+            print(f"{name}: forces {entry['forces']}: predicted directly, not the gradient of its energy")
     for row in report["rows"]:
         audit = {k: v for k, v in row.items() if k.startswith("equivariance_") and k.endswith("max_eV/A")}
         if audit:

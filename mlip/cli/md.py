@@ -11,6 +11,7 @@ run fails (non-finite energy).
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import hydra
@@ -27,6 +28,7 @@ from mlip.simulation.checks import StructureError, check_structure
 from mlip.simulation.md import MDResult, run_md, write_md
 
 CONFIG_DIR = config_dir("md")
+log = logging.getLogger("mlip.md")
 
 
 def run(cfg: DictConfig) -> tuple[MDResult, Path]:
@@ -37,6 +39,10 @@ def run(cfg: DictConfig) -> tuple[MDResult, Path]:
     if structure is None:
         raise DataError(f"{o['input']}: has no record {o['index']}")
     check_structure(structure, potential, o["min_distance"])
+    if not potential.conservative:
+        log.warning("%s predicts its forces directly (non-conservative): they are not the gradient of its energy, so "
+                    "no ensemble conserves that energy and the drift measures the model, not the integrator",
+                    o["model"])
     output_dir = Path(o["output_dir"] or f"{Path(o['input']).name.split('.')[0]}_md")
     output_dir.mkdir(parents=True, exist_ok=True)
     options = {k: o[k] for k in ("ensemble", "timestep", "steps", "temperature", "friction", "pressure", "taut",

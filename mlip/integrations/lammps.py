@@ -59,6 +59,10 @@ class MLIPUnified(MLIAPUnified):
 
         options = self.options
         potential = load_potential(options["model_file"], device=options["device"], dtype=options["dtype"])
+        if not potential.conservative:
+            raise ValueError(f"{options['model_file']}: its forces are predicted directly, not derivatives of the "
+                             f"energy, and ML-IAP takes pair forces dE/dr_ij; export a model trained with "
+                             f"direct_forces=false (conservative) for LAMMPS")
         if options["head"] is not None:
             potential.select_head(options["head"])
         self.potential = potential.requires_grad_(False)

@@ -162,11 +162,18 @@ class Potential(nn.Module):
         species = self.species(graph.atomic_numbers, check_elements)
         return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts, num_graphs
 
+    @property
+    def conservative(self) -> bool:
+        """Whether forces (and stress) are derivatives of the energy; False for a model that
+        predicts its forces directly (``direct_forces``), which no energy conserves in MD."""
+        return not getattr(self.model, "direct_forces", False)
+
     def node_terms(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
-                   node_heads: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   node_heads: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-node interaction energies ``scale · ε_i + shift`` (+ pair repulsion) [n] eV, in the
         model's dtype, and E0s [n] eV, from species [n], edge_index [2, E] and edge vectors
-        r_ij [E, 3] Å; ``node_heads`` [n]: each node's head of a multi-head model."""
+        r_ij [E, 3] Å; ``node_heads`` [n]: each node's head of a multi-head model; third, the forces
+        [n, 3] eV/Å of a model that predicts them directly (else None)."""
         scale, shift, node_e0 = self.scale, self.shift, self.e0s.index_select(0, species)
         if node_heads is not None:  # each node's own head: its readout, E0s, scale and shift
             node_model = self.model(species, edge_index, edge_vectors, node_heads)
@@ -174,6 +181,10 @@ class Potential(nn.Module):
             node_e0 = self.head_e0s[node_heads, species]
         else:
             node_model = self.model(species, edge_index, edge_vectors)
+        direct_forces = None
+        if isinstance(node_model, tuple):  # (ε, F): a model with direct forces
+            node_model, forces = node_model
+            direct_forces = (scale[:, None] if scale.dim() else scale) * forces
         pair = None
         if self.pair_repulsion is not None:
             pair = self.pair_repulsion(species, edge_index, torch.linalg.vector_norm(edge_vectors, dim=-1))
@@ -182,12 +193,12 @@ class Potential(nn.Module):
         node_interaction = scale * node_model + shift
         if pair is not None:
             node_interaction = node_interaction + pair
-        return node_interaction, node_e0
+        return node_interaction, node_e0, direct_forces
 
     def node_energies(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Per-node energies [n] eV (E0 included) of a graph given by its edge vectors r_ij [E, 3] Å
         (sender j, receiver i: r_ij = x_j - x_i): the form LAMMPS hands its pairs in."""
-        node_interaction, node_e0 = self.node_terms(species, edge_index, edge_vectors)
+        node_interaction, node_e0, _ = self.node_terms(species, edge_index, edge_vectors)
         return node_interaction + node_e0.to(node_interaction.dtype)
 
     def predict(
@@ -215,7 +226,8 @@ class Potential(nn.Module):
         cell = cell.to(dtype)
         unstrained_cell = cell
         inputs = []
-        if compute_forces:
+        direct = not self.conservative
+        if compute_forces and not direct:
             positions = positions.detach().requires_grad_(True)
             inputs.append(positions)
         if compute_stress:
@@ -235,16 +247,18 @@ class Potential(nn.Module):
             + torch.einsum("ei,eij->ej", shifts.to(dtype), edge_cells)
         )
         node_heads = heads.index_select(0, batch) if heads is not None and self.heads else None
-        node_interaction, node_e0 = self.node_terms(species, edge_index, edge_vectors, node_heads)
+        node_interaction, node_e0, direct_forces = self.node_terms(species, edge_index, edge_vectors, node_heads)
         interaction = scatter_sum(node_interaction, batch, num_graphs)
         # Σ E0 apart and in float64: exact, and rounded once with the interaction energy (module docstring)
         e0_energy = scatter_sum(node_e0.to(torch.float64), batch, num_graphs)
         energy = (e0_energy + interaction).to(dtype)
         node_energy = node_interaction + node_e0
         out = {"energy": energy, "node_energy": node_energy, "interaction_energy": interaction, "e0_energy": e0_energy}
+        if compute_forces and direct:  # the model's own forces (non-conservative)
+            out["forces"] = direct_forces
         if inputs:
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
-            if compute_forces:
+            if compute_forces and not direct:
                 out["forces"] = -grads[0]
             if compute_stress:
                 a, b, c = unstrained_cell.unbind(1)

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from mlip.models.escaip import EScAIP
 from mlip.models.facet import Facet
 from mlip.models.mace import MACE
 from mlip.models.tdn import TDN
@@ -18,6 +19,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlip.models.mace.MACE": MACE,
     "mlip.models.tdn.TDN": TDN,
     "mlip.models.facet.Facet": Facet,
+    "mlip.models.escaip.EScAIP": EScAIP,
 }
 
 

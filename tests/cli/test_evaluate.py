@@ -166,3 +166,16 @@ def test_a_multi_head_model_is_scored_by_the_head_asked_for(tmp_path):
                                   f"output_dir={tmp_path / head}"))
         errors[head] = report["models"]["heads"]["datasets"]["r2scan"]["errors"]["forces_rmse"]
     assert errors["r2scan"] < 1e-6 < errors["pbe"]
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_escaip_is_audited_and_direct_forces_are_labelled_non_conservative(tmp_path, emt_file, direct):
+    from tests.models.test_escaip import _escaip
+
+    model = save_model(_escaip(direct_forces=direct), tmp_path / "model.safetensors")
+    report = evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=3", "audit=equivariance",
+                              "num_rotations=2", "plots=false"))
+    entry = report["models"]["model"]
+    assert entry["forces"] == ("direct (non-conservative)" if direct else "conservative")
+    assert report["rows"][0]["forces"] == entry["forces"]
+    assert entry["datasets"]["emt"]["equivariance"]["forces_max_eV/A"] > 1e-6  # not equivariant by construction

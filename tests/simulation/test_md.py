@@ -38,3 +38,52 @@ def test_thermostatted_runs(trained_calculator, ensemble, tmp_path):
     if ensemble == "npt":
         assert result.volume[-1] != result.volume[0]
     assert (tmp_path / "md.traj").is_file() and not list(tmp_path.glob("*.partial"))
+
+
+@pytest.fixture(scope="module")
+def escaip_runs(tmp_path_factory, emt_file):
+    """Tiny EScAIPs trained on the small EMT set, forces by autograd and direct."""
+    import torch
+
+    from mlip.cli.train import train
+    from tests.conftest import compose_train_config
+
+    previous, runs = torch.get_default_dtype(), {}
+    for direct in (False, True):
+        runs[direct] = tmp_path_factory.mktemp(f"escaip_direct_{direct}")
+        train(compose_train_config(runs[direct], emt_file, "model=escaip", f"model.direct_forces={direct}",
+                                   "trainer.max_epochs=3", "dtype=float64"))
+    torch.set_default_dtype(previous)
+    return runs
+
+
+def test_nve_drift_of_direct_forces_against_forces_by_autograd(escaip_runs):
+    # the same short NVE run: the conservative model keeps its energy, the direct one does not
+    spreads = {}
+    for direct, run in escaip_runs.items():
+        result, _ = run_md(_cell(), MLIPCalculator(run / "model.safetensors"), "nve", timestep=1.0, steps=100,
+                           temperature=300.0, interval=5)
+        assert result.status == "completed" and np.isfinite(result.total).all()
+        spreads[direct] = np.ptp(result.total) / result.n_atoms
+        print(f"EScAIP {'direct' if direct else 'conservative'}: NVE drift {result.drift:.2e} eV/atom/ps, "
+              f"total energy spread {spreads[direct]:.2e} eV/atom")
+        if not direct:
+            assert abs(result.drift) < 1e-4 and spreads[direct] < 2e-4
+    assert spreads[True] > 10 * spreads[False], spreads
+
+
+def test_mlip_md_warns_that_direct_forces_conserve_nothing(escaip_runs, tmp_path, caplog):
+    from ase.io import write
+    from hydra import compose, initialize_config_dir
+
+    from mlip.cli.md import CONFIG_DIR, run
+
+    write(tmp_path / "cell.extxyz", _cell())
+    for direct, run_dir in escaip_runs.items():
+        caplog.clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("md", overrides=[f"model={run_dir / 'model.safetensors'}", f"input={tmp_path / 'cell.extxyz'}",
+                                           "steps=5", f"output_dir={tmp_path / str(direct)}"])
+        result, _ = run(cfg)
+        assert result.status == "completed"
+        assert ("non-conservative" in caplog.text) is direct
