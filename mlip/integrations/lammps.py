@@ -13,8 +13,9 @@ pairs within the cutoff (``rij`` = x_j - x_i) for local and ghost centres (the g
 mode, the ``1`` above); it evaluates the model on that whole graph, takes the energy of the
 local atoms, and hands back the pair forces ∂E/∂r_ij (``update_pair_forces``: LAMMPS applies
 them to both atoms, tallies the virial from them and sends ghost forces home). A message-passing
-model of L layers sees atoms L x r_max away, so the ghost shell (``comm_modify cutoff``) must be
-at least that deep; then energies and forces are exact.
+model of L layers sees atoms L x r_max away (EScAIP L + 1: its input features already read a
+neighbour shell), so the ghost shell (``comm_modify cutoff``) must be at least that deep; then
+energies and forces are exact.
 
 The file LAMMPS loads holds only the model file's path and options (a small pickle of this
 class, no weights): the weights are read from the safetensors model file, never unpickled.
@@ -121,6 +122,13 @@ class MLIPUnified(MLIAPUnified):
             data.update_pair_forces(np.ascontiguousarray(forces.detach().double().cpu().numpy()))
 
 
+def shells(potential) -> int:
+    """How many r_max an atom's energy sees: the model's ``receptive_shells`` (EScAIP: its blocks and
+    the neighbour shell of its input features), else its message-passing layers."""
+    model = potential.model
+    return int(getattr(model, "receptive_shells", None) or potential.model_spec["kwargs"].get("num_interactions", 1))
+
+
 def write_lammps_model(model_file: str | os.PathLike, output: str | os.PathLike | None = None,
                        dtype: str = "float64", device: str = "cpu", head: str | None = None) -> Path:
     """Write the file ``pair_style mliap unified FILE 1`` loads (default: ``<model>.mliap``); atomically."""
@@ -137,10 +145,10 @@ def write_lammps_model(model_file: str | os.PathLike, output: str | os.PathLike 
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    layers = int(unified.potential.model_spec["kwargs"].get("num_interactions", 1))
-    print(f"wrote {output}: elements {unified.element_types}, r_max {unified.potential.r_max} Å, {layers} layers\n"
+    layers = shells(unified.potential)
+    print(f"wrote {output}: elements {unified.element_types}, r_max {unified.potential.r_max} Å, sees {layers} x r_max\n"
           f"  pair_style mliap unified {output} 1\n  pair_coeff * * <element of each type>\n"
-          f"  comm_modify cutoff {layers * unified.potential.r_max + 1.0:g}   # layers x r_max + skin")
+          f"  comm_modify cutoff {layers * unified.potential.r_max + 1.0:g}   # shells x r_max + skin")
     return output
 
 

@@ -114,6 +114,7 @@ class EScAIP(nn.Module):
         self.avg_num_neighbors = float(avg_num_neighbors)
         self.max_neighbors = int(max_neighbors)
         self.direct_forces = bool(direct_forces)
+        self.receptive_shells = num_layers + 1  # the input block's bond order reads one shell, each block one more
         ffn_hidden = 2 * channels if ffn_hidden is None else ffn_hidden
         self.direction_ells = list(range(direction_ell + 1))
         num_harmonics = (direction_ell + 1) ** 2

@@ -15,6 +15,7 @@ interaction energy with the label less Σ E0, both exact (``interaction_energy``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,6 +68,9 @@ class Potential(nn.Module):
         self.model_spec = model_spec
         pair_spec = (model_spec or {}).get("pair_repulsion")
         self.pair_repulsion = build_pair_repulsion(pair_spec, elements)
+        if self.pair_repulsion is not None and getattr(model, "direct_forces", False):
+            raise ValueError("pair_repulsion adds an energy whose forces a model with direct forces does not predict: "
+                             "use direct_forces=false (forces by autograd) with a pair repulsion")
         self.pair_repulsion_scaled = bool(pair_spec.get("scaled", False)) if pair_spec else False
         dtype = torch.get_default_dtype()
         self.register_buffer("elements", torch.tensor(list(elements), dtype=torch.long))
@@ -126,6 +130,16 @@ class Potential(nn.Module):
             raise UnknownElementError(unknown_elements(atomic_numbers.cpu(), self.elements.tolist()))
         return species
 
+    def _warn_beyond_slots(self, receiver: torch.Tensor, num_nodes: int, slots: int) -> None:
+        """Warn (once per model) when an atom has more neighbours than the model's token slots:
+        it keeps its nearest ``slots`` (`mlip.nn.neighbour_slots`), a different function from one that sees all."""
+        most = int(torch.bincount(receiver, minlength=num_nodes).max())
+        if most > slots and not getattr(self, "_warned_slots", False):
+            self._warned_slots = True
+            warnings.warn(f"an atom has {most} neighbours within {self.r_max:g} Å but the model reads its nearest "
+                          f"{slots} (max_neighbors): the farthest are left out, and the energy is not smooth where "
+                          f"they swap rank; train with max_neighbors >= {most} for such structures", stacklevel=3)
+
     def _species_table_on(self, device: torch.device) -> torch.Tensor:
         """A copy of ``species_of_z`` on another device, made once (one host sync) per placement of the model."""
         key = (self.species_of_z.data_ptr(), device)
@@ -160,6 +174,9 @@ class Potential(nn.Module):
         num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else 1
         batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros_like(graph.atomic_numbers)
         species = self.species(graph.atomic_numbers, check_elements)
+        slots = getattr(self.model, "max_neighbors", None)
+        if check_elements and slots is not None and graph.edge_index.shape[1]:
+            self._warn_beyond_slots(graph.edge_index[1], species.shape[0], slots)
         return species, graph.positions, graph.cell.view(-1, 3, 3), batch, graph.edge_index, graph.shifts, num_graphs
 
     @property

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from e3nn import o3
 
 from mlip.cli.train import train
 from mlip.evaluation.equivariance import equivariance_audit
@@ -11,6 +10,7 @@ from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 from mlip.nn.neighbour_slots import gather_slots, neighbour_slots
 from tests.conftest import ELEMENTS, compose_train_config, random_alloy, random_cluster
+from tests.models.derivatives import force_pairs, stress_pairs
 from tests.models.test_mace_potential import assert_rel, predict
 
 
@@ -42,29 +42,14 @@ def test_neighbour_slots_hold_each_atoms_edges_nearest_first_and_drop_the_farthe
 def test_forces_and_stress_are_derivatives_of_the_energy_in_conservative_mode(rng, direct):
     potential = _escaip(direct_forces=direct)
     assert potential.conservative is not direct
-    atoms = random_alloy(rng)
-    stress, volume, h = predict(potential, atoms)["stress"][0], atoms.get_volume(), 1e-6
-    for i, j in [(0, 0), (1, 2)]:  # stress is the strain derivative of the energy in both modes
-        energies = []
-        for sign in (1, -1):
-            eps = np.zeros((3, 3))
-            eps[i, j] += sign * h / 2
-            eps[j, i] += sign * h / 2
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell[:] @ (np.eye(3) + eps), scale_atoms=True)
-            energies.append(predict(potential, strained, False)["energy"][0])
-        assert stress[i, j] == pytest.approx((energies[0] - energies[1]) / (2 * h) / volume, rel=1e-5, abs=1e-9)
+    for stress, fd in stress_pairs(potential, random_alloy(rng)):  # the strain derivative in both modes
+        assert stress == pytest.approx(fd, rel=1e-5, abs=1e-9)
     for atoms in (random_alloy(rng), random_cluster(rng)):
-        forces, h = predict(potential, atoms, stress=False)["forces"], 1e-5
-        for atom, axis in [(0, 0), (1, 2), (len(atoms) - 1, 1)]:
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[atom, axis] += h
-            minus.positions[atom, axis] -= h
-            fd = -(predict(potential, plus, False)["energy"][0] - predict(potential, minus, False)["energy"][0]) / (2 * h)
+        for force, fd in force_pairs(potential, atoms):
             if direct:  # an independent head: not the energy's gradient
-                assert abs(forces[atom, axis] - fd) > 1e-6
+                assert abs(force - fd) > 1e-6
             else:
-                assert forces[atom, axis] == pytest.approx(fd, rel=1e-6, abs=1e-8)
+                assert force == pytest.approx(fd, rel=1e-6, abs=1e-8)
 
 
 def test_the_energy_is_smooth_as_a_neighbour_crosses_the_cutoff():
@@ -111,10 +96,19 @@ def test_a_lone_atom_and_an_atom_beyond_its_slots_give_finite_predictions(rng):
     from ase import Atoms
 
     potential = _escaip(max_neighbors=2)  # most atoms of the cell have more than 2 neighbours: nearest kept
-    for atoms in (Atoms("Cu", positions=[[0, 0, 0]]), Atoms("CuNi", positions=[[0, 0, 0], [9, 0, 0]]),
-                  random_alloy(rng)):
+    for atoms in (Atoms("Cu", positions=[[0, 0, 0]]), Atoms("CuNi", positions=[[0, 0, 0], [9, 0, 0]])):
         out = predict(potential, atoms, stress=False)
         assert np.isfinite(out["energy"]).all() and np.isfinite(out["forces"]).all()
+    with pytest.warns(UserWarning, match="reads its nearest 2 \\(max_neighbors\\)"):
+        out = predict(potential, random_alloy(rng), stress=False)
+    assert np.isfinite(out["energy"]).all() and np.isfinite(out["forces"]).all()
+
+
+def test_a_pair_repulsion_is_refused_beside_direct_forces():
+    with pytest.raises(ValueError, match="direct_forces=false"):
+        spec = {"target": "mlip.models.escaip.EScAIP", "kwargs": dict(num_elements=3, avg_num_neighbors=12.0,
+                                                                     direct_forces=True)}
+        Potential(build_model(spec), ELEMENTS, [0.0] * 3, model_spec=spec | {"pair_repulsion": {"kind": "zbl", "p": 5}})
 
 
 def test_attention_width_must_divide_into_heads():

@@ -1,0 +1,35 @@
+"""Finite-difference references for a potential's forces and stress (central differences, float64)."""
+
+import numpy as np
+
+from tests.models.test_mace_potential import predict
+
+
+def force_pairs(potential, atoms, h: float = 1e-5):
+    """(predicted force, -ΔE/Δx) for three (atom, axis) components of ``atoms``."""
+    forces = predict(potential, atoms, stress=False)["forces"]
+    pairs = []
+    for atom, axis in [(0, 0), (1, 2), (len(atoms) - 1, 1)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[atom, axis] += h
+        minus.positions[atom, axis] -= h
+        fd = -(predict(potential, plus, False)["energy"][0] - predict(potential, minus, False)["energy"][0]) / (2 * h)
+        pairs.append((forces[atom, axis], fd))
+    return pairs
+
+
+def stress_pairs(potential, atoms, h: float = 1e-6):
+    """(predicted stress, (1/V) ΔE/Δε) for the (0, 0) and (1, 2) components of a periodic ``atoms``."""
+    stress, volume = predict(potential, atoms)["stress"][0], atoms.get_volume()
+    pairs = []
+    for i, j in [(0, 0), (1, 2)]:
+        energies = []
+        for sign in (1, -1):
+            eps = np.zeros((3, 3))
+            eps[i, j] += sign * h / 2
+            eps[j, i] += sign * h / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell[:] @ (np.eye(3) + eps), scale_atoms=True)
+            energies.append(predict(potential, strained, False)["energy"][0])
+        pairs.append((stress[i, j], (energies[0] - energies[1]) / (2 * h) / volume))
+    return pairs
