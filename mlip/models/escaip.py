@@ -162,8 +162,9 @@ class EScAIP(nn.Module):
         tokens = gather_slots(edge_tokens, table)
         slot_envelope = gather_slots(envelope, table)
         senders = gather_slots(sender, table)
-        # fused attention kernels have no double backward: force training by autograd takes the math kernel
-        math_kernel = self.training and not self.direct_forces and torch.is_grad_enabled()
+        # fused attention kernels have no double backward: training through a derivative of the energy
+        # (forces by autograd, or the stress of either mode) takes the math kernel
+        math_kernel = self.training and torch.is_grad_enabled() and edge_vectors.requires_grad
 
         node_layers, token_layers = [], []
         for block in self.blocks:

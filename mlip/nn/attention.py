@@ -12,8 +12,9 @@ softmax continuously, so energies stay smooth, and padded slots take no part. Lo
 f below ``TINY`` are clamped (a weight of 1e-30 of the others): an atom with no neighbours
 then averages its padded slots, which every user of the tokens multiplies by f = 0.
 
-The fused kernels have no second derivative; a model trained on forces by autograd
-(``create_graph``) runs the attention through the math kernel (``math_kernel=True``).
+The fused kernels have no second derivative; a model trained on a derivative of its energy
+(forces or stress by autograd, ``create_graph``) runs the attention through the math kernel
+(``math_kernel=True``); inference, and training on direct forces alone, take the fused ones.
 """
 
 from __future__ import annotations

@@ -25,15 +25,16 @@ def test_escaip_on_cuda_equals_the_cpu_and_its_cuda_graph(direct, rng):
                 torch.testing.assert_close(out[key].cpu(), reference[key], rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("direct", [False, True])
-def test_escaip_trains_on_forces_on_cuda_in_float32(direct, rng):
-    # conservative force training differentiates twice: the attention must run where that exists
+@pytest.mark.parametrize("direct, stress", [(False, False), (False, True), (True, False), (True, True)])
+def test_escaip_trains_on_forces_and_stress_on_cuda_in_float32(direct, stress, rng):
+    # training on forces by autograd or on stress differentiates twice: the attention must run where that exists
     torch.set_default_dtype(torch.float32)
     try:
         potential = _escaip(direct_forces=direct).cuda().float().train()
         graph = structure_to_graph(structure_from_atoms(random_alloy(rng, (2, 2, 2)), "t"), 4.0).to("cuda")
-        out = potential(graph, create_graph=True)
-        (out["energy"].pow(2).sum() + out["forces"].pow(2).sum()).backward()
+        out = potential(graph, compute_stress=stress, create_graph=True)
+        loss = out["energy"].pow(2).sum() + out["forces"].pow(2).sum()
+        (loss + out["stress"].pow(2).sum() if stress else loss).backward()
         grads = [p.grad for p in potential.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert sum(float(g.abs().sum()) for g in grads) > 0
