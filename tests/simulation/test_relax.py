@@ -109,3 +109,17 @@ def test_checks_name_unknown_overlapping_and_isolated_atoms(tiny_potential):
     with pytest.raises(StructureError, match=r"atom\(s\) 2 \(Ni\) have no neighbour within r_max = 4.0 Å"):
         check(Atoms("CuAuNi", positions=[[0, 0, 0], [2.5, 0, 0], [30, 0, 0]]))
     check(Atoms("Cu", positions=[[0, 0, 0]]))  # a lone atom is a valid (trivial) structure
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_escaip_relaxes_batched_as_through_ase_in_both_force_modes(rng, direct):
+    from tests.models.test_escaip import _escaip
+
+    potential = _escaip(direct_forces=direct)
+    items = _structures(rng)
+    reference = [relax(atoms, MLIPCalculator(potential, min_distance=0.0), "fire", fmax=5e-4, steps=30, index=i)
+                 for i, _, atoms in items]
+    batched = BatchedFIRE(potential, fmax=5e-4, steps=30, max_structures=4, min_distance=0.0).run(items)
+    for ours, theirs in zip(batched, reference):
+        assert (ours.status, ours.steps) == (theirs.status, theirs.steps)
+        np.testing.assert_allclose(ours.atoms.positions, theirs.atoms.positions, atol=1e-8)
