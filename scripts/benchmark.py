@@ -19,7 +19,8 @@ neighbour slots; forces by autograd), ``escaip-direct`` the same with direct for
 (node features to ℓ = 2, grid MLP twice the channels wide; spline radial weights,
 grid-MLP node updates, convolution on cuequivariance), ``facet-grid`` with the
 Gaunt grid product as its convolution, ``facet-fused`` with the grid MLPs' hidden layer in the
-fused Triton kernel (`mlip.nn.kernels.grid_activation`).
+fused Triton kernel (`mlip.nn.kernels.grid_activation`), ``facet-lean`` with MACE's node features
+(ℓ ≤ 1: a convolution no wider than MACE's, the grid MLP in place of the symmetric contraction).
 
 ``--mace-torch-path DIR`` runs the same cases with mace-torch (installed in DIR, see
 scripts/benchmark_mace_torch.py) in a subprocess of this call and prints the ratios.
@@ -58,15 +59,16 @@ from mlip.training.loss import EnergyForcesStressLoss
 def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_num_neighbors: float) -> Potential:
     """The benchmark MACE with ``backend`` (e3nn, cueq, auto); ``tdn-R``: the same backbone
     with CP-decomposed convolutions of rank R and path-weight sharing (`mlip.models.tdn.TDN`);
-    ``facet``/``facet-grid``/``facet-fused``: Facet at the same width (`mlip.models.facet.Facet`)."""
+    ``facet``/``facet-grid``/``facet-fused``/``facet-lean``: Facet at the same width (`mlip.models.facet.Facet`)."""
     kwargs = dict(num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, num_bessel=8,
                   max_ell=3, hidden_irreps=hidden, correlation=3, num_interactions=2, radial_mlp=[64, 64, 64],
                   readout_mlp=16)
-    if backend.startswith("facet"):  # as tuned on 3BPA (docs/accuracy.md): ℓ ≤ 2 nodes, grid MLP 2C wide
+    if backend.startswith("facet"):  # as tuned on 3BPA (docs/accuracy.md): ℓ ≤ 2 nodes, grid MLP 2C wide; lean: ℓ ≤ 1
         channels = int(hidden.split("x")[0])
         spec = {"target": "mlip.models.facet.Facet", "kwargs": dict(
             num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, spline_basis=16, max_ell=3,
-            hidden_irreps=f"{channels}x0e+{channels}x1o+{channels}x2e", num_interactions=2, grid_hidden=2 * channels,
+            hidden_irreps=f"{channels}x0e+{channels}x1o" + ("" if backend == "facet-lean" else f"+{channels}x2e"),
+            num_interactions=2, grid_hidden=2 * channels,
             grid_resolution=6, readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto",
             grid_backend="auto" if backend == "facet-fused" else "torch")}
     elif backend.startswith("escaip"):  # C-wide tokens, 8 heads, 2 blocks, 64 slots; escaip-direct: direct forces

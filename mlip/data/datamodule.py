@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, Dataset, Subset
+from torch.utils.data import BatchSampler, Dataset, Sampler, Subset
 from torch_geometric.data import Batch
 
 from mlip.data.loader import GraphLoader, batch_to_device
@@ -165,23 +165,36 @@ class GraphDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, split: str, shuffle: bool) -> GraphLoader:
+    def _batch_sampler(self, split: str, shuffle: bool) -> Sampler[list[int]]:
+        """This rank's batches of ``split``: filled to ``max_atoms`` / ``max_edges`` when set
+        (training), else ``batch_size`` (``val_batch_size`` unshuffled) structures."""
         world, rank = self._world()
         budget = self.max_atoms or self.max_edges
+        if budget is not None and shuffle:
+            sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
+            return BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
+        batch_size = self.batch_size if shuffle else self.val_batch_size
+        sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
+        return BatchSampler(sampler, batch_size, drop_last=False)
+
+    def batch_totals(self, split: str = "train") -> np.ndarray | None:
+        """[B, 3] atoms, edges and structures of each of this rank's batches of ``split`` in the
+        first epoch (from the stored sizes; no structure is loaded); None without stored sizes."""
+        sizes = getattr(self, "sizes", {}).get(split)
+        if sizes is None:
+            return None
+        batches = list(self._batch_sampler(split, shuffle=split == "train"))
+        return np.array([(sizes["atoms"][b].sum(), sizes["edges"][b].sum(), len(b)) for b in batches], dtype=np.int64)
+
+    def _loader(self, split: str, shuffle: bool) -> GraphLoader:
         trainer = getattr(self, "trainer", None)
         on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         pin = on_cuda if self.pin_memory is None else self.pin_memory
         # two workers: 7.65 -> 6.80 ms per 3BPA step on an H200 (docs/performance.md, issue 20)
         workers = (2 if on_cuda else 0) if self.num_workers is None else self.num_workers
         common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
-        if budget is not None and shuffle:
-            sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
-            batches = BudgetBatchSampler(sizes, budget, self.seed, shuffle, world, rank)
-        else:
-            batch_size = self.batch_size if shuffle else self.val_batch_size
-            sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
-            batches = BatchSampler(sampler, batch_size, drop_last=False)
-        return GraphLoader(self.datasets[split], batch_sampler=ResumableBatchSampler(batches), **common)
+        batches = ResumableBatchSampler(self._batch_sampler(split, shuffle))
+        return GraphLoader(self.datasets[split], batch_sampler=batches, **common)
 
     def train_dataloader(self) -> GraphLoader:
         loader = self._loader("train", shuffle=True)

@@ -29,6 +29,7 @@ import torch
 from mlip.data.flat_buffer import flatten
 from mlip.models.potential import Potential
 
+STEPS_PER_OCTAVE = 8  # padded sizes per doubling: a batch pads by at most 1/8
 PADDING_SHIFT = np.array([1.0, 0.0, 0.0])  # of padding edges, in cells of 3 r_max (`PaddedInputs`)
 NUMPY_DTYPES = {dtype: torch.empty(0, dtype=dtype).numpy().dtype
                 for dtype in (torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8)}
@@ -43,7 +44,7 @@ def _span(dim: int, start: int, stop: int | None) -> tuple[slice, ...]:
     return (slice(None),) * dim + (slice(start, stop),)
 
 
-def padded_size(count: int, steps_per_octave: int = 8) -> int:
+def padded_size(count: int, steps_per_octave: int = STEPS_PER_OCTAVE) -> int:
     """Smallest bucket >= count: a multiple of 2^k for counts in [steps·2^k, 2·steps·2^k)."""
     if count <= 2 * steps_per_octave:
         return 2 * steps_per_octave
@@ -289,7 +290,7 @@ class GraphedPotential:
         self,
         potential: Potential,
         compute_stress: bool = True,
-        steps_per_octave: int = 8,
+        steps_per_octave: int = STEPS_PER_OCTAVE,
         max_graphs: int = 4,
         capture: bool = True,
         check_elements: bool = True,

@@ -30,13 +30,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
-from mlip.models.cuda_graph import BucketedGraphs, PaddedInputs, bucket_of
+from mlip.models.cuda_graph import STEPS_PER_OCTAVE, BucketedGraphs, PaddedInputs, bucket_of
 from mlip.models.potential import Potential
 from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.loss import EnergyForcesStressLoss, label_counts
 
+
+
+def padded_sizes_advice(totals: np.ndarray, kept: int, steps_per_octave: int = STEPS_PER_OCTAVE) -> str | None:
+    """What to change when one epoch's batches span more padded sizes than ``kept`` graphs
+    (each size dropped to make room is captured again when met: seconds a step); None if they fit.
+
+    Args:
+        totals: [B, 3] atoms, edges and structures of each batch of an epoch.
+        kept: captured graphs kept (``module.cuda_graph_buckets``).
+    """
+    sizes = {bucket_of(int(a), int(e), int(g), steps_per_octave) for a, e, g in np.asarray(totals)}
+    if len(sizes) <= kept:
+        return None
+    return (f"the {len(totals)} training batches of an epoch fall into {len(sizes)} padded sizes, more than the "
+            f"{kept} CUDA graphs kept (module.cuda_graph_buckets): sizes dropped to make room are captured again, "
+            f"seconds each, step after step. Batch to a steadier size (data.max_edges={int(np.mean(totals[:, 1]))}, "
+            f"the mean batch's edges) or keep more graphs (module.cuda_graph_buckets={len(sizes)}) if GPU memory "
+            "allows.")
 
 class PaddedLabels(PaddedInputs):
     """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``), and the
@@ -141,7 +160,7 @@ class GraphedLoss:
         loss: EnergyForcesStressLoss,
         compute_forces: bool = True,
         compute_stress: bool = False,
-        steps_per_octave: int = 8,
+        steps_per_octave: int = STEPS_PER_OCTAVE,
         max_graphs: int = 4,
         capture: bool = True,
         check_elements: bool = True,

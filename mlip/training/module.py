@@ -17,7 +17,7 @@ import torch
 from mlip.data.structure import DataError
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
-from mlip.training.cuda_graph_loss import GraphedLoss
+from mlip.training.cuda_graph_loss import GraphedLoss, padded_sizes_advice
 from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.ema import ExponentialMovingAverage
 from mlip.training.gradients import clip_by_norm_, global_norm
@@ -71,8 +71,9 @@ class PotentialModule(L.LightningModule):
             per bucket (up to ``cuda_graph_buckets``, least recently used dropped). A size
             met again after it was dropped is captured again (about 0.5 s on an H200), so the
             buckets should hold the sizes the batches span: batches of 64 EMT cells span about
-            10, of 32 about 20; same-size molecules 1-3. A run that keeps dropping sizes says
-            so in its log each epoch. Ignored on the CPU.
+            10, of 32 about 20; same-size molecules 1-3. A run whose first epoch spans more sizes
+            says so before its first step, and one that keeps dropping sizes says so each
+            epoch. Ignored on the CPU.
         cuda_graph_update: with ``cuda_graphs`` (one GPU or DDP; no gradient accumulation,
             clipping by norm or none), the rest of the step too: gradient norm, finite check,
             clipping, the fused optimiser step, the EMA and the skip counters, replayed from one
@@ -158,6 +159,17 @@ class PotentialModule(L.LightningModule):
     def _graphed(self) -> bool:
         """Whether steps replay from CUDA graphs: ``cuda_graphs`` and a model on CUDA."""
         return self.hparams.cuda_graphs and self.device.type == "cuda"
+
+    def on_train_start(self) -> None:
+        """With graphed steps, says before the first step when one epoch's batches span more
+        padded sizes than the captured graphs kept: each step past them would capture anew."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        totals = datamodule.batch_totals("train") if self._graphed() and hasattr(datamodule, "batch_totals") else None
+        if totals is None or not len(totals) or not self.trainer.is_global_zero:
+            return
+        advice = padded_sizes_advice(totals, self.hparams.cuda_graph_buckets)
+        if advice is not None:
+            log.warning(advice)
 
     @property
     def copies_training_batches(self) -> bool:

@@ -162,3 +162,28 @@ def test_a_bucket_refilled_with_a_smaller_batch_holds_what_a_fresh_one_does(rng,
     for batches in ((big,), (big, small), (small, big)):
         assert torch.equal(filled(*batches).flat, filled(*batches, how=other).flat)
     assert not torch.equal(filled(big).positions, fresh.positions)  # the large batch did write past the small one
+
+
+def test_padded_sizes_advice_counts_the_epochs_buckets_from_the_data_modules_batches(tmp_path):
+    """Batches of 8 random crystals of 4-64 atoms: nearly each its own padded size."""
+    from ase.io import write
+
+    from mlip.data.crystals import make_crystals
+    from mlip.data.datamodule import AtomicDataModule
+    from mlip.models.cuda_graph import STEPS_PER_OCTAVE, bucket_of
+    from mlip.training.cuda_graph_loss import padded_sizes_advice
+
+    write(tmp_path / "crystals.xyz", make_crystals(60, seed=3, max_atoms=64))
+    by_count = AtomicDataModule(str(tmp_path / "crystals.xyz"), r_max=4.0, batch_size=8, val_fraction=0.1,
+                                test_fraction=0.0)
+    by_count.setup()
+    totals = by_count.batch_totals("train")
+    # the totals are those of the loader's own batches (the epoch's first order)
+    loaded = np.array([(b.num_nodes, b.edge_index.shape[1], b.num_graphs) for b in by_count.train_dataloader()])
+    np.testing.assert_array_equal(totals, loaded)
+    sizes = {bucket_of(*map(int, row), STEPS_PER_OCTAVE) for row in totals}
+    assert len(sizes) > 4  # nearly every batch its own padded size
+    advice = padded_sizes_advice(totals, kept=4)
+    assert f"{len(sizes)} padded sizes" in advice and f"data.max_edges={int(totals[:, 1].mean())}" in advice
+    assert padded_sizes_advice(totals, kept=len(sizes)) is None
+
