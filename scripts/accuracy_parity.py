@@ -96,6 +96,10 @@ MODELS = {
     "facet": ["model=facet", "model.hidden_irreps=64x0e+64x1o+64x2e", "model.max_ell=3", "model.num_interactions=2",
               "model.r_max=5.0", "model.spline_basis=16", "model.grid_resolution=6", "model.grid_hidden=128",
               "model.readout_mlp=16"],
+    # Facet with MACE's node features (ℓ ≤ 1, 128 channels): a convolution no wider than MACE's
+    "facet-lean": ["model=facet", "model.hidden_irreps=128x0e+128x1o", "model.max_ell=3", "model.num_interactions=2",
+                   "model.r_max=5.0", "model.spline_basis=16", "model.grid_resolution=6", "model.grid_hidden=256",
+                   "model.readout_mlp=16"],
     # EScAIP at the same width (8 heads, 2 blocks, 64 neighbour slots); escaip-direct: direct forces
     "escaip": ["model=escaip", "model.channels=128", "model.heads=8", "model.num_layers=2", "model.r_max=5.0",
                "model.max_neighbors=64", "model.readout_mlp=64", "model.direct_forces=false"],
@@ -104,6 +108,7 @@ MODELS = {
 }
 RECIPES["tdn"] = []
 RECIPES["facet"] = []
+RECIPES["facet-lean"] = []
 RECIPES["escaip"] = []
 RECIPES["escaip-direct"] = []
 
