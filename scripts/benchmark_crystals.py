@@ -247,12 +247,12 @@ def table(path: Path) -> str:
     done = [r for r in rows if "error" not in r and "relax_structures_per_s" in r]
     samples = [r for r in rows if "error" not in r and "relax_structures_per_s" not in r]
     lines = ["| set | model | seed | epochs | fit s | force RMSE meV/Å | energy RMSE meV/atom | relaxed E error "
-             "meV/atom | end RMSD Å | relax steps (EMT) | relaxations/s |", "|---" * 11 + "|"]
+             "meV/atom | end RMSD Å | relax steps (EMT) | converged | relaxations/s |", "|---" * 12 + "|"]
     for r in done:
         lines.append(f"| {r['set']} | {r['model']} | {r['seed']} | {r['epochs']} | {r['fit_s']:.0f} | "
                      f"{r['forces_rmse']:.1f} | {r['energy_rmse']:.2f} | {r['relaxed_energy_error']:.2f} | "
                      f"{r['relaxed_rmsd']:.3f} | {r['relax_steps']:.0f} ({r['emt_steps']:.0f}) | "
-                     f"{r['relax_structures_per_s']:.1f} |")
+                     f"{r['relax_converged']:.0%} | {r['relax_structures_per_s']:.3g} |")
     if samples:
         lines += ["", "| sample | model | seed | epochs | fit s | force RMSE meV/Å | energy RMSE meV/atom |",
                   "|---" * 7 + "|"]
@@ -267,7 +267,7 @@ def table(path: Path) -> str:
                                     ("relax_structures_per_s", True, "relaxations/s")):
             front = pareto(here, cost, higher)
             lines.append(f"\n{name}, Pareto front of force RMSE against {label}: "
-                         + ", ".join(f"{r['model']} ({r['forces_rmse']:.1f} meV/Å, {r[cost]:.1f})" for r in front))
+                         + ", ".join(f"{r['model']} ({r['forces_rmse']:.1f} meV/Å, {r[cost]:.3g})" for r in front))
     return "\n".join(lines)
 
 
