@@ -263,11 +263,11 @@ def table(path: Path) -> str:
             lines.append(f"| {r['set']} | {r['model']} | {r['seed']} | failed: {r['error'][-120:]!r} |")
     for name in sorted({r["set"] for r in done}):
         here = [r for r in done if r["set"] == name]
-        for cost, higher, label in (("fit_s", False, "training seconds"),
-                                    ("relax_structures_per_s", True, "relaxations/s")):
+        for cost, higher, label, digits in (("fit_s", False, "training seconds", "{:.0f}"),
+                                            ("relax_structures_per_s", True, "relaxations/s", "{:.3g}")):
             front = pareto(here, cost, higher)
             lines.append(f"\n{name}, Pareto front of force RMSE against {label}: "
-                         + ", ".join(f"{r['model']} ({r['forces_rmse']:.1f} meV/Å, {r[cost]:.3g})" for r in front))
+                         + ", ".join(f"{r['model']} ({r['forces_rmse']:.1f} meV/Å, {digits.format(r[cost])})" for r in front))
     return "\n".join(lines)
 
 

@@ -1,8 +1,9 @@
-"""Finite-difference references for a potential's forces and stress (central differences, float64)."""
+"""Checks shared by the model families' tests: finite-difference references for forces and stress
+(central differences, float64), and invariance under translation and permutation."""
 
 import numpy as np
 
-from tests.models.test_mace_potential import predict
+from tests.models.test_mace_potential import assert_rel, predict
 
 
 def force_pairs(potential, atoms, h: float = 1e-5):
@@ -33,3 +34,17 @@ def stress_pairs(potential, atoms, h: float = 1e-6):
             energies.append(predict(potential, strained, False)["energy"][0])
         pairs.append((stress[i, j], (energies[0] - energies[1]) / (2 * h) / volume))
     return pairs
+
+
+def assert_translation_and_permutation_invariant(potential, atoms, rng) -> None:
+    """Energy and forces unchanged by a rigid translation; permuted atoms permute the forces."""
+    ref = predict(potential, atoms)
+    moved = atoms.copy()
+    moved.positions += rng.normal(size=3) * 3.0
+    out = predict(potential, moved)
+    assert_rel(out["energy"], ref["energy"], "translation energy")
+    assert_rel(out["forces"], ref["forces"], "translation forces")
+    perm = rng.permutation(len(atoms))
+    out = predict(potential, atoms[perm])
+    assert_rel(out["energy"], ref["energy"], "permutation energy")
+    assert_rel(out["forces"], ref["forces"][perm], "permutation forces")
