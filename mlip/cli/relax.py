@@ -12,6 +12,7 @@ failed with the reason while the others carry on; the exit status is then 1.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -27,6 +28,8 @@ from mlip.export import load_potential
 from mlip.simulation.batched_fire import BatchedFIRE
 from mlip.simulation.checks import StructureError, check_structure
 from mlip.simulation.relax import FAILED, RelaxResult, format_summary, relax_all, write_results
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = config_dir("relax")
 
@@ -59,6 +62,10 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
     o = OmegaConf.to_container(cfg, resolve=True)
     potential = load_potential(o["model"], o["device"], o["dtype"]).requires_grad_(False)
     items = read_checked(o["input"], o["format"], o["reader"], potential, o["min_distance"], o["fix_tags"])
+    if not potential.conservative:
+        log.warning("%s predicts its forces directly (non-conservative): the optimiser stops where they vanish, "
+                    "which need not be a minimum of its energy, and may circle without converging; a model trained "
+                    "with forces by autograd (direct_forces=false) relaxes to its energy's minimum", o["model"])
     output_dir = Path(o["output_dir"] or f"{Path(o['input']).name.split('.')[0]}_relax")
     if o["batched"]:
         if o["relax_cell"] or o["optimizer"] != "fire":

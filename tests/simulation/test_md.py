@@ -72,18 +72,21 @@ def test_nve_drift_of_direct_forces_against_forces_by_autograd(escaip_runs):
     assert spreads[True] > 10 * spreads[False], spreads
 
 
-def test_mlip_md_warns_that_direct_forces_conserve_nothing(escaip_runs, tmp_path, caplog):
+def test_mlip_md_and_mlip_relax_warn_on_direct_forces(escaip_runs, tmp_path, caplog):
     from ase.io import write
     from hydra import compose, initialize_config_dir
 
-    from mlip.cli.md import CONFIG_DIR, run
+    from mlip.cli import md, relax
 
     write(tmp_path / "cell.extxyz", _cell())
     for direct, run_dir in escaip_runs.items():
-        caplog.clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("md", overrides=[f"model={run_dir / 'model.safetensors'}", f"input={tmp_path / 'cell.extxyz'}",
-                                           "steps=5", f"output_dir={tmp_path / str(direct)}"])
-        result, _ = run(cfg)
-        assert result.status == "completed"
-        assert ("non-conservative" in caplog.text) is direct
+        for module, extra in ((md, "steps=5"), (relax, "steps=20")):
+            caplog.clear()
+            with initialize_config_dir(config_dir=str(module.CONFIG_DIR), version_base="1.3"):
+                name = module.__name__.rsplit(".", 1)[1]
+                cfg = compose(name, overrides=[f"model={run_dir / 'model.safetensors'}",
+                                               f"input={tmp_path / 'cell.extxyz'}", extra,
+                                               f"output_dir={tmp_path / name / str(direct)}"])
+            result, _ = module.run(cfg)
+            assert (result.status == "completed") if module is md else len(result) == 1
+            assert ("non-conservative" in caplog.text) is direct, name
