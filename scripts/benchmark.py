@@ -65,10 +65,10 @@ def potential(elements: list[int], r_max: float, hidden: str, backend: str, avg_
                   readout_mlp=16)
     if backend.startswith("facet"):  # as tuned on 3BPA (docs/accuracy.md): ℓ ≤ 2 nodes, grid MLP 2C wide; lean: ℓ ≤ 1
         channels = int(hidden.split("x")[0])
+        nodes = f"{channels}x0e+{channels}x1o" if backend == "facet-lean" else f"{channels}x0e+{channels}x1o+{channels}x2e"
         spec = {"target": "mlip.models.facet.Facet", "kwargs": dict(
             num_elements=len(elements), avg_num_neighbors=avg_num_neighbors, r_max=r_max, spline_basis=16, max_ell=3,
-            hidden_irreps=f"{channels}x0e+{channels}x1o" + ("" if backend == "facet-lean" else f"+{channels}x2e"),
-            num_interactions=2, grid_hidden=2 * channels,
+            hidden_irreps=nodes, num_interactions=2, grid_hidden=2 * channels,
             grid_resolution=6, readout_mlp=16, tp_backend="grid" if backend == "facet-grid" else "auto",
             grid_backend="auto" if backend == "facet-fused" else "torch")}
     elif backend.startswith("escaip"):  # C-wide tokens, 8 heads, 2 blocks, 64 slots; escaip-direct: direct forces

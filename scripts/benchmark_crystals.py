@@ -54,7 +54,8 @@ RECIPE = ["data=extxyz", "data.reader={energy_key: energy, forces_key: forces, s
           "data.val_fraction=0", "data.test_fraction=0", "data.val_batch_size=32",
           "module.loss.stress_weight=10", *TRAINING]
 # family-width -> model overrides: MACE and TDN at hidden width C (C x 0e + C x 1o, ℓ ≤ 3 edges);
-# Facet at C channels to ℓ = 2 with a grid MLP of 2C (facet-lean: to ℓ = 1); EScAIP (escaip-direct: direct forces) with C-wide tokens
+# Facet at C channels to ℓ = 2 with a grid MLP of 2C (facet-lean: to ℓ = 1); EScAIP (escaip-direct:
+# direct forces) with C-wide tokens
 MODELS = {}
 for _c in (8, 16, 32, 64, 128):
     MODELS[f"mace-{_c}"] = ["model=mace", f"model.hidden_irreps={_c}x0e+{_c}x1o", "model.max_ell=3",
@@ -65,7 +66,8 @@ for _c in (8, 16, 32, 64, 128):
                              "model.num_interactions=2", "model.r_max=5.0", f"model.grid_hidden={2 * _c}"]
     # Facet with MACE's node features (ℓ ≤ 1): a convolution no wider than MACE's, the grid MLP
     # turning the ℓ ≤ 3 messages into products where MACE runs its symmetric contraction
-    MODELS[f"facet-lean-{_c}"] = MODELS[f"facet-{_c}"][:1] + [f"model.hidden_irreps={_c}x0e+{_c}x1o"] + MODELS[f"facet-{_c}"][2:]
+    MODELS[f"facet-lean-{_c}"] = ["model=facet", f"model.hidden_irreps={_c}x0e+{_c}x1o", "model.max_ell=3",
+                                  "model.num_interactions=2", "model.r_max=5.0", f"model.grid_hidden={2 * _c}"]
     for _direct in (False, True):  # EScAIP at C channels, C/16 heads (at least 2), 2 blocks, 64 slots
         MODELS[f"escaip{'-direct' if _direct else ''}-{_c}"] = [
             "model=escaip", f"model.channels={_c}", f"model.heads={max(2, _c // 16)}", "model.num_layers=2",

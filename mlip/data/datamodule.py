@@ -180,7 +180,7 @@ class GraphDataModule(L.LightningDataModule):
     def batch_totals(self, split: str = "train") -> np.ndarray | None:
         """[B, 3] atoms, edges and structures of each of this rank's batches of ``split`` in the
         first epoch (from the stored sizes; no structure is loaded); None without stored sizes."""
-        sizes = getattr(self, "sizes", {}).get(split)
+        sizes = self.sizes.get(split)
         if sizes is None:
             return None
         batches = list(self._batch_sampler(split, shuffle=split == "train"))

@@ -39,7 +39,6 @@ from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.loss import EnergyForcesStressLoss, label_counts
 
 
-
 def padded_sizes_advice(totals: np.ndarray, kept: int, steps_per_octave: int = STEPS_PER_OCTAVE) -> str | None:
     """What to change when one epoch's batches span more padded sizes than ``kept`` graphs
     (each size dropped to make room is captured again when met: seconds a step); None if they fit.
@@ -56,6 +55,7 @@ def padded_sizes_advice(totals: np.ndarray, kept: int, steps_per_octave: int = S
             f"seconds each, step after step. Batch to a steadier size (data.max_edges={int(np.mean(totals[:, 1]))}, "
             f"the mean batch's edges) or keep more graphs (module.cuda_graph_buckets={len(sizes)}) if GPU memory "
             "allows.")
+
 
 class PaddedLabels(PaddedInputs):
     """`PaddedInputs` plus the labels and masks the loss reads (``label_errors``), and the
