@@ -36,8 +36,9 @@ def stress_pairs(potential, atoms, h: float = 1e-6):
     return pairs
 
 
-def assert_translation_and_permutation_invariant(potential, atoms, rng) -> None:
-    """Energy and forces unchanged by a rigid translation; permuted atoms permute the forces."""
+def assert_translation_and_permutation_invariant(potential, atoms, rng) -> dict:
+    """Energy and forces unchanged by a rigid translation; permuted atoms permute the forces and
+    node energies. Returns the predictions for ``atoms``."""
     ref = predict(potential, atoms)
     moved = atoms.copy()
     moved.positions += rng.normal(size=3) * 3.0
@@ -48,3 +49,5 @@ def assert_translation_and_permutation_invariant(potential, atoms, rng) -> None:
     out = predict(potential, atoms[perm])
     assert_rel(out["energy"], ref["energy"], "permutation energy")
     assert_rel(out["forces"], ref["forces"][perm], "permutation forces")
+    assert_rel(out["node_energy"], ref["node_energy"][perm], "permutation node energies")
+    return ref
