@@ -12,6 +12,7 @@ from the training split only.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from mlip.data.loader import GraphLoader, batch_to_device
 from mlip.data.checks import unknown_elements
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers import SkippedRecords, iter_structures
-from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler, ResumableBatchSampler
+from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler, PackedBatchSampler, ResumableBatchSampler
 from mlip.data.statistics import DatasetStatistics, TrainingSetSummary, statistics_from_summary
 from mlip.data.store.dataset import StoreDataset
 from mlip.data.structure import DataError, Structure
@@ -66,6 +67,15 @@ class GraphDataModule(L.LightningDataModule):
         r_max: neighbour-list cutoff, Å (the model's cutoff).
         batch_size / val_batch_size: structures per batch (when no budget is set).
         max_atoms / max_edges: fill training batches up to this many atoms / edges instead.
+        max_structures: with ``packed``, at most this many structures a batch.
+        packed: batches packed to one budget of atoms, edges and structures together
+            (`mlip.data.samplers.PackedBatchSampler`), so that padded to it every batch has one
+            shape and a CUDA-graphed epoch replays one captured step (validation and test: one
+            more). The budget is ``max_atoms`` / ``max_edges`` / ``max_structures`` where given;
+            where not, it is chosen from the stored sizes so that a batch holds ``batch_size``
+            (``val_batch_size``) structures on average, and never less than the largest
+            structure. A training structure larger than a given budget is refused by name.
+            None: packed when the trainer runs on CUDA.
         neighbour_list: ``"workers"`` (CPU, vesin, before batching) or ``"device"``
             (vesin-torch on the batch's device).
         num_workers: DataLoader worker processes (None: two when the trainer runs on CUDA, where
@@ -88,6 +98,8 @@ class GraphDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         max_atoms: int | None = None,
         max_edges: int | None = None,
+        max_structures: int | None = None,
+        packed: bool | None = None,
         neighbour_list: str = "workers",
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -107,12 +119,13 @@ class GraphDataModule(L.LightningDataModule):
                 "adsorption energies are referenced already and are not sums of per-element energies; "
                 "set e0s: zero for this dataset"
             )
-        if max_atoms is not None and max_edges is not None:
-            raise ValueError("give max_atoms or max_edges, not both")
+        if max_atoms is not None and max_edges is not None and packed is False:
+            raise ValueError("give max_atoms or max_edges, not both (or packed: true, which packs to both)")
         self.r_max = float(r_max)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.max_atoms, self.max_edges = max_atoms, max_edges
+        self.max_atoms, self.max_edges, self.max_structures = max_atoms, max_edges, max_structures
+        self.packed = packed
         self.neighbour_list = neighbour_list
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -165,10 +178,97 @@ class GraphDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def packs(self) -> bool:
+        """Whether batches are packed to one budget (``packed``; None: on a CUDA trainer, or when
+        both ``max_atoms`` and ``max_edges`` are given)."""
+        if self.packed is not None:
+            return bool(self.packed)
+        if self.max_atoms is not None and self.max_edges is not None:
+            return True
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def batch_budget(self, split: str) -> tuple[int, int, int] | None:
+        """(atoms, edges, structures) the batches of ``split`` are packed to; None when not packed.
+
+        Training batches use ``max_atoms`` / ``max_edges`` / ``max_structures`` where given;
+        validation and test share one budget (one evaluation shape), grown where needed to hold
+        their largest structure. What is not given comes from the training set's sizes: a batch
+        of ``batch_size`` (``val_batch_size``) structures of mean size, the edges with the room for
+        the spread of edges per atom that pads the fewest edges over an epoch, and room for
+        twice as many structures (small cells fill the atoms)."""
+        if not self.packs() or "train" not in self.sizes:
+            return None
+        train = self.sizes["train"]
+        mean_atoms, mean_edges = float(train["atoms"].mean()), float(max(train["edges"].mean(), 1.0))
+        given = self.max_atoms is not None or self.max_edges is not None
+        evaluation = split != "train"
+        count = self.val_batch_size if evaluation and not given else self.batch_size
+        if self.max_atoms is not None:
+            count = self.max_atoms / mean_atoms
+        elif self.max_edges is not None:
+            count = self.max_edges / mean_edges
+        atoms = self.max_atoms if self.max_atoms is not None else math.ceil(count * mean_atoms)
+        if self.max_atoms is None and not evaluation:
+            atoms = max(atoms, int(train["atoms"].max()))
+        structures = self.max_structures if self.max_structures is not None else max(math.ceil(2 * count), 1)
+        if self.max_edges is not None:
+            edges = self.max_edges
+        elif evaluation:
+            edges = math.ceil(atoms / mean_atoms * mean_edges * 1.1)
+        else:  # the room for the spread of edges per atom that pads the fewest edges over an epoch
+            edges = self._least_padded_edges(train, atoms, atoms / mean_atoms * mean_edges, structures)
+        if evaluation:  # one shape for validation and test, large enough for every structure in them
+            held = [self.sizes[name] for name in ("val", "test") if name in self.sizes and len(self.sizes[name]["atoms"])]
+            atoms = max([atoms, *(int(h["atoms"].max()) for h in held)])
+            edges = max([edges, *(int(h["edges"].max()) for h in held)])
+        elif given:
+            self._refuse_larger_than(atoms, edges)
+        return int(atoms), int(max(edges, 1)), int(structures)
+
+    def _least_padded_edges(self, sizes: dict[str, np.ndarray], atoms: int, mean_edges: float, structures: int) -> int:
+        """The edge budget, among the mean batch's edges plus 0-40%, whose packing of the first
+        epoch pads the fewest edges in all (batches x budget: what a graphed epoch computes);
+        ties go to the larger budget (fewer, fuller batches)."""
+        largest = int(sizes["edges"].max())
+        best = None
+        for room in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4):
+            edges = max(math.ceil(mean_edges * (1.0 + room)), largest)
+            if not (sizes["atoms"] <= atoms).all():
+                return edges  # refused later, by name
+            sampler = PackedBatchSampler(sizes["atoms"], sizes["edges"], atoms, edges, structures, seed=self.seed)
+            cost = len(sampler.batches()) * edges
+            if best is None or cost <= best[0]:
+                best = (cost, edges)
+        return best[1]
+
+    def _refuse_larger_than(self, atoms: int, edges: int) -> None:
+        """`DataError` naming the first training structure that does not fit the budget alone."""
+        sizes = self.sizes["train"]
+        too_large = (sizes["atoms"] > atoms) | (sizes["edges"] > edges)
+        if too_large.any():
+            k = int(np.argmax(too_large))
+            try:
+                name = self.label_table("train")[1](k)
+            except NotImplementedError:
+                name = f"training structure {k}"
+            raise DataError(
+                f"{name}: {int(sizes['atoms'][k])} atoms and {int(sizes['edges'][k])} edges do not fit the batch "
+                f"budget of {atoms} atoms and {edges} edges ({int(too_large.sum())} such structures); raise "
+                f"data.max_atoms / data.max_edges to at least {int(sizes['atoms'].max())} / "
+                f"{int(sizes['edges'].max())}, or leave them null to have them chosen from the data"
+            )
+
     def _batch_sampler(self, split: str, shuffle: bool) -> Sampler[list[int]]:
-        """This rank's batches of ``split``: filled to ``max_atoms`` / ``max_edges`` when set
-        (training), else ``batch_size`` (``val_batch_size`` unshuffled) structures."""
+        """This rank's batches of ``split``: packed to `batch_budget` when `packs`; else filled to
+        ``max_atoms`` / ``max_edges`` when set (training), else ``batch_size`` (``val_batch_size``
+        unshuffled) structures."""
         world, rank = self._world()
+        packed = self.batch_budget(split)
+        if packed is not None:
+            sizes = self.sizes[split]
+            return PackedBatchSampler(sizes["atoms"], sizes["edges"], *packed, seed=self.seed, shuffle=shuffle,
+                                      num_replicas=world, rank=rank)
         budget = self.max_atoms or self.max_edges
         if budget is not None and shuffle:
             sizes = self.sizes[split]["atoms" if self.max_atoms else "edges"]
@@ -176,6 +276,22 @@ class GraphDataModule(L.LightningDataModule):
         batch_size = self.batch_size if shuffle else self.val_batch_size
         sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed, shuffle, world, rank)
         return BatchSampler(sampler, batch_size, drop_last=False)
+
+    def packing_summary(self) -> str | None:
+        """One line: the training budget, batches per epoch and the padding they leave; None
+        when not packed."""
+        budget = self.batch_budget("train")
+        if budget is None:
+            return None
+        sampler = self._batch_sampler("train", shuffle=True)
+        padding = sampler.padding()
+        evaluation = self.batch_budget("val") if self.sizes.get("val") is not None else None
+        line = (f"batches packed to {budget[0]} atoms, {budget[1]} edges, {budget[2]} structures: "
+                f"{len(sampler.batches())} a training epoch, padding {100 * padding['atoms']:.1f}% of atoms and "
+                f"{100 * padding['edges']:.1f}% of edges")
+        if evaluation is not None:
+            line += f"; validation and test packed to {evaluation[0]} atoms, {evaluation[1]} edges, {evaluation[2]} structures"
+        return line
 
     def batch_totals(self, split: str = "train") -> np.ndarray | None:
         """[B, 3] atoms, edges and structures of each of this rank's batches of ``split`` in the

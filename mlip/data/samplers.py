@@ -144,3 +144,90 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+
+class PackedBatchSampler(Sampler[list[int]]):
+    """Batches packed to one budget of atoms, edges and structures together, for one padded shape.
+
+    Every batch holds at most ``max_atoms`` atoms, ``max_edges`` edges and ``max_structures``
+    structures, so that padded to exactly that budget (`mlip.models.cuda_graph`) all batches of
+    an epoch share one shape: a training epoch replays one captured step. The structures are
+    taken in the epoch's order and placed first-fit into a window of ``open_batches`` batches
+    being filled; when none has room, the oldest is closed. The window fills gaps the plain
+    greedy cut leaves (a large cell that ends a batch early), keeping the padding small while
+    the order stays that epoch's shuffle. `padding` measures what is left.
+
+    Args:
+        atoms / edges: [S] atoms and edges of each structure.
+        max_atoms / max_edges / max_structures: the budget; every structure must fit it alone.
+        open_batches: batches filled at once (1: the greedy cut).
+        seed / shuffle / num_replicas / rank: as `EpochShuffleSampler`.
+    """
+
+    def __init__(self, atoms: np.ndarray, edges: np.ndarray, max_atoms: int, max_edges: int, max_structures: int,
+                 seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0, open_batches: int = 8):
+        if min(max_atoms, max_edges, max_structures) <= 0:
+            raise ValueError(f"batch budget must be positive, got {max_atoms} atoms, {max_edges} edges, "
+                             f"{max_structures} structures")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside a world of {num_replicas}")
+        self.atoms, self.edges = np.asarray(atoms, dtype=np.int64), np.asarray(edges, dtype=np.int64)
+        too_large = (self.atoms > max_atoms) | (self.edges > max_edges)
+        if too_large.any():
+            k = int(np.argmax(too_large))
+            raise ValueError(f"structure {k} ({self.atoms[k]} atoms, {self.edges[k]} edges) is larger than the batch "
+                             f"budget ({max_atoms} atoms, {max_edges} edges)")
+        self.budget = (int(max_atoms), int(max_edges), int(max_structures))
+        self.seed, self.shuffle, self.open_batches = seed, shuffle, max(int(open_batches), 1)
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """All batches of this epoch, before they are dealt to the ranks."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        n = len(self.atoms)
+        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else np.arange(n)
+        max_atoms, max_edges, max_structures = self.budget
+        done: list[list[int]] = []
+        filling: list[list] = []  # [indices, atoms, edges], oldest first
+        for k in order.tolist():
+            a, e = int(self.atoms[k]), int(self.edges[k])
+            for open_batch in filling:
+                if open_batch[1] + a <= max_atoms and open_batch[2] + e <= max_edges:
+                    break
+            else:
+                if len(filling) == self.open_batches:
+                    done.append(filling.pop(0)[0])
+                open_batch = [[], 0, 0]
+                filling.append(open_batch)
+            open_batch[0].append(k)
+            open_batch[1] += a
+            open_batch[2] += e
+            if len(open_batch[0]) == max_structures:
+                filling.remove(open_batch)
+                done.append(open_batch[0])
+        done.extend(open_batch[0] for open_batch in filling)
+        self._cache = (self.epoch, done)
+        return done
+
+    def padding(self) -> dict[str, float]:
+        """Share of the padded atoms and edges of this epoch's batches that are padding."""
+        batches = self.batches()
+        if not batches:
+            return {"atoms": 0.0, "edges": 0.0}
+        slots = len(batches)
+        return {"atoms": 1.0 - float(self.atoms.sum()) / (slots * self.budget[0]),
+                "edges": 1.0 - float(self.edges.sum()) / (slots * self.budget[1])}
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(_share(self.batches(), self.num_replicas, self.rank, pad=self.shuffle))
+
+    def __len__(self) -> int:
+        batches = len(self.batches())
+        if not self.shuffle:
+            return len(range(self.rank, batches, self.num_replicas))
+        return math.ceil(batches / self.num_replicas)

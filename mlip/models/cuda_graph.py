@@ -6,13 +6,21 @@ the next. `GraphedPotential` captures the whole call (forward and the autograd p
 for forces and stress) once per padded size and then replays it: one launch per call.
 
 Shapes are padded up to "buckets" (at most 1/``steps_per_octave`` larger than the
-input), so MD and relaxations, whose edge counts drift, reuse a few graphs:
+input), so MD and relaxations, whose edge counts drift, reuse a few graphs; a consumer that
+knows a budget every input fits (training batches packed to one, `mlip.data.samplers.
+PackedBatchSampler`) gives it as a fixed ``shape`` and replays one graph for all of them:
 
 - padding atoms sit in one extra padding graph and are never returned;
 - padding edges join the last padding atom to itself across a cell translation of
   length ``3 r_max`` (the padding graph's cell is ``3 r_max`` times the identity),
   so their radial weights and every derivative through them are exactly zero;
 - padding graphs have the same cell and no atoms.
+
+Every graph the process captures allocates from one memory pool per device (`shared_pool`):
+the training step, the optimiser update, validation, the calculator and torch-sim. A
+capture reuses what earlier captures freed (their activations), so the pool holds about the
+largest graph's memory, not the sum over graphs. The price: a graph's outputs are valid only
+until another graph of the process replays, so every consumer copies them out at once.
 """
 
 from __future__ import annotations
@@ -42,6 +50,20 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 def _span(dim: int, start: int, stop: int | None) -> tuple[slice, ...]:
     """The index of entries ``start:stop`` along axis ``dim``."""
     return (slice(None),) * dim + (slice(start, stop),)
+
+
+_POOLS: dict[torch.device, Any] = {}
+
+
+def shared_pool(device: torch.device | str) -> Any:
+    """The memory pool every CUDA graph of this process captures into on ``device`` (made on
+    first use; a process-wide resource like the caching allocator it lives in)."""
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _POOLS:
+        _POOLS[device] = torch.cuda.graph_pool_handle()
+    return _POOLS[device]
 
 
 def padded_size(count: int, steps_per_octave: int = STEPS_PER_OCTAVE) -> int:
@@ -255,7 +277,7 @@ class BucketedGraphs:
                 self.function(buffers)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph):
+        with torch.cuda.graph(cuda_graph, pool=shared_pool(self.device)):
             outputs = self.function(buffers)
         return buffers, cuda_graph, outputs
 
@@ -269,6 +291,21 @@ def bucket_of(num_atoms: int, num_edges: int, num_graphs: int, steps_per_octave:
     )
 
 
+def static_shape(budget: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The padded (atoms, edges, graphs) of batches packed to ``budget`` (atoms, edges,
+    structures): one padding atom and one padding graph beyond it, as `bucket_of`."""
+    atoms, edges, structures = budget
+    return int(atoms) + 1, max(int(edges), 1), int(structures) + 1
+
+
+def bucket_for(num_atoms: int, num_edges: int, num_graphs: int, steps_per_octave: int,
+               shape: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """``shape`` when the counts fit it (with room for a padding atom and graph), else `bucket_of`."""
+    if shape is not None and num_atoms < shape[0] and num_edges <= shape[1] and num_graphs < shape[2]:
+        return tuple(shape)
+    return bucket_of(num_atoms, num_edges, num_graphs, steps_per_octave)
+
+
 class GraphedPotential:
     """Energies, forces (and stress) of a `Potential` for inference, replayed from CUDA graphs.
 
@@ -280,6 +317,8 @@ class GraphedPotential:
         capture: ``False`` evaluates the padded inputs eagerly (any device; for tests).
         check_elements: check each graph's elements against the model's (a host sync; the
             training loop checks them on the CPU instead).
+        shape: padded (atoms, edges, graphs) of every input that fits it (`static_shape` of a
+            packing budget): one graph for all of them; larger inputs fall back to buckets.
 
     Calling it on a graph returns the same dict as ``potential(graph, compute_stress=...)``
     (``energy``, ``interaction_energy``, ``e0_energy`` [G], ``node_energy`` [n], ``forces`` [n, 3],
@@ -294,8 +333,10 @@ class GraphedPotential:
         max_graphs: int = 4,
         capture: bool = True,
         check_elements: bool = True,
+        shape: tuple[int, int, int] | None = None,
     ):
         self.potential = potential
+        self.shape = None if shape is None else tuple(int(v) for v in shape)
         self.compute_stress = compute_stress
         self.check_elements = check_elements
         self.steps_per_octave = steps_per_octave
@@ -311,7 +352,7 @@ class GraphedPotential:
     def __call__(self, graph: Any) -> dict[str, torch.Tensor]:
         *tensors, g = self.potential.inputs(graph, self.check_elements)
         n = tensors[0].shape[0]
-        outputs = self.graphs(bucket_of(n, tensors[4].shape[1], g, self.steps_per_octave), *tensors)
+        outputs = self.graphs(bucket_for(n, tensors[4].shape[1], g, self.steps_per_octave, self.shape), *tensors)
         result = {name: outputs[name][:g].clone() for name in ("energy", "interaction_energy", "e0_energy")}
         result["node_energy"] = outputs["node_energy"][:n].clone()
         result["forces"] = outputs["forces"][:n].clone()

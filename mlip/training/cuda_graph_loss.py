@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlip.models.cuda_graph import STEPS_PER_OCTAVE, BucketedGraphs, PaddedInputs, bucket_of
+from mlip.models.cuda_graph import STEPS_PER_OCTAVE, BucketedGraphs, PaddedInputs, bucket_for, bucket_of
 from mlip.models.potential import Potential
 from mlip.training.cuda_graph_update import GraphedUpdate
 from mlip.training.loss import EnergyForcesStressLoss, label_counts
@@ -145,6 +145,8 @@ class GraphedLoss:
         world_size: the number of data-parallel ranks; above 1, calls take ``sum_over_ranks``.
         into: a graphed optimiser update: each call leaves its loss and gradients (this
             rank's) in the update's buffers, for ``into.step()``.
+        shape: padded (atoms, edges, graphs) of every batch that fits it
+            (`mlip.models.cuda_graph.static_shape` of the packing budget): one captured step.
 
     Calling it on a batch returns ``(loss, terms)`` like ``loss(potential(batch, create_graph=True), batch)``
     (with ``sum_over_ranks``: like ``loss(..., sum_over_ranks, world_size)``). Without ``into``,
@@ -166,8 +168,10 @@ class GraphedLoss:
         check_elements: bool = True,
         world_size: int = 1,
         into: GraphedUpdate | None = None,
+        shape: tuple[int, int, int] | None = None,
     ):
         self.potential, self.loss = potential, loss
+        self.shape = None if shape is None else tuple(int(v) for v in shape)
         self.check_elements, self.world_size = check_elements, world_size
         self.wants = {"compute_forces": compute_forces, "compute_stress": compute_stress}
         self.steps_per_octave = steps_per_octave
@@ -209,7 +213,7 @@ class GraphedLoss:
         *tensors, num_graphs = self.potential.inputs(batch, self.check_elements)
         if self.multi_head and getattr(batch, "head", None) is None:
             raise ValueError("a multi-head model trains on batches whose structures name their head (graph.head)")
-        key = bucket_of(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave)
+        key = bucket_for(tensors[0].shape[0], tensors[4].shape[1], num_graphs, self.steps_per_octave, self.shape)
         counts = None
         if self.world_size > 1:
             if sum_over_ranks is None:

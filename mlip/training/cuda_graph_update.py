@@ -41,6 +41,7 @@ from contextlib import contextmanager
 
 import torch
 
+from mlip.models.cuda_graph import shared_pool
 from mlip.training.gradients import clip_by_norm_, global_norm
 
 
@@ -117,7 +118,7 @@ class GraphedUpdate:
         if not self.capture:
             return
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # captured, not run: the eager update above was this step's
+        with torch.cuda.graph(graph, pool=shared_pool(self.flat.device)):  # captured, not run: the eager update above was this step's
             self._update()
         self._graph, self._where = graph, self._addresses()
         self.captures += 1

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mlip.data.structure import DataError
-from mlip.models.cuda_graph import GraphedPotential
+from mlip.models.cuda_graph import GraphedPotential, static_shape
 from mlip.models.potential import Potential
 from mlip.training.cuda_graph_loss import GraphedLoss, padded_sizes_advice
 from mlip.training.cuda_graph_update import GraphedUpdate
@@ -65,10 +65,14 @@ class PotentialModule(L.LightningModule):
         scheduler: ``plateau`` (on val_loss, per epoch), ``cosine`` (to ``min_lr`` over the
             run, per step) or ``constant``; all start with ``warmup_steps`` of linear warm-up.
         ema_decay: decay of the weight average used for validation, test and export (None: off).
-        cuda_graphs: on CUDA, replay each step's loss and gradients from CUDA graphs captured
-            per bucket of padded batch sizes (`mlip.training.cuda_graph_loss.GraphedLoss`):
-            much faster for batches of small structures, at the memory of one captured step
-            per bucket (up to ``cuda_graph_buckets``, least recently used dropped). A size
+        cuda_graphs: ``"auto"`` (the default), True or False: on CUDA, replay each step's loss
+            and gradients from CUDA graphs (`mlip.training.cuda_graph_loss.GraphedLoss`). With
+            batches packed to one budget (the data module's ``packed``, on by default on CUDA)
+            every batch is padded to that budget and an epoch replays one captured step, and
+            validation and test one more graph each. ``"auto"`` captures whenever the model is
+            on CUDA; the run says in one log line which path it took and why. Unpacked batches
+            are captured per bucket of padded sizes, at the memory of one step per bucket (up to
+            ``cuda_graph_buckets``, least recently used dropped). A size
             met again after it was dropped is captured again (about 0.5 s on an H200), so the
             buckets should hold the sizes the batches span: batches of 64 EMT cells span about
             10, of 32 about 20; same-size molecules 1-3. A run whose first epoch spans more sizes
@@ -109,7 +113,7 @@ class PotentialModule(L.LightningModule):
         plateau_patience: int = 5,
         min_lr: float = 1e-5,
         ema_decay: float | None = 0.99,
-        cuda_graphs: bool = False,
+        cuda_graphs: bool | str = "auto",
         cuda_graph_buckets: int = 16,
         cuda_graph_update: bool = True,
         max_nonfinite_steps: int = 10,
@@ -119,6 +123,8 @@ class PotentialModule(L.LightningModule):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda_graphs must be true, false or auto, got {cuda_graphs!r}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         # a plain list (not Hydra's ListConfig): checkpoints are read with weights_only
@@ -157,15 +163,48 @@ class PotentialModule(L.LightningModule):
 
     # -- captured graphs ---------------------------------------------------------------------
     def _graphed(self) -> bool:
-        """Whether steps replay from CUDA graphs: ``cuda_graphs`` and a model on CUDA."""
-        return self.hparams.cuda_graphs and self.device.type == "cuda"
+        """Whether steps replay from CUDA graphs (`step_path`)."""
+        return self.step_path()[0]
+
+    def step_path(self) -> tuple[bool, str]:
+        """(graphed, why): whether steps replay from CUDA graphs, and the reason in words."""
+        setting = self.hparams.cuda_graphs
+        if self.device.type != "cuda":
+            return False, f"the model is on {self.device.type}, and CUDA graphs need a GPU"
+        if setting is False:
+            return False, "module.cuda_graphs=false"
+        return True, "module.cuda_graphs=true" if setting is True else "on CUDA (module.cuda_graphs=auto)"
+
+    def _budget(self, split: str) -> tuple[int, int, int] | None:
+        """The data module's packing budget of ``split`` (atoms, edges, structures), if it packs."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        budget = getattr(datamodule, "batch_budget", None)
+        return budget(split) if budget is not None else None
+
+    def _shape(self, split: str) -> tuple[int, int, int] | None:
+        budget = self._budget(split)
+        return None if budget is None else static_shape(budget)
 
     def on_train_start(self) -> None:
-        """With graphed steps, says before the first step when one epoch's batches span more
-        padded sizes than the captured graphs kept: each step past them would capture anew."""
+        """Says in one line which path the steps take and why (with graphs: the padded shape);
+        with graphed steps on unpacked batches, says before the first step when one epoch's
+        batches span more padded sizes than the captured graphs kept."""
+        if not self.trainer.is_global_zero:
+            return
+        graphed, why = self.step_path()
         datamodule = getattr(self.trainer, "datamodule", None)
-        totals = datamodule.batch_totals("train") if self._graphed() and hasattr(datamodule, "batch_totals") else None
-        if totals is None or not len(totals) or not self.trainer.is_global_zero:
+        summary = getattr(datamodule, "packing_summary", lambda: None)()
+        shape = self._shape("train")
+        if graphed:
+            where = (f"one padded shape of {shape[0]} atoms, {shape[1]} edges, {shape[2]} graphs" if shape is not None
+                     else f"a graph per padded batch size, up to {self.hparams.cuda_graph_buckets} kept")
+            log.info("training steps replay from CUDA graphs (%s): %s", why, where)
+        else:
+            log.info("training steps run eagerly: %s", why)
+        if summary is not None:
+            log.info("%s", summary)
+        totals = datamodule.batch_totals("train") if graphed and shape is None and hasattr(datamodule, "batch_totals") else None
+        if totals is None or not len(totals):
             return
         advice = padded_sizes_advice(totals, self.hparams.cuda_graph_buckets)
         if advice is not None:
@@ -218,7 +257,8 @@ class PotentialModule(L.LightningModule):
             if self.graphed_loss is None:
                 self.graphed_loss = GraphedLoss(
                     self.potential, self.loss, max_graphs=self.hparams.cuda_graph_buckets, check_elements=False,
-                    world_size=self.trainer.world_size, into=self.graphed_update, **self._wants()
+                    world_size=self.trainer.world_size, into=self.graphed_update, shape=self._shape("train"),
+                    **self._wants()
                 )
             loss, terms = self.graphed_loss(batch, self._sum_over_ranks)
         else:
@@ -378,7 +418,8 @@ class PotentialModule(L.LightningModule):
             if self._graphed():  # replayed, as the training step
                 if self.graphed_evaluation is None:
                     self.graphed_evaluation = GraphedPotential(
-                        self.evaluation_potential(), max_graphs=self.hparams.cuda_graph_buckets, check_elements=False
+                        self.evaluation_potential(), max_graphs=self.hparams.cuda_graph_buckets, check_elements=False,
+                        shape=self._shape("val"),
                     )
                 pred = self.graphed_evaluation(batch)
             else:

@@ -43,7 +43,7 @@ class Throughput(Callback):
     """Logs ``structures_per_s`` and ``atoms_per_s`` of training at each logging step, over the
     steps since the last one (this rank, between batch ends, so GPU work queued asynchronously
     is counted once it bounds the loop; validation and epoch ends left out), and on CUDA the
-    peak GPU memory ``gpu_memory_gb`` since the last log."""
+    peak GPU memory reserved so far, ``gpu_memory_gb`` (`peak_reserved_gb`: CUDA-graph pools included)."""
 
     def __init__(self):
         self._last: float | None = None
@@ -66,8 +66,7 @@ class Throughput(Callback):
         pl_module.log("atoms_per_s", self._atoms / seconds, on_step=True, on_epoch=False)
         self._last, self._structures, self._atoms = now, 0, 0
         if pl_module.device.type == "cuda":
-            pl_module.log("gpu_memory_gb", torch.cuda.max_memory_allocated() / 1e9, on_step=True, on_epoch=False)
-            torch.cuda.reset_peak_memory_stats()
+            pl_module.log("gpu_memory_gb", peak_reserved_gb(pl_module.device), on_step=True, on_epoch=False)
 
 
 class ValidationParity(Callback):
@@ -162,7 +161,17 @@ class EpochSummary(Callback):
 def _capture_stats(pl_module) -> dict[str, float] | None:
     """The module's CUDA-graph capture totals, or None where it keeps none."""
     stats = getattr(pl_module, "graph_capture_stats", None)
-    return None if stats is None or not pl_module.hparams.get("cuda_graphs") else stats()
+    path = getattr(pl_module, "step_path", None)
+    return None if stats is None or path is None or not path()[0] else stats()
+
+
+def peak_reserved_gb(device: torch.device) -> float | None:
+    """Peak GPU memory this process has reserved on ``device`` since the last reset, GB: what
+    the caching allocator holds, the CUDA graphs' memory pools included (``allocated`` counts
+    only the tensors alive outside them); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_reserved(device) / 1e9, 3)
 
 
 class PhaseTimes(Callback):
@@ -173,7 +182,8 @@ class PhaseTimes(Callback):
     seconds of training and of validation with the number of optimiser steps, and, with
     ``module.cuda_graphs``, the padded sizes captured in that epoch (``graph_captures``; training
     steps and validation), the seconds they took (``graph_capture_s``, part of the epoch's) and
-    the sizes evicted to make room (``graph_evictions``). A run whose batches span more sizes
+    the sizes evicted to make room (``graph_evictions``), and on CUDA the peak GPU memory the
+    process reserved so far (``peak_reserved_gb``, per epoch and for the run: graph pools included). A run whose batches span more sizes
     than ``module.cuda_graph_buckets`` keeps recapturing; it is told so in the log, once per epoch.
 
     The GPU is synchronised at each phase boundary (a few times per epoch, never per step) so
@@ -217,6 +227,9 @@ class PhaseTimes(Callback):
         if trainer.sanity_checking or "train_s" not in self._epoch:
             return
         self._epoch["validation_s"] = self._now(pl_module) - self._mark
+        memory = peak_reserved_gb(pl_module.device)
+        if memory is not None:
+            self._epoch["peak_reserved_gb"] = memory
         graphs = _capture_stats(pl_module)
         if graphs is not None and self._graphs is not None:
             delta = {key: graphs[key] - self._graphs[key] for key in graphs}
@@ -246,6 +259,10 @@ class PhaseTimes(Callback):
         self._write(trainer)
 
     def _write(self, trainer) -> None:
+        module = getattr(trainer, "lightning_module", None)
+        memory = peak_reserved_gb(module.device) if module is not None else None
+        if memory is not None:
+            self.times["peak_reserved_gb"] = memory
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.dirpath / "phase_times.json", json.dumps(self.times, indent=1).encode())

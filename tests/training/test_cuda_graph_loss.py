@@ -187,3 +187,45 @@ def test_padded_sizes_advice_counts_the_epochs_buckets_from_the_data_modules_bat
     assert f"{len(sizes)} padded sizes" in advice and f"data.max_edges={int(totals[:, 1].mean())}" in advice
     assert padded_sizes_advice(totals, kept=len(sizes)) is None
 
+
+
+def test_packed_crystal_batches_share_one_padded_shape_and_their_loss_is_the_eager_one(tmp_path):
+    """Crystals of 4-64 atoms packed to one budget: every batch of an epoch, the short ones
+    included, pads to the one static shape (one captured step), with the eager loss and gradients."""
+    from ase.io import write
+
+    from ase.data import atomic_numbers
+
+    from mlip.data.crystals import ELEMENTS, make_crystals
+    from mlip.data.datamodule import AtomicDataModule
+    from mlip.models.cuda_graph import static_shape
+    from mlip.models.potential import Potential
+    from mlip.models.registry import build_model
+    from tests.conftest import tiny_model_spec
+
+    write(tmp_path / "crystals.xyz", make_crystals(40, seed=3, max_atoms=64))
+    torch.manual_seed(0)
+    spec = tiny_model_spec(num_elements=len(ELEMENTS))
+    numbers = [int(atomic_numbers[s]) for s in ELEMENTS]
+    potential = Potential(build_model(spec), numbers, np.linspace(-3.0, -1.0, len(ELEMENTS)).tolist(), scale=1.7,
+                          shift=0.3, model_spec=spec)
+    data = AtomicDataModule(str(tmp_path / "crystals.xyz"), r_max=potential.r_max, batch_size=4, packed=True,
+                            val_fraction=0.1, test_fraction=0.0)
+    data.setup()
+    shape = static_shape(data.batch_budget("train"))
+    loss_fn = EnergyForcesStressLoss(energy_weight=1.0, forces_weight=10.0, stress_weight=1.0)
+    graphed = GraphedLoss(potential, loss_fn, compute_stress=True, capture=False, shape=shape)
+    batches = list(data.train_dataloader())
+    assert len({(b.num_nodes, b.edge_index.shape[1]) for b in batches}) > 3  # the batches differ ...
+    for batch in batches[:3]:
+        reference, _ = loss_fn(potential(batch, compute_stress=True, create_graph=True), batch)
+        expected = torch.autograd.grad(reference, list(potential.parameters()))
+        loss, _ = graphed(batch)
+        torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+        potential.zero_grad(set_to_none=True)
+        loss.backward()
+        for p, g in zip(potential.parameters(), expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-10)
+    for batch in batches[3:]:
+        graphed(batch)
+    assert list(graphed.graphs.buckets) == [shape] and graphed.graphs.captures == 1  # ... one shape holds them all

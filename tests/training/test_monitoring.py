@@ -48,7 +48,7 @@ def _epoch(callback, trainer, module, totals, captured: dict) -> None:
 def test_phase_times_reports_each_epochs_captures_and_warns_when_sizes_are_dropped(tmp_path, caplog):
     totals = {"captures": 0, "evictions": 0, "capture_s": 0.0}
     module = SimpleNamespace(device=torch.device("cpu"), hparams=AttributeDict(cuda_graphs=True, cuda_graph_buckets=4),
-                             graph_capture_stats=lambda: dict(totals))
+                             graph_capture_stats=lambda: dict(totals), step_path=lambda: (True, "test"))
     trainer = SimpleNamespace(current_epoch=0, global_step=0, sanity_checking=False, is_global_zero=True)
     callback = PhaseTimes(tmp_path)
     callback.on_fit_start(trainer, module)
@@ -66,7 +66,8 @@ def test_phase_times_reports_each_epochs_captures_and_warns_when_sizes_are_dropp
 
 def test_phase_times_reports_no_captures_without_cuda_graphs(tmp_path):
     module = SimpleNamespace(device=torch.device("cpu"), hparams=AttributeDict(cuda_graphs=False),
-                             graph_capture_stats=lambda: {"captures": 0, "evictions": 0, "capture_s": 0.0})
+                             graph_capture_stats=lambda: {"captures": 0, "evictions": 0, "capture_s": 0.0},
+                             step_path=lambda: (False, "test"))
     trainer = SimpleNamespace(current_epoch=0, global_step=0, sanity_checking=False, is_global_zero=True)
     callback = PhaseTimes(tmp_path)
     _epoch(callback, trainer, module, {"captures": 0, "evictions": 0, "capture_s": 0.0}, {})
