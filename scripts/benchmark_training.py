@@ -35,6 +35,20 @@ functions that take the most time, by cumulative and by own time (the stats file
 ``SimpleProfiler``, whose report gives the host time of each step's parts (no added
 synchronisation: GPU time shows up where the host waits for it).
 
+``--crystals SET`` instead compares training on cells of every size (a set written by
+``scripts/benchmark_crystals.py prepare``: ``train.xyz``, ``valid.xyz``, ``test.xyz``, ``e0.xyz``)
+with **our shipped defaults** (``mlip-train data=extxyz trainer=gpu``, the files, the model and the
+loss named, nothing about batching or graphs) against ``mace_run_train`` (default, and with
+``--mace-cueq`` its cuequivariance path), same MACE (``--width`` x 0e + x 1o, ℓ ≤ 3, ν = 3, 2
+layers, r_max 5), batch 16, lr 0.005, E/F weights 1/100, each run alone, ours twice (a cold then
+a warm kernel cache): whole run, first step, first and steady epoch, captures, peak reserved GPU
+memory (pools included), held-out force and energy RMSE (both models scored by their own ASE
+calculator on ``test.xyz``, float64). ``--shared N`` then runs N of ours at once on the one GPU.
+
+    python scripts/benchmark_crystals.py prepare --structures 20000 --relaxations 4 --out /tmp/crystals
+    python scripts/benchmark_training.py --crystals /tmp/crystals/emt_20000 --epochs 4 --width 64 \
+        --mace-torch /tmp/site_mace:/tmp/site --mace-cueq --shared 4 --out $OUT
+
 ``--trace-steps N`` instead runs `mlip-train` (each variant in turn) for three epochs with
 `step_trace.StepTrace`, which traces N steps of the third epoch with torch.profiler: wall
 and GPU-busy milliseconds per step, the host's waits for the GPU, and the operators by host
@@ -283,6 +297,116 @@ def trace_runs(folder: Path, steps: int, variants: list[str], out: Path, work: P
         print(summary.read_text() if summary.is_file() else done.stderr[-2000:], flush=True)
 
 
+def crystal_mlip_command(folder: Path, run_dir: Path, width: int, epochs: int) -> list[str]:
+    """``mlip-train`` with the shipped defaults on a crystal set: only data, model, loss and epochs named."""
+    return [sys.executable, "-m", "mlip.cli.train", "data=extxyz", "trainer=gpu",
+            f"data.train_files=[{folder / 'train.xyz'}]", f"data.val_files=[{folder / 'valid.xyz'}]",
+            f"data.test_files=[{folder / 'test.xyz'}]", "data.val_fraction=0", "data.test_fraction=0",
+            "data.reader={energy_key: energy, forces_key: forces, stress_key: null, virial_key: null}",
+            f"data.e0s={folder / 'e0.xyz'}", "data.batch_size=16", "data.val_batch_size=16",
+            f"model.hidden_irreps={width}x0e+{width}x1o", "model.max_ell=3", "model.correlation=3",
+            "model.num_interactions=2", "model.r_max=5.0", "module.lr=0.005", "module.loss.energy_weight=1",
+            "module.loss.forces_weight=100", "module.loss.stress_weight=0", f"trainer.max_epochs={epochs}",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+
+
+def crystal_mace_command(folder: Path, run_dir: Path, width: int, epochs: int, cueq: bool) -> list[str]:
+    """``mace_run_train`` with the same model, batch, learning rate and loss weights."""
+    from accuracy_parity import e0_dict
+
+    return [sys.executable, "-m", "mace.cli.run_train", "--name", "mace", "--seed=0", f"--work_dir={run_dir}",
+            f"--train_file={folder / 'train.xyz'}", f"--valid_file={folder / 'valid.xyz'}",
+            f"--E0s={e0_dict(folder / 'e0.xyz')!r}", "--model=ScaleShiftMACE", f"--hidden_irreps={width}x0e+{width}x1o",
+            "--r_max=5.0", "--max_ell=3", "--correlation=3", "--num_interactions=2", "--batch_size=16",
+            "--valid_batch_size=16", f"--max_num_epochs={epochs}", "--lr=0.005", "--amsgrad", "--ema",
+            "--ema_decay=0.99", "--loss=weighted", "--energy_weight=1", "--forces_weight=100",
+            "--energy_key=energy", "--forces_key=forces", "--device=cuda", "--default_dtype=float32",
+            "--eval_interval=1", "--save_cpu", *(["--enable_cueq=True"] if cueq else [])]
+
+
+def crystal_scores(framework: str, model: Path, test: Path, env: dict) -> dict:
+    """Held-out force and energy errors of ``model`` through its own calculator, in a subprocess
+    (mace-torch's in its environment)."""
+    code = ("import json, sys; sys.path.insert(0, %r); from accuracy_parity import score; "
+            "print('SCORES', json.dumps(score(%r, %r, %r, 'cuda')))") % (str(Path(__file__).parent), framework,
+                                                                          str(model), str(test))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("SCORES")), None)
+    return json.loads(line[7:]) if line else {"score_error": done.stderr[-500:]}
+
+
+def crystal_epochs(run_dir: Path) -> dict:
+    """First and steady (median of the later) epochs' training seconds, captures, peak memory."""
+    path = run_dir / "phase_times.json"
+    if not path.is_file():
+        return {}
+    times = json.loads(path.read_text())
+    epochs = times["epochs"]
+    row = {"first_epoch_train_s": round(epochs[0]["train_s"], 1),
+           "steady_epoch_train_s": round(statistics.median(e["train_s"] for e in epochs[1:] or epochs), 2),
+           "epochs_recorded": [e["epoch"] for e in epochs],
+           "captures": sum(e.get("graph_captures", 0) for e in epochs),
+           "capture_s": round(sum(e.get("graph_capture_s", 0.0) for e in epochs), 1),
+           "peak_reserved_gb": times.get("peak_reserved_gb")}
+    return row
+
+
+def crystal_runs(args, base: dict, record) -> None:
+    folder = args.crystals.resolve()
+    n_train = len(read(folder / "train.xyz", ":"))
+    test = folder / "test.xyz"
+    env = dict(base, CUDA_VISIBLE_DEVICES=str(args.gpus[0]))
+    runs = []
+    if args.mace_torch:
+        mace_env = dict(env, PYTHONPATH=args.mace_torch, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+        for cueq in (False, True) if args.mace_cueq else (False,):
+            name, run_dir = "mace_run_train" + (" --enable_cueq" if cueq else ""), args.work / f"mace-cueq-{cueq}"
+            runs.append((name, crystal_mace_command(folder, run_dir, args.width, args.epochs, cueq), run_dir, mace_env,
+                         "mace"))
+    for attempt in ("cold", "warm"):
+        run_dir = args.work / f"mlip-{attempt}"
+        runs.append((f"mlip shipped defaults ({attempt} kernel cache)",
+                     crystal_mlip_command(folder, run_dir, args.width, args.epochs), run_dir, env, "mlip"))
+    for name, command, run_dir, run_env, framework in runs:
+        launched = time.time()
+        done, wall = run_logged(command, run_env, args.out / f"{run_dir.name}.log")
+        row = {"run": name, "wall_s": round(wall, 1), "n_train": n_train, "epochs": args.epochs}
+        if done.returncode != 0:
+            row["error"] = done.stderr[-800:]
+        elif framework == "mlip":
+            row.update(summarise(name, run_dir, launched, wall, n_train, args.epochs))
+            row.update(crystal_epochs(run_dir))
+            row.update(crystal_scores("mlip", run_dir / "model.safetensors", test, env))
+        else:
+            row.update(crystal_scores("mace", run_dir / "mace.model", test, run_env))
+        record(row)
+    if args.shared:
+        threads, rows = [], {}
+        for k in range(args.shared):
+            run_dir = args.work / f"shared-{k}"
+            command = crystal_mlip_command(folder, run_dir, args.width, args.epochs)
+
+            def one(k=k, run_dir=run_dir, command=command) -> None:
+                launched = time.time()
+                done, wall = run_logged(command, env, args.out / f"shared-{k}.log")
+                row = {"run": f"mlip shipped defaults, {k + 1} of {args.shared} sharing the GPU", "wall_s": round(wall, 1),
+                       "exit": done.returncode}
+                if done.returncode != 0:
+                    row["error"] = done.stderr[-800:]
+                else:
+                    row.update(summarise(row["run"], run_dir, launched, wall, n_train, args.epochs))
+                    row.update(crystal_epochs(run_dir))
+                rows[k] = row
+
+            threads.append(threading.Thread(target=one))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for k in sorted(rows):
+            record(rows[k])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", type=Path, default=ROOT / ".accuracy_data" / "3bpa_random")
@@ -292,14 +416,25 @@ def main() -> None:
     parser.add_argument("--gpus", nargs="*", type=int, default=[0])
     parser.add_argument("--profile-epochs", type=int, default=0, help="profile runs of this many epochs instead")
     parser.add_argument("--trace-steps", type=int, default=0, help="trace this many steps of each variant instead")
+    parser.add_argument("--crystals", type=Path, help="a crystal set (benchmark_crystals.py prepare): the crystal comparison")
+    parser.add_argument("--width", type=int, default=64, help="--crystals: MACE channels")
+    parser.add_argument("--mace-cueq", action="store_true", help="--crystals: also mace_run_train --enable_cueq True")
+    parser.add_argument("--shared", type=int, default=0, help="--crystals: then this many of our runs at once")
     parser.add_argument("--work", type=Path, default=Path("/tmp/benchmark_training"))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_training")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    base = dict(os.environ, OMP_NUM_THREADS="4", WANDB_MODE="disabled")
+    if args.crystals is not None:
+        def record_row(row: dict) -> None:
+            print(json.dumps(row), flush=True)
+            with open(args.out / "results.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+        return crystal_runs(args, base, record_row)
     folder = args.set.resolve()
     n_train = len(read(folder / "train.xyz", ":"))
     ours_gpu, theirs_gpu = args.gpus[0], args.gpus[-1]
-    base = dict(os.environ, OMP_NUM_THREADS="4", WANDB_MODE="disabled")
     if args.profile_epochs:
         env = dict(base, CUDA_VISIBLE_DEVICES=str(ours_gpu))
         return profile_runs(folder, args.profile_epochs, args.variants[0], args.out, args.work, env)

@@ -47,3 +47,49 @@ def test_two_gpus_match_one_with_graphs(tmp_path, emt_file, update):
     _run(tmp_path / "one", emt_file, "data.batch_size=8", *graphs)
     _run(tmp_path / "two", emt_file, "data.batch_size=4", "trainer=ddp", "trainer.devices=2", *graphs[1:])
     _same_runs(tmp_path)
+
+
+def test_the_shipped_gpu_default_packs_and_replays_one_shape_per_phase(tmp_path, emt_file, caplog):
+    """``trainer=gpu`` with nothing else: batches packed to one budget, the training step captured
+    once (validation once more) however the batch sizes vary, every epoch recorded, and the peak
+    reserved memory (graph pools included) in phase_times.json."""
+    import json
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mlip.training.module"):
+        train(compose_train_config(tmp_path, emt_file, *GPU, "trainer.max_epochs=3"))
+    assert "training steps replay from CUDA graphs (on CUDA (module.cuda_graphs=auto)): one padded shape" in caplog.text
+    times = json.loads((tmp_path / "phase_times.json").read_text())
+    assert [e["epoch"] for e in times["epochs"]] == [0, 1, 2]
+    assert [e["graph_captures"] for e in times["epochs"]] == [2, 0, 0]  # the training step and validation
+    assert times["peak_reserved_gb"] >= max(e["peak_reserved_gb"] for e in times["epochs"]) > 0
+
+
+def test_graphs_of_one_process_share_one_memory_pool():
+    """Captured after a larger one, smaller padded sizes reuse its freed activations: they add
+    little reserved memory, where a private pool each would add its own activations."""
+    from ase.build import bulk
+    from torch_geometric.data import Batch
+
+    from mlip.data.graph import structure_to_graph
+    from mlip.data.readers.atoms import structure_from_atoms
+    from mlip.models.cuda_graph import GraphedPotential
+    from tests.conftest import make_tiny_potential
+
+    potential = make_tiny_potential().cuda()
+    graphed = GraphedPotential(potential)
+    batches = []
+    for repeat in (6, 5, 4):  # largest first
+        atoms = bulk("Cu", cubic=True).repeat(repeat)
+        atoms.rattle(0.05, seed=repeat)
+        batches.append(Batch.from_data_list([structure_to_graph(structure_from_atoms(atoms, "cu"), potential.r_max)]).cuda())
+    graphed.potential(batches[0], compute_stress=True)  # the eager warm-up memory, cached before measuring
+    torch.cuda.synchronize()
+    reserved = [torch.cuda.memory_reserved()]
+    for batch in batches:
+        graphed(batch)
+        torch.cuda.synchronize()
+        reserved.append(torch.cuda.memory_reserved())
+    assert graphed.graphs.captures == 3
+    first, later = reserved[1] - reserved[0], reserved[3] - reserved[1]
+    assert first > 0 and later <= 0.25 * first, reserved
