@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mlip.atomic import file_mode
 from mlip.models.potential import Potential
 from mlip.models.registry import build_model
 
@@ -78,6 +79,7 @@ def save_model(potential: Potential, path: str | os.PathLike, extra: dict[str, A
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, file_mode())  # safetensors writes 0600; a shared cluster's group reads the model too
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -152,3 +152,85 @@ def test_a_model_with_direct_forces_is_refused_for_lammps(tmp_path):
     model_file = save_model(_escaip(direct_forces=True), tmp_path / "escaip.safetensors")
     with pytest.raises(ValueError, match="predicted directly, not derivatives of the energy"):
         write_lammps_model(model_file)
+
+
+def test_the_file_written_by_the_command_loads_in_lammps(lammps_site, tmp_path, rng):
+    """``python -m mlip.integrations.lammps`` as documented: the class is pickled by its importable
+    name (not ``__main__``), the printed elements are the model's, and LAMMPS runs the file."""
+    import pickle
+    from ase.data import chemical_symbols
+
+    potential = make_tiny_potential(seed=6)
+    model_file = save_model(potential, tmp_path / "model.safetensors")
+    done = subprocess.run([sys.executable, "-m", "mlip.integrations.lammps", str(model_file)], cwd=tmp_path,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert "elements Ni Cu Au," in done.stdout and "comm_modify cutoff 9" in done.stdout
+    mliap = tmp_path / "model.mliap"
+    assert b"__main__" not in mliap.read_bytes() and type(pickle.loads(mliap.read_bytes())).__module__ == \
+        "mlip.integrations.lammps"
+    atoms = lower_triangular_cell(rng, (2, 2, 2))
+    result = run_lammps(lammps_site, mliap, atoms, [chemical_symbols[z] for z in ELEMENTS],
+                        2 * potential.r_max + 1.0, tmp_path)
+    atoms.calc = MLIPCalculator(model_file)
+    assert result["energy"] == pytest.approx(atoms.get_potential_energy(), rel=1e-10, abs=1e-10)
+
+
+def test_a_ghost_shell_shallower_than_the_model_sees_is_refused(lammps_site, tmp_path, rng):
+    """Two layers of r_max 4 Å see 8 Å: LAMMPS' ``comm_modify cutoff 5.0`` would give wrong energies
+    with only its generic warning; the model stops at its first step naming the cutoff to set."""
+    from ase.data import chemical_symbols
+
+    potential = make_tiny_potential(seed=6)
+    mliap = write_lammps_model(save_model(potential, tmp_path / "model.safetensors"))
+    atoms = lower_triangular_cell(rng, (3, 3, 3))
+    with pytest.raises(AssertionError, match=r"ghost atoms LAMMPS passes reach only .* set comm_modify cutoff 9"):
+        run_lammps(lammps_site, mliap, atoms, [chemical_symbols[z] for z in ELEMENTS], 5.0, tmp_path)
+
+
+def test_the_ghost_shell_depth_is_read_from_the_pairs_alone():
+    """A periodic cell with its images within c Å of the box as ghosts: the depth measured from
+    the pair vectors is at least c (and no more than c plus the gap between box and atoms)."""
+    from ase.build import bulk
+    from scipy.spatial import cKDTree
+
+    from mlip.integrations.lammps import ghost_shell_depth
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    lengths = atoms.cell.lengths()
+    for cutoff in (5.0, 9.0):
+        images = [atoms.positions]
+        for shift in np.ndindex(7, 7, 7):
+            if shift == (3, 3, 3):
+                continue
+            p = atoms.positions + (np.array(shift) - 3) @ atoms.cell.array
+            outside = np.maximum(np.maximum(-p, p - lengths), 0)
+            images.append(p[np.linalg.norm(outside, axis=1) <= cutoff])
+        positions = np.concatenate(images)
+        pairs = np.array(sorted(cKDTree(positions).query_pairs(2.6)))
+        i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+        depth = ghost_shell_depth(len(atoms), len(positions), i, j, positions[j] - positions[i])
+        assert cutoff <= depth <= cutoff + np.sqrt(3) * 1.8 + 1e-9
+    assert ghost_shell_depth(4, 4, np.array([0, 1]), np.array([1, 0]), np.ones((2, 3))) is None  # no ghosts
+
+
+def test_the_docs_python_snippet_runs_lammps_as_written(lammps_site, tmp_path, rng):
+    """docs/md.md's LAMMPS input and its Python driver, as written (the run shortened to 10 steps)."""
+    import re
+    from ase.data import chemical_symbols
+
+    text = (ROOT / "docs" / "md.md").read_text()
+    script = re.search(r"```lammps\n(.*?)```", text, re.S).group(1)
+    driver = re.search(r"Running LAMMPS from Python.*?```python\n(.*?)```", text, re.S).group(1)
+    potential = make_tiny_potential(seed=6)
+    model_file = save_model(potential, tmp_path / "model.safetensors")
+    write_lammps_model(model_file, tmp_path / "model.mliap")
+    atoms = lower_triangular_cell(rng, (2, 2, 2))
+    atoms.set_chemical_symbols(["Cu", "Au"] * (len(atoms) // 2))
+    write(tmp_path / "cell.lmp", atoms, format="lammps-data", specorder=["Cu", "Au"], masses=True, atom_style="atomic")
+    (tmp_path / "in.lammps").write_text(re.sub(r"^run\s+\d+", "run          10", script, flags=re.M))
+    (tmp_path / "driver.py").write_text(driver)
+    done = subprocess.run([sys.executable, "driver.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(lammps_site), str(ROOT)])))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Loop time" in done.stdout
