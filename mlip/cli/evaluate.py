@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlip.atomic import atomic_write_bytes
 from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
+from mlip.data.readers.atoms import DEFAULT_KEYS, missing_labels_message
 from mlip.data.structure import DataError
 from mlip.evaluation.equivariance import equivariance_audit
 from mlip.evaluation.plots import error_histogram, parity_plot
@@ -88,6 +89,9 @@ def evaluate(cfg: DictConfig) -> dict:
         entry = report["models"][model_name] = {"path": model_path, "forces": forces, "datasets": {}}
         for data_name, structures in datasets.items():
             predictions = predict(potential, structures, o["min_distance"])
+            if not any(s.energy is not None or s.forces is not None or s.stress is not None for s in structures):
+                # nothing to score against: an empty table would look like a result
+                raise DataError(missing_labels_message(report["data"][data_name], {**DEFAULT_KEYS, **(o["reader"] or {})}))
             metrics = score(predictions)
             result = entry["datasets"][data_name] = {"errors": metrics}
             if o["audit"] == "equivariance":

@@ -27,6 +27,7 @@ from mlip.data.loader import GraphLoader, batch_to_device
 from mlip.data.checks import unknown_elements
 from mlip.data.graph import add_batch_edges, structure_to_graph
 from mlip.data.readers import SkippedRecords, iter_structures
+from mlip.data.readers.atoms import DEFAULT_KEYS, missing_labels_message
 from mlip.data.samplers import BudgetBatchSampler, EpochShuffleSampler, PackedBatchSampler, ResumableBatchSampler
 from mlip.data.statistics import DatasetStatistics, TrainingSetSummary, statistics_from_summary
 from mlip.data.store.dataset import StoreDataset
@@ -410,6 +411,11 @@ class AtomicDataModule(GraphDataModule):
         if self.splits:
             return
         structures = self._read(self.train_files)
+        needs_energy = isinstance(self.e0s, str) and self.e0s == "least_squares"
+        if needs_energy and structures and all(s.energy is None for s in structures):
+            keys = {**DEFAULT_KEYS, **self.reader}
+            raise DataError("cannot fit E0s: " + missing_labels_message(", ".join(self.train_files), keys)
+                            + " (or give data.e0s)")
         if self.val_files or self.test_files:
             train = structures
             val, test = self._read(self.val_files), self._read(self.test_files)

@@ -179,3 +179,23 @@ def test_escaip_is_audited_and_direct_forces_are_labelled_non_conservative(tmp_p
     assert entry["forces"] == ("direct (non-conservative)" if direct else "conservative")
     assert report["rows"][0]["forces"] == entry["forces"]
     assert entry["datasets"]["emt"]["equivariance"]["forces_max_eV/A"] > 1e-6  # not equivariant by construction
+
+
+def test_a_file_without_labels_under_the_keys_is_an_error_naming_both_key_sets(tmp_path):
+    """Labels under other keys (REF_*): no empty table and exit 0, but the keys looked for and
+    those the file has."""
+    from ase.build import bulk
+
+    model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    atoms = bulk("Cu", cubic=True)
+    atoms.info["REF_energy"] = -1.0
+    atoms.arrays["REF_forces"] = np.zeros((len(atoms), 3))
+    write(tmp_path / "ref.xyz", atoms)
+    from mlip.data.structure import DataError
+
+    with pytest.raises(DataError, match=r"ref.xyz: no structure has a label under the keys looked for "
+                                        r"\(energy_key='energy', forces_key='forces'.*info: REF_energy.*arrays: REF_forces"):
+        evaluate(_config(f"model={model}", f"data={tmp_path / 'ref.xyz'}", "plots=false"))
+    report = evaluate(_config(f"model={model}", f"data={tmp_path / 'ref.xyz'}", "plots=false",
+                              "reader={energy_key: REF_energy, forces_key: REF_forces}"))
+    assert "forces_rmse" in report["rows"][0]

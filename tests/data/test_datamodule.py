@@ -204,3 +204,23 @@ def test_training_batches_stay_on_the_host_for_a_module_that_copies_them(tmp_pat
         moved = module.transfer_batch_to_device(batch, meta, 0)
         stays = training and copies and neighbour_list == "workers"
         assert moved.positions.device == (torch.device("cpu") if stays else meta), (training, copies)
+
+
+def test_training_labels_under_other_keys_name_the_file_the_key_and_the_fix(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    from mlip.data.datamodule import AtomicDataModule
+    from mlip.data.structure import DataError
+
+    frames = []
+    for k in range(6):
+        atoms = bulk("Cu", cubic=True)
+        atoms.rattle(0.05, seed=k)
+        atoms.info["REF_energy"] = -3.0
+        frames.append(atoms)
+    write(tmp_path / "ref.xyz", frames)
+    data = AtomicDataModule(str(tmp_path / "ref.xyz"), r_max=4.0, reader={"energy_key": "energy"})
+    with pytest.raises(DataError, match=r"cannot fit E0s: .*ref.xyz: no structure has a label under the keys looked "
+                                        r"for \(energy_key='energy'.*info: REF_energy.*energy_key: REF_energy"):
+        data.setup()

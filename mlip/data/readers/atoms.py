@@ -16,6 +16,8 @@ from mlip.data.structure import DataError, Structure, virial_to_stress
 
 
 LABEL_KEYS = ("energy_key", "forces_key", "stress_key", "virial_key")
+# the one default convention, ASE's own names, in every command (train, eval, relax, preprocess)
+DEFAULT_KEYS = {"energy_key": "energy", "forces_key": "forces", "stress_key": "stress", "virial_key": "virial"}
 
 
 def _lookup(atoms: ase.Atoms, key: str | None, per_atom: bool) -> np.ndarray | float | None:
@@ -92,3 +94,32 @@ def atoms_from_structure(structure: Structure) -> ase.Atoms:
     atoms.info.update({k: v for k, v in structure.info.items() if isinstance(v, (str, int, float, bool))})
     atoms.info["source"] = structure.source
     return atoms
+
+
+def keys_in_file(path: str) -> str | None:
+    """The keys a labels could sit under in the first frame of an ASE-readable file, in words
+    (``info: REF_energy, config_type; arrays: REF_forces``), for messages; None if unreadable."""
+    try:
+        import ase.io
+
+        atoms = ase.io.read(path, index=0)
+    except Exception:  # any format ASE cannot read: the message goes without the keys
+        return None
+    parts = []
+    info = sorted(k for k in atoms.info if k != "source")
+    arrays = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+    results = sorted(getattr(atoms.calc, "results", {}) or {})
+    for name, keys in (("info", info), ("arrays", arrays), ("calculator results", results)):
+        if keys:
+            parts.append(f"{name}: {', '.join(keys)}")
+    return "; ".join(parts) or "no label keys"
+
+
+def missing_labels_message(path: str, keys: dict) -> str:
+    """One line for a file none of whose structures has a label under ``keys``: the keys looked
+    for, those the file has, and the setting to change."""
+    looked = ", ".join(f"{k}={v!r}" for k, v in keys.items() if k in LABEL_KEYS)
+    found = keys_in_file(path)
+    has = f"; its first record has {found}" if found else ""
+    return (f"{path}: no structure has a label under the keys looked for ({looked}){has}; "
+            f"name the file's keys in the reader options, e.g. reader={{energy_key: REF_energy, forces_key: REF_forces}}")
