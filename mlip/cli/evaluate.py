@@ -26,6 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.atomic import atomic_write_bytes
+from mlip.cli.output_dir import prepare_output_dir
 from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
 from mlip.data.readers.atoms import DEFAULT_KEYS, missing_labels_message
@@ -72,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"audit must be one of {AUDITS}, got {o['audit']!r}")
     models, files = _as_list(o["model"]), _as_list(o["data"])
     output_dir = Path(o["output_dir"] or Path(models[0]).with_name(Path(models[0]).name.split(".")[0] + "_eval"))
+    prepare_output_dir(output_dir, bool(o.get("overwrite")), "mlip-eval")  # before hours of audit, not after
     datasets = {}
     for name, path in zip(unique_names(files), files):
         structures = list(itertools.islice(iter_structures(path, o["format"], **(o["reader"] or {})), o["max_structures"]))
@@ -111,7 +113,6 @@ def evaluate(cfg: DictConfig) -> dict:
     outputs["report.json"] = json.dumps(report, indent=1).encode()
     outputs["metrics.csv"] = _csv(rows)
     outputs["per_element.csv"] = _csv(element_rows)
-    output_dir.mkdir(parents=True, exist_ok=True)
     for name, content in outputs.items():
         atomic_write_bytes(output_dir / name, content)
     report["rows"], report["files"] = rows, sorted(outputs)
@@ -133,7 +134,7 @@ def format_table(rows: list[dict]) -> str:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         report = evaluate(cfg)
-    except (DataError, UnknownElementError, FileNotFoundError, ValueError) as exc:
+    except (DataError, UnknownElementError, FileNotFoundError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"mlip-eval: {exc}") from None
     print(format_table(report["rows"]))
     for name, entry in report["models"].items():

@@ -19,6 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.cli.output_dir import prepare_output_dir
 from mlip.calculator import MLIPCalculator
 from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
@@ -66,7 +67,8 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
         log.warning("%s predicts its forces directly (non-conservative): the optimiser stops where they vanish, "
                     "which need not be a minimum of its energy, and may circle without converging; a model trained "
                     "with forces by autograd (direct_forces=false) relaxes to its energy's minimum", o["model"])
-    output_dir = Path(o["output_dir"] or f"{Path(o['input']).name.split('.')[0]}_relax")
+    output_dir = prepare_output_dir(o["output_dir"] or f"{Path(o['input']).name.split('.')[0]}_relax",
+                                    bool(o.get("overwrite")), "mlip-relax")
     if o["batched"]:
         if o["relax_cell"] or o["optimizer"] != "fire":
             raise ValueError("batched relaxation is FIRE on positions only: set optimizer=fire relax_cell=false")
@@ -99,7 +101,7 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         results, paths = run(cfg)
-    except (DataError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"mlip-relax: {exc}") from None
     print(format_summary(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -91,7 +91,7 @@ def test_models_side_by_side_on_several_datasets(tmp_path, dataset_dir, monkeypa
     np.testing.assert_allclose([a.info["MLIP_energy"] for a in written], direct.energy, rtol=1e-12)
     np.testing.assert_allclose(np.concatenate([a.arrays["MLIP_forces"] for a in written]), direct.forces, atol=1e-7)  # extxyz: 8 decimals
     np.testing.assert_allclose(written[0].arrays["REF_forces"], structures[0].forces)
-    monkeypatch.setattr(sys, "argv", ["mlip-eval", *args, "plots=false", "predictions=false"])
+    monkeypatch.setattr(sys, "argv", ["mlip-eval", *args, "plots=false", "predictions=false", "overwrite=true"])
     main()
     printed = capsys.readouterr().out
     assert "run2-model / test_dih" in printed and "F cos" in printed
@@ -199,3 +199,18 @@ def test_a_file_without_labels_under_the_keys_is_an_error_naming_both_key_sets(t
     report = evaluate(_config(f"model={model}", f"data={tmp_path / 'ref.xyz'}", "plots=false",
                               "reader={energy_key: REF_energy, forces_key: REF_forces}"))
     assert "forces_rmse" in report["rows"][0]
+
+
+def test_a_second_evaluation_into_the_same_folder_is_refused_unless_overwrite(tmp_path, emt_file):
+    """The metrics of an hour-long audit are not replaced silently; with overwrite=true the
+    folder is emptied first, so no plot of the earlier run stays beside the new metrics."""
+    model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=2", "plots=false"))
+    stale = tmp_path / "model_eval" / "model_old_parity.png"
+    stale.write_bytes(b"png")
+    with pytest.raises(FileExistsError, match=r"model_eval holds the results of an earlier mlip-eval run; give "
+                                              r"another output_dir=\.\.\. or overwrite=true"):
+        evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=2", "plots=false"))
+    report = evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=2", "plots=false",
+                              "overwrite=true"))
+    assert not stale.exists() and sorted(p.name for p in (tmp_path / "model_eval").iterdir()) == report["files"]

@@ -53,8 +53,12 @@ def test_relax_writes_results_and_names_failures(trained_run, mixed_input, tmp_p
     assert paths["csv"].read_text().count("\n") == 6
     assert len(list((out / "trajectories").glob("*.traj"))) == (0 if batched else 2)
     assert not list(out.rglob("*.partial"))
-    # the command: prints the table, and exits 1 because some failed
+    # the command: refuses to replace those results unasked ...
     monkeypatch.setattr(sys, "argv", ["mlip-relax", *args])
+    with pytest.raises(SystemExit, match=r"holds the results of an earlier mlip-relax run.*overwrite=true"):
+        relax_cli.main()
+    # ... prints the table, and exits 1 because some failed
+    monkeypatch.setattr(sys, "argv", ["mlip-relax", *args, "overwrite=true"])
     with pytest.raises(SystemExit) as exit_:
         relax_cli.main()
     assert exit_.value.code == 1
@@ -64,7 +68,7 @@ def test_relax_writes_results_and_names_failures(trained_run, mixed_input, tmp_p
 
 def test_batched_relax_refuses_cell_relaxation(trained_run, mixed_input, tmp_path):
     cfg = _config(relax_cli, "relax", f"model={trained_run / 'model.safetensors'}", f"input={mixed_input}",
-                  "batched=true", "relax_cell=true", f"output_dir={tmp_path}")
+                  "batched=true", "relax_cell=true", f"output_dir={tmp_path / 'out'}")
     with pytest.raises(ValueError, match="positions only"):
         relax_cli.run(cfg)
 
