@@ -15,9 +15,7 @@ local atoms, and hands back the pair forces ∂E/∂r_ij (``update_pair_forces``
 them to both atoms, tallies the virial from them and sends ghost forces home). A message-passing
 model of L layers sees atoms L x r_max away (EScAIP L + 1: its input features already read a
 neighbour shell), so the ghost shell (``comm_modify cutoff``) must be at least that deep; then
-energies and forces are exact. At its first step the model measures how deep the ghost shell
-LAMMPS gave it is (from the pairs: how far the farthest ghost lies from the local atoms) and
-stops, naming the ``comm_modify cutoff`` to set, when it is shallower than that.
+energies and forces are exact.
 
 The file LAMMPS loads holds only the model file's path and options (a small pickle of this
 class, no weights): the weights are read from the safetensors model file, never unpickled.
@@ -53,15 +51,11 @@ class MLIPUnified(MLIAPUnified):
         dtype: ``float64`` or ``float32`` (LAMMPS exchanges float64 either way).
         device: ``cpu`` or ``cuda``.
         head: of a multi-head model, the head predicted.
-        check_ghosts: at the first step, refuse a ghost shell shallower than the model sees
-            (`ghost_shell_depth`); False for a system whose atoms never reach that far (a
-            cluster whose periodic images are nearer than the model's reach but not beyond it).
     """
 
     def __init__(self, model_file: str | os.PathLike, dtype: str = "float64", device: str = "cpu",
-                 head: str | None = None, check_ghosts: bool = True):
-        self.options = {"model_file": str(Path(model_file).resolve()), "dtype": dtype, "device": device, "head": head,
-                        "check_ghosts": bool(check_ghosts)}
+                 head: str | None = None):
+        self.options = {"model_file": str(Path(model_file).resolve()), "dtype": dtype, "device": device, "head": head}
         self._load()
 
     def _load(self) -> None:
@@ -78,8 +72,6 @@ class MLIPUnified(MLIAPUnified):
         self.potential = potential.requires_grad_(False)
         self.dtype, self.device = potential.e0s.dtype, potential.e0s.device
         self.known = [chemical_symbols[int(z)] for z in potential.elements]
-        self.reach = shells(potential) * potential.r_max  # Å: how far an atom's energy sees
-        self._ghosts_checked = not options.get("check_ghosts", True)
         # every element name is accepted by pair_coeff, so that one the model lacks is refused
         # here by name (ML-IAP's own check says only "Incorrect args for pair coefficients");
         # LAMMPS' pair cutoff is 2 x rcutfac
@@ -119,8 +111,6 @@ class MLIPUnified(MLIAPUnified):
             rij = np.zeros((0, 3))
         else:
             i, j, rij = np.asarray(data.pair_i), np.asarray(data.pair_j), np.asarray(data.rij)
-        if not self._ghosts_checked:
-            self._check_ghost_shell(nlocal, len(numbers), i, j, rij)
         edge_index = torch.stack([torch.as_tensor(j, dtype=torch.long), torch.as_tensor(i, dtype=torch.long)]).to(self.device)
         vectors = torch.as_tensor(rij, dtype=self.dtype, device=self.device).requires_grad_(True)
         node_energy = self.potential.node_energies(species, edge_index, vectors)  # [ntotal] eV
@@ -134,52 +124,6 @@ class MLIPUnified(MLIAPUnified):
         if npairs:
             data.update_pair_forces(np.ascontiguousarray(forces.detach().double().cpu().numpy()))
 
-    def _check_ghost_shell(self, nlocal: int, ntotal: int, i: np.ndarray, j: np.ndarray, rij: np.ndarray) -> None:
-        """Refuse a ghost shell shallower than the model's reach (once, at the first step)."""
-        self._ghosts_checked = True
-        depth = ghost_shell_depth(nlocal, ntotal, i, j, rij)
-        if depth is not None and depth < self.reach - 1e-6:
-            message = (f"{self.options['model_file']}: the ghost atoms LAMMPS passes reach only {depth:.2f} Å beyond "
-                       f"the local atoms, but this model's energies see {self.reach:g} Å (its layers x r_max), so "
-                       f"energies and forces would be wrong; set comm_modify cutoff {self.reach + 1.0:g} (reach + "
-                       f"neighbour skin) before the run")
-            print(f"ERROR: {message}", flush=True)
-            raise ValueError(message)
-
-
-def ghost_shell_depth(nlocal: int, ntotal: int, i: np.ndarray, j: np.ndarray, rij: np.ndarray) -> float | None:
-    """How far (Å) the farthest ghost atom connected to the local atoms lies from the nearest of
-    them, from the pair list alone (positions rebuilt along the pairs, x_j = x_i + r_ij, in each
-    connected part that holds a local atom); None without ghost atoms.
-
-    LAMMPS hands over ghosts up to ``comm_modify cutoff`` beyond the local atoms' box, so this is
-    at least that cutoff wherever atoms fill the space that far.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import breadth_first_order, connected_components
-    from scipy.spatial import cKDTree
-
-    if ntotal <= nlocal or len(i) == 0:
-        return None
-    row_of = coo_matrix((np.arange(1, len(i) + 1), (i, j)), shape=(ntotal, ntotal)).tocsr()  # pair -> its row + 1
-    _, labels = connected_components(row_of, directed=False)
-    depth = None
-    for part in np.unique(labels[:nlocal]):
-        root = int(np.flatnonzero(labels[:nlocal] == part)[0])
-        order, parent = breadth_first_order(row_of, root, directed=False, return_predecessors=True)
-        nodes, ups = order[1:], parent[order[1:]]
-        forward = np.asarray(row_of[ups, nodes]).ravel()  # pair up -> node: x_node = x_up + r
-        backward = np.asarray(row_of[nodes, ups]).ravel()  # else node -> up: x_node = x_up - r
-        step = np.where((forward > 0)[:, None], rij[np.maximum(forward, 1) - 1], -rij[np.maximum(backward, 1) - 1])
-        positions = np.zeros((ntotal, 3))
-        for node, up, vector in zip(nodes.tolist(), ups.tolist(), step):  # parents come first in BFS order
-            positions[node] = positions[up] + vector
-        local, ghosts = order[order < nlocal], order[order >= nlocal]
-        if len(ghosts):
-            distances, _ = cKDTree(positions[local]).query(positions[ghosts])
-            depth = max(depth or 0.0, float(distances.max()))
-    return depth
-
 
 def shells(potential) -> int:
     """How many r_max an atom's energy sees: the model's ``receptive_shells`` (EScAIP: its blocks and
@@ -189,8 +133,7 @@ def shells(potential) -> int:
 
 
 def write_lammps_model(model_file: str | os.PathLike, output: str | os.PathLike | None = None,
-                       dtype: str = "float64", device: str = "cpu", head: str | None = None,
-                       check_ghosts: bool = True) -> Path:
+                       dtype: str = "float64", device: str = "cpu", head: str | None = None) -> Path:
     """Write the file ``pair_style mliap unified FILE 1`` loads (default: ``<model>.mliap``); atomically."""
     import pickle
 
@@ -198,7 +141,7 @@ def write_lammps_model(model_file: str | os.PathLike, output: str | os.PathLike 
     output = Path(output) if output is not None else model_file.with_suffix(".mliap")
     if output.suffix in (".pt", ".pth"):
         raise ValueError(f"{output}: LAMMPS reads .pt/.pth files with torch.load; name it .mliap")
-    unified = MLIPUnified(model_file, dtype, device, head, check_ghosts)  # loads it once: a bad file fails here, not in LAMMPS
+    unified = MLIPUnified(model_file, dtype, device, head)  # loads it once: a bad file fails here, not in LAMMPS
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(pickle.dumps(unified))
@@ -220,15 +163,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--head", help="of a multi-head model, the head LAMMPS runs")
-    parser.add_argument("--no-ghost-check", action="store_true",
-                        help="do not refuse a ghost shell shallower than the model's reach (see the module's docs)")
     args = parser.parse_args()
     # the class LAMMPS unpickles must be importable by name: run as ``python -m`` this module is
     # ``__main__``, so the writer is taken from the module under its own name
     module = importlib.import_module("mlip.integrations.lammps")
     try:
-        module.write_lammps_model(args.model_file, args.output, args.dtype, args.device, args.head,
-                                  not args.no_ghost_check)
+        module.write_lammps_model(args.model_file, args.output, args.dtype, args.device, args.head)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"mlip.integrations.lammps: {exc}") from None
 

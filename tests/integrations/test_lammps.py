@@ -176,44 +176,6 @@ def test_the_file_written_by_the_command_loads_in_lammps(lammps_site, tmp_path, 
     assert result["energy"] == pytest.approx(atoms.get_potential_energy(), rel=1e-10, abs=1e-10)
 
 
-def test_a_ghost_shell_shallower_than_the_model_sees_is_refused(lammps_site, tmp_path, rng):
-    """Two layers of r_max 4 Å see 8 Å: LAMMPS' ``comm_modify cutoff 5.0`` would give wrong energies
-    with only its generic warning; the model stops at its first step naming the cutoff to set."""
-    from ase.data import chemical_symbols
-
-    potential = make_tiny_potential(seed=6)
-    mliap = write_lammps_model(save_model(potential, tmp_path / "model.safetensors"))
-    atoms = lower_triangular_cell(rng, (3, 3, 3))
-    with pytest.raises(AssertionError, match=r"ghost atoms LAMMPS passes reach only .* set comm_modify cutoff 9"):
-        run_lammps(lammps_site, mliap, atoms, [chemical_symbols[z] for z in ELEMENTS], 5.0, tmp_path)
-
-
-def test_the_ghost_shell_depth_is_read_from_the_pairs_alone():
-    """A periodic cell with its images within c Å of the box as ghosts: the depth measured from
-    the pair vectors is at least c (and no more than c plus the gap between box and atoms)."""
-    from ase.build import bulk
-    from scipy.spatial import cKDTree
-
-    from mlip.integrations.lammps import ghost_shell_depth
-
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
-    lengths = atoms.cell.lengths()
-    for cutoff in (5.0, 9.0):
-        images = [atoms.positions]
-        for shift in np.ndindex(7, 7, 7):
-            if shift == (3, 3, 3):
-                continue
-            p = atoms.positions + (np.array(shift) - 3) @ atoms.cell.array
-            outside = np.maximum(np.maximum(-p, p - lengths), 0)
-            images.append(p[np.linalg.norm(outside, axis=1) <= cutoff])
-        positions = np.concatenate(images)
-        pairs = np.array(sorted(cKDTree(positions).query_pairs(2.6)))
-        i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-        depth = ghost_shell_depth(len(atoms), len(positions), i, j, positions[j] - positions[i])
-        assert cutoff <= depth <= cutoff + np.sqrt(3) * 1.8 + 1e-9
-    assert ghost_shell_depth(4, 4, np.array([0, 1]), np.array([1, 0]), np.ones((2, 3))) is None  # no ghosts
-
-
 def test_the_docs_python_snippet_runs_lammps_as_written(lammps_site, tmp_path, rng):
     """docs/md.md's LAMMPS input and its Python driver, as written (the run shortened to 10 steps)."""
     import re
