@@ -18,6 +18,7 @@ from mlip.data.verlet import VerletList
 from mlip.export import load_model
 from mlip.models.cuda_graph import GraphedPotential
 from mlip.models.potential import Potential
+from mlip.threads import set_threads
 
 
 class MLIPCalculator(Calculator):
@@ -40,6 +41,9 @@ class MLIPCalculator(Calculator):
             exact either way), with positions in and results out in one copy each;
             ``"host"`` builds it on the CPU at every call; ``"auto"``: device on CUDA.
         skin: of the device neighbour list, Å.
+        threads: CPU threads torch uses (process-wide; `mlip.threads.set_threads`): None keeps
+            ``OMP_NUM_THREADS`` or a ``torch.set_num_threads`` made before, else one thread per
+            CPU no other process is busy on, so that a shared machine does not stall every call.
 
     Stress is given for cells periodic in all three directions. ``free_energy`` equals
     ``energy`` (no electronic entropy in the model).
@@ -57,9 +61,11 @@ class MLIPCalculator(Calculator):
         head: str | None = None,
         neighbour_list: str = "auto",
         skin: float = 1.0,
+        threads: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        set_threads(threads)
         self.min_distance = float(min_distance)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)

@@ -25,6 +25,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.threads import set_threads
 from mlip.atomic import atomic_write_bytes
 from mlip.cli.output_dir import prepare_output_dir
 from mlip.configs import config_dir, search_path
@@ -69,6 +70,7 @@ def _csv(rows: list[dict]) -> bytes:
 def evaluate(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg`` (configs/eval/eval.yaml); returns the report."""
     o = OmegaConf.to_container(cfg, resolve=True)
+    set_threads(o.get("threads"))
     if o["audit"] not in AUDITS:
         raise ValueError(f"audit must be one of {AUDITS}, got {o['audit']!r}")
     models, files = _as_list(o["model"]), _as_list(o["data"])

@@ -18,6 +18,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.threads import set_threads
 from mlip.calculator import MLIPCalculator
 from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
@@ -34,6 +35,7 @@ log = logging.getLogger("mlip.md")
 def run(cfg: DictConfig) -> tuple[MDResult, Path]:
     """Run what ``cfg`` (configs/md/md.yaml) names; returns the record and the output folder."""
     o = OmegaConf.to_container(cfg, resolve=True)
+    set_threads(o.get("threads"))
     potential = load_potential(o["model"], o["device"], o["dtype"]).requires_grad_(False)
     structure = next(itertools.islice(iter_structures(o["input"], o["format"]), o["index"], None), None)
     if structure is None:

@@ -19,6 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.threads import set_threads
 from mlip.cli.output_dir import prepare_output_dir
 from mlip.calculator import MLIPCalculator
 from mlip.configs import config_dir, search_path
@@ -61,6 +62,7 @@ def read_checked(path, fmt: str, reader: dict | None, potential, min_distance: f
 def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
     """Relax what ``cfg`` (configs/relax/relax.yaml) names; returns the results and the written paths."""
     o = OmegaConf.to_container(cfg, resolve=True)
+    set_threads(o.get("threads"))
     potential = load_potential(o["model"], o["device"], o["dtype"]).requires_grad_(False)
     items = read_checked(o["input"], o["format"], o["reader"], potential, o["min_distance"], o["fix_tags"])
     if not potential.conservative:

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.threads import set_threads
 from mlip.atomic import atomic_write_bytes
 from mlip.cli.console import quiet_lightning
 from mlip.configs import config_dir, search_path
@@ -116,6 +117,7 @@ def format_metrics(metrics: dict[str, float], split: str = "test") -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns the test metrics (validation without a test split; eV units)."""
     L.seed_everything(cfg.seed, workers=True)
+    set_threads(cfg.get("threads"))
     torch.set_default_dtype(getattr(torch, cfg.dtype))
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     output_dir = Path(cfg.output_dir)
