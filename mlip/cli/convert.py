@@ -53,8 +53,8 @@ def one_head(path: Path, head: str | None) -> Potential:
     return rebuild_potential(potential, heads=[(head, potential.heads.index(head))])
 
 
-@hydra.main(version_base="1.3", config_path=search_path("convert"), config_name="convert")
-def _hydra_main(cfg: DictConfig) -> None:
+def run_command(cfg: DictConfig) -> None:
+    """The command on a composed config: run, print, exit with its status (`mlip.cli.launch`)."""
     try:
         output = convert(cfg)
     except (ConversionError, FileNotFoundError, ModelFileError) as exc:
@@ -65,6 +65,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     shown = ", ".join(f"{k}={spec[k]}" for k in ("hidden_irreps", "max_ell", "correlation", "num_interactions", "r_max"))
     print(f"converted {cfg.input} ({cfg.framework}{f', head {cfg.head}' if cfg.head else ''}): MACE {shown}")
     print(f"model file: {output}")
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=search_path("convert"), config_name="convert")(run_command)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mlip.threads import set_threads
 from mlip.atomic import atomic_write_bytes
 from mlip.cli.output_dir import prepare_output_dir
 from mlip.configs import config_dir, search_path
@@ -38,6 +37,7 @@ from mlip.evaluation.predict import predict, predictions_extxyz
 from mlip.evaluation.scores import score
 from mlip.export import load_potential
 from mlip.models.potential import UnknownElementError
+from mlip.threads import set_threads
 
 # its own folder: configs/ has model/ and data/ groups, and here model= and data= are paths
 CONFIG_DIR = config_dir("eval")
@@ -132,8 +132,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=search_path("eval"), config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
+def run_command(cfg: DictConfig) -> None:
+    """The command on a composed config: run, print, exit with its status (`mlip.cli.launch`)."""
     try:
         report = evaluate(cfg)
     except (DataError, UnknownElementError, FileNotFoundError, FileExistsError, ValueError) as exc:
@@ -147,6 +147,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         if audit:
             print(f"{row['model']} / {row['data']}: " + ", ".join(f"{k[13:]} {v:.2e}" for k, v in audit.items()))
     print(f"wrote {len(report['files'])} files to {report['output_dir']}")
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=search_path("eval"), config_name="eval")(run_command)
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ def preprocess(cfg: DictConfig) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path=search_path("preprocess"), config_name="preprocess")
-def _hydra_main(cfg: DictConfig) -> None:
+def run_command(cfg: DictConfig) -> None:
+    """The command on a composed config: run, print, exit with its status (`mlip.cli.launch`)."""
     logging.getLogger("mlip").setLevel(logging.INFO)
     try:
         manifest = preprocess(cfg)
@@ -51,6 +51,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     shown["shards"] = len(manifest["shards"])
     print(json.dumps(shown, indent=1))
     print(f"store: {cfg.output}")
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=search_path("preprocess"), config_name="preprocess")(run_command)
 
 
 def main() -> None:

@@ -19,9 +19,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlip.threads import set_threads
-from mlip.cli.output_dir import prepare_output_dir
 from mlip.calculator import MLIPCalculator
+from mlip.cli.output_dir import prepare_output_dir
 from mlip.configs import config_dir, search_path
 from mlip.data.readers import iter_structures
 from mlip.data.readers.atoms import atoms_from_structure
@@ -30,6 +29,7 @@ from mlip.export import load_potential
 from mlip.simulation.batched_fire import BatchedFIRE
 from mlip.simulation.checks import StructureError, check_structure
 from mlip.simulation.relax import FAILED, RelaxResult, format_summary, relax_all, write_results
+from mlip.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def run(cfg: DictConfig) -> tuple[list[RelaxResult], dict]:
     return results, write_results(results, output_dir)
 
 
-@hydra.main(version_base="1.3", config_path=search_path("relax"), config_name="relax")
-def _hydra_main(cfg: DictConfig) -> None:
+def run_command(cfg: DictConfig) -> None:
+    """The command on a composed config: run, print, exit with its status (`mlip.cli.launch`)."""
     try:
         results, paths = run(cfg)
     except (DataError, FileNotFoundError, FileExistsError, ValueError) as exc:
@@ -109,6 +109,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if any(r.status == FAILED for r in results):
         raise SystemExit(1)
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=search_path("relax"), config_name="relax")(run_command)
 
 
 def main() -> None:

@@ -105,8 +105,10 @@ def run_md(
     seed: int = 0,
     interval: int = 1,
     trajectory: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> tuple[MDResult, Atoms]:
-    """Run ``steps`` steps of ``timestep`` fs on a copy of ``atoms``; returns the record and the final atoms."""
+    """Run ``steps`` steps of ``timestep`` fs on a copy of ``atoms``; returns the record and the
+    final atoms. ``progress``: a tqdm bar of the steps (with the temperature) on stderr."""
     atoms = atoms.copy()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
@@ -131,11 +133,22 @@ def run_md(
             writer.write(atoms)
 
     dynamics.attach(record, interval=interval)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=f"md ({ensemble})", unit="step", disable=not progress)
+
+    def advance() -> None:  # observers run at the start too: count the steps done, not the calls
+        bar.update(dynamics.nsteps - bar.n)
+        if result.temperature and dynamics.nsteps % max(interval, 10) == 0:
+            bar.set_postfix(T=f"{result.temperature[-1]:.0f} K", refresh=False)
+
+    dynamics.attach(advance, interval=1)
     try:
         dynamics.run(steps)
     except MDError as exc:
         result.status, result.message = "failed", str(exc)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
             os.replace(f"{trajectory}.partial", trajectory)

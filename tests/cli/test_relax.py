@@ -80,10 +80,19 @@ def test_md_command(trained_run, tmp_path, monkeypatch, capsys):
             "interval=10", f"output_dir={tmp_path / 'md'}", "ensemble=nvt"]
     monkeypatch.setattr(sys, "argv", ["mlip-md", *args])
     md_cli.main()
-    assert "nvt: 5 records over 40 fs" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "nvt: 5 records over 40 fs" in captured.out
+    assert "drift" not in captured.out  # a thermostat exchanges energy: no drift line
+    assert "md (nvt)" in captured.err and "40/40" in captured.err  # the progress bar
     assert len(read(tmp_path / "md" / "md.traj", ":")) == 5
     assert (tmp_path / "md" / "md_log.csv").read_text().count("\n") == 6
     write(tmp_path / "bad.extxyz", Atoms("CuFe", positions=[[0, 0, 0], [2.5, 0, 0]]))
+    monkeypatch.setattr(sys, "argv", ["mlip-md", *args, "ensemble=nve"])  # the same folder again: refused
+    with pytest.raises(SystemExit, match="holds the results of an earlier mlip-md run"):
+        md_cli.main()
+    monkeypatch.setattr(sys, "argv", ["mlip-md", *args, "ensemble=nve", "overwrite=true"])
+    md_cli.main()
+    assert "drift" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["mlip-md", *args[:1], f"input={tmp_path / 'bad.extxyz'}"])
     with pytest.raises(SystemExit, match="Fe"):
         md_cli.main()

@@ -179,7 +179,6 @@ def test_the_file_written_by_the_command_loads_in_lammps(lammps_site, tmp_path, 
 def test_the_docs_python_snippet_runs_lammps_as_written(lammps_site, tmp_path, rng):
     """docs/md.md's LAMMPS input and its Python driver, as written (the run shortened to 10 steps)."""
     import re
-    from ase.data import chemical_symbols
 
     text = (ROOT / "docs" / "md.md").read_text()
     script = re.search(r"```lammps\n(.*?)```", text, re.S).group(1)
