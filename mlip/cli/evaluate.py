@@ -99,7 +99,8 @@ def evaluate(cfg: DictConfig) -> dict:
             metrics = score(predictions)
             result = entry["datasets"][data_name] = {"errors": metrics}
             if o["audit"] == "equivariance":
-                audit = equivariance_audit(potential, structures, o["num_rotations"], o["seed"])
+                audit = equivariance_audit(potential, structures, o["num_rotations"], o["seed"],
+                                           o.get("audit_structures"), bool(o.get("progress", False)))
                 result["equivariance"] = {"rotations": o["num_rotations"], **audit.summary()}
             per_element = metrics.pop("per_element", {})
             result["per_element"] = per_element

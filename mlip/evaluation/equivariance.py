@@ -60,13 +60,22 @@ def _predict(potential: Potential, structure: Structure, device, stress: bool) -
 
 
 def equivariance_audit(
-    potential: Potential, structures: Iterable[Structure], num_rotations: int = 8, seed: int = 0
+    potential: Potential, structures: Iterable[Structure], num_rotations: int = 8, seed: int = 0,
+    max_structures: int | None = None, progress: bool = False,
 ) -> EquivarianceReport:
-    """Energy, force and stress equivariance errors of ``potential`` on ``structures``."""
+    """Energy, force and stress equivariance errors of ``potential`` on ``structures``: at most
+    ``max_structures`` of them, drawn at random (``seed``) where there are more (each costs
+    ``num_rotations`` + 1 predictions); ``progress``: a tqdm bar on stderr."""
+    from tqdm.auto import tqdm
+
     device = potential.e0s.device
     rotations = Rotation.random(num_rotations, random_state=seed).as_matrix()
     report = EquivarianceReport()
-    for structure in structures:
+    structures = list(structures)
+    if max_structures is not None and len(structures) > max_structures:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(structures), max_structures, replace=False))
+        structures = [structures[k] for k in chosen]
+    for structure in tqdm(structures, desc="equivariance audit", unit="structure", disable=not progress):
         stress = bool(np.all(structure.pbc))
         reference = _predict(potential, structure, device, stress)
         n = len(structure.atomic_numbers)

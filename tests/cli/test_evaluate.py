@@ -214,3 +214,12 @@ def test_a_second_evaluation_into_the_same_folder_is_refused_unless_overwrite(tm
     report = evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=2", "plots=false",
                               "overwrite=true"))
     assert not stale.exists() and sorted(p.name for p in (tmp_path / "model_eval").iterdir()) == report["files"]
+
+
+def test_the_audit_samples_its_own_structures_apart_from_the_scored_set(tmp_path, emt_file, capsys):
+    model = save_model(make_tiny_potential(correlation=2), tmp_path / "model.safetensors")
+    report = evaluate(_config(f"model={model}", f"data={emt_file}", "max_structures=6", "audit=equivariance",
+                              "num_rotations=2", "audit_structures=3", "plots=false"))
+    result = report["models"]["model"]["datasets"]["emt"]
+    assert result["errors"]["structures"] == 6 and result["equivariance"]["structures"] == 3
+    assert "equivariance audit" in capsys.readouterr().err  # its progress bar
