@@ -23,13 +23,14 @@ def predict(potential: Potential, structures: Sequence[Structure], min_distance:
     NaN or inf, raises `DataError` naming it: no such number reaches a metric.
     """
     device = potential.e0s.device
-    energy, forces, stress, masks = [], [], [], []
+    energy, forces, stress, masks, e0 = [], [], [], [], []
     for structure in structures:
         graph = structure_to_graph(structure, potential.r_max, min_distance=min_distance).to(device)
         periodic = bool(structure.pbc.all())
         out = potential(graph, compute_forces=True, compute_stress=periodic)
         check_finite_prediction(structure.source, out, ["energy", "forces"] + (["stress"] if periodic else []))
         energy.append(float(out["energy"].item()))
+        e0.append(float(out["e0_energy"].item()))
         forces.append(out["forces"].detach().cpu().double().numpy())
         stress.append(out["stress"][0].detach().cpu().double().numpy() if periodic else np.full((3, 3), np.nan))
         masks.append(graph.forces_mask.cpu().numpy())
@@ -46,6 +47,7 @@ def predict(potential: Potential, structures: Sequence[Structure], min_distance:
         stress=np.stack(stress),
         stress_ref=np.stack([np.full((3, 3), np.nan) if s.stress is None or not s.pbc.all() else s.stress
                              for s in structures]),
+        e0=np.array(e0),
     )
 
 

@@ -28,7 +28,10 @@ class Predictions:
 
     ``natoms`` [G]; ``numbers`` [N]; ``energy``/``energy_ref`` [G] eV; ``forces``/
     ``forces_ref`` [N, 3] eV/Å with ``forces_mask`` [N]; ``stress``/``stress_ref``
-    [G, 3, 3] eV/Å³; ``sources`` names each structure.
+    [G, 3, 3] eV/Å³; ``sources`` names each structure; ``e0`` [G] eV, the sum of the
+    model's isolated-atom energies of each structure (None where unknown), so that plots can
+    show the interaction energy per atom, (E - ΣE0)/N, instead of totals dominated by the
+    reference energies.
     """
 
     sources: list[str]
@@ -41,6 +44,7 @@ class Predictions:
     forces_mask: np.ndarray
     stress: np.ndarray
     stress_ref: np.ndarray
+    e0: np.ndarray | None = None
 
     @property
     def structure_of_atom(self) -> np.ndarray:

@@ -96,7 +96,7 @@ class ValidationParity(Callback):
         energy_ref[~numpy(batch.has_energy.view(-1)).astype(bool)] = np.nan
         self._parts.append({
             "natoms": numpy(batch.natoms).astype(int), "numbers": numpy(batch.atomic_numbers).astype(int),
-            "energy": numpy(outputs["energy"]), "energy_ref": energy_ref,
+            "energy": numpy(outputs["energy"]), "energy_ref": energy_ref, "e0": numpy(outputs["e0_energy"]),
             "forces": numpy(outputs["forces"]), "forces_ref": numpy(batch.forces),
             "forces_mask": numpy(batch.forces_mask).astype(bool),
             "stress": numpy(outputs["stress"].view(graphs, 3, 3)), "stress_ref": stress_ref,

@@ -55,3 +55,42 @@ def test_force_cosine_is_orientation_only():
     a = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     np.testing.assert_allclose(force_cosine(3 * a, a), [1.0, 0.0])
     np.testing.assert_allclose(force_cosine(-a, a), [-1.0, 0.0])
+
+
+def test_plots_read_in_mev_with_interaction_energies_and_full_titles():
+    """Panels in the tables' meV units; the energy panel is (E - ΣE0)/N where the E0s are known;
+    each panel titled with N, MAE and RMSE and the unit."""
+    from mlip.evaluation.plots import _panels, _summary, parity_plot
+
+    p = Predictions(sources=["a", "b"], natoms=np.array([2, 4]), numbers=np.array([29] * 6),
+                    energy=np.array([-10.0, -20.2]), energy_ref=np.array([-10.1, -20.0]),
+                    forces=np.zeros((6, 3)), forces_ref=np.full((6, 3), 0.01), forces_mask=np.ones(6, bool),
+                    stress=np.full((2, 3, 3), np.nan), stress_ref=np.full((2, 3, 3), np.nan),
+                    e0=np.array([-9.0, -18.0]))
+    panels = _panels(p)
+    assert [(name, unit) for name, unit, _, _ in panels] == [("interaction energy", "meV/atom"),
+                                                             ("force component", "meV/Å")]
+    np.testing.assert_allclose(panels[0][2], [-500.0, -550.0])  # 1000 (E - ΣE0) / N
+    np.testing.assert_allclose(panels[0][3], [-550.0, -500.0])
+    assert _summary(*panels[1][2:], "meV/Å") == "N 18 · MAE 10 · RMSE 10 meV/Å"
+    assert parity_plot(p, "t")[:4] == b"\x89PNG"
+
+
+def test_the_learning_curve_counts_epochs_from_one(tmp_path):
+    from mlip.evaluation import plots
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss_epoch,val_loss,val_forces_rmse\n"
+                                          "0,9,1.0,,\n0,9,,0.9,0.2\n1,19,0.5,,\n1,19,,0.4,0.1\n")
+    drawn = {}
+    original = plots._png
+
+    def capture(figure):
+        drawn["ticks"] = figure.axes[1].get_lines()[0].get_xdata().tolist()
+        return original(figure)
+
+    plots._png = capture
+    try:
+        plots.learning_curve(tmp_path / "metrics.csv")
+    finally:
+        plots._png = original
+    assert drawn["ticks"] == [1, 2]
