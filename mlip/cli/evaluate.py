@@ -67,6 +67,17 @@ def _csv(rows: list[dict]) -> bytes:
     return out.getvalue().encode()
 
 
+def head_for(head, index: int, potential) -> str | None:
+    """The head model ``index`` is scored with: from a list, its entry (null: the file's own);
+    one name, for a multi-head model (which must have it: a typo is refused at once), while a
+    single-head model is scored as it is."""
+    if isinstance(head, list):
+        return None if head[index] is None else str(head[index])
+    if head is None or not potential.heads:
+        return None
+    return str(head)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg`` (configs/eval/eval.yaml); returns the report."""
     o = OmegaConf.to_container(cfg, resolve=True)
@@ -74,6 +85,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if o["audit"] not in AUDITS:
         raise ValueError(f"audit must be one of {AUDITS}, got {o['audit']!r}")
     models, files = _as_list(o["model"]), _as_list(o["data"])
+    if isinstance(o.get("head"), list) and len(o["head"]) != len(models):
+        raise ValueError(f"head= lists {len(o['head'])} heads for {len(models)} models: give one per model "
+                         "(null: the file's own)")
     output_dir = Path(o["output_dir"] or Path(models[0]).with_name(Path(models[0]).name.split(".")[0] + "_eval"))
     prepare_output_dir(output_dir, bool(o.get("overwrite")), "mlip-eval")  # before hours of audit, not after
     datasets = {}
@@ -87,10 +101,12 @@ def evaluate(cfg: DictConfig) -> dict:
     rows, element_rows = [], []
     for model_name, model_path in zip(unique_names(models), models):
         potential = load_potential(model_path, o["device"], o["dtype"]).requires_grad_(False)
-        if o.get("head") is not None:
-            potential.select_head(o["head"])
+        head = head_for(o.get("head"), len(report["models"]), potential)
+        if head is not None:
+            potential.select_head(head)
         forces = "conservative" if potential.conservative else "direct (non-conservative)"
-        entry = report["models"][model_name] = {"path": model_path, "forces": forces, "datasets": {}}
+        entry = report["models"][model_name] = {"path": model_path, "forces": forces, "datasets": {},
+                                                "head": potential.head}
         for data_name, structures in datasets.items():
             predictions = predict(potential, structures, o["min_distance"])
             if not any(s.energy is not None or s.forces is not None or s.stress is not None for s in structures):
@@ -113,6 +129,8 @@ def evaluate(cfg: DictConfig) -> dict:
                 outputs[f"{stem}_errors.png"] = error_histogram(predictions, f"{model_name} on {data_name}")
             if o["predictions"]:
                 outputs[f"{stem}_predictions.extxyz"] = predictions_extxyz(structures, predictions)
+    if isinstance(o.get("head"), str) and not any(e.get("head") for e in report["models"].values()):
+        raise ValueError(f"head={o['head']!r}: none of the models has several heads")
     outputs["report.json"] = json.dumps(report, indent=1).encode()
     outputs["metrics.csv"] = _csv(rows)
     outputs["per_element.csv"] = _csv(element_rows)

@@ -166,6 +166,19 @@ def test_a_multi_head_model_is_scored_by_the_head_asked_for(tmp_path):
                                   f"output_dir={tmp_path / head}"))
         errors[head] = report["models"]["heads"]["datasets"]["r2scan"]["errors"]["forces_rmse"]
     assert errors["r2scan"] < 1e-6 < errors["pbe"]
+    # beside a single-head model: one name applies to the model that has heads, a list one per model
+    single = save_model(convert_mace_torch(ORACLE / "scaleshift_two_heads_nu2_l1_f64.model", head="pbe"),
+                        tmp_path / "single.safetensors")
+    both = f"model=[{model},{single}]"
+    report = evaluate(_config(both, f"data={tmp_path / 'r2scan.xyz'}", "head=r2scan", "plots=false",
+                              f"output_dir={tmp_path / 'both'}"))
+    assert [m["head"] for m in report["models"].values()] == ["r2scan", None]
+    report = evaluate(_config(both, f"data={tmp_path / 'r2scan.xyz'}", "head=[pbe,null]", "plots=false",
+                              f"output_dir={tmp_path / 'list'}"))
+    assert [m["head"] for m in report["models"].values()] == ["pbe", None]
+    with pytest.raises(ValueError, match="no head 'r2scn'"):
+        evaluate(_config(both, f"data={tmp_path / 'r2scan.xyz'}", "head=r2scn", "plots=false",
+                         f"output_dir={tmp_path / 'typo'}"))
 
 
 @pytest.mark.parametrize("direct", [False, True])
