@@ -108,7 +108,10 @@ def evaluate(cfg: DictConfig) -> dict:
         entry = report["models"][model_name] = {"path": model_path, "forces": forces, "datasets": {},
                                                 "head": potential.head}
         for data_name, structures in datasets.items():
-            predictions = predict(potential, structures, o["min_distance"])
+            try:
+                predictions = predict(potential, structures, o["min_distance"])
+            except UnknownElementError as exc:
+                raise UnknownElementError(f"model {model_path}: {exc}") from None
             if not any(s.energy is not None or s.forces is not None or s.stress is not None for s in structures):
                 # nothing to score against: an empty table would look like a result
                 raise DataError(missing_labels_message(report["data"][data_name], {**DEFAULT_KEYS, **(o["reader"] or {})}))

@@ -13,7 +13,7 @@ from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import atoms_from_structure
 from mlip.data.structure import Structure
 from mlip.evaluation.scores import Predictions
-from mlip.models.potential import Potential
+from mlip.models.potential import Potential, UnknownElementError
 
 
 def predict(potential: Potential, structures: Sequence[Structure], min_distance: float = MIN_DISTANCE) -> Predictions:
@@ -27,7 +27,10 @@ def predict(potential: Potential, structures: Sequence[Structure], min_distance:
     for structure in structures:
         graph = structure_to_graph(structure, potential.r_max, min_distance=min_distance).to(device)
         periodic = bool(structure.pbc.all())
-        out = potential(graph, compute_forces=True, compute_stress=periodic)
+        try:
+            out = potential(graph, compute_forces=True, compute_stress=periodic)
+        except UnknownElementError as exc:  # which structure (the caller adds which model)
+            raise UnknownElementError(f"{structure.source}: {exc}") from None
         check_finite_prediction(structure.source, out, ["energy", "forces"] + (["stress"] if periodic else []))
         energy.append(float(out["energy"].item()))
         e0.append(float(out["e0_energy"].item()))

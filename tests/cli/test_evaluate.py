@@ -236,3 +236,11 @@ def test_the_audit_samples_its_own_structures_apart_from_the_scored_set(tmp_path
     result = report["models"]["model"]["datasets"]["emt"]
     assert result["errors"]["structures"] == 6 and result["equivariance"]["structures"] == 3
     assert "equivariance audit" in capsys.readouterr().err  # its progress bar
+
+
+def test_an_unknown_element_names_the_model_and_the_structure(tmp_path):
+    model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    write(tmp_path / "si.xyz", Atoms("Si2", positions=np.eye(3)[:2] * 2.0))
+    with pytest.raises(UnknownElementError, match=r"model .*model.safetensors: .*si.xyz#0: element Si \(Z=14\) is not "
+                                                  r"known to this model"):
+        evaluate(_config(f"model={model}", f"data={tmp_path / 'si.xyz'}"))
