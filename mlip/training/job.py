@@ -72,7 +72,12 @@ def build_data_and_potential(cfg: DictConfig):
     # the data module knows no foundation's E0s; `prepare_finetuning` adds the elements the data lacks
     datamodule = instantiate(cfg.data, e0s="zero") if e0s in E0_MODES else instantiate(cfg.data)
     datamodule.setup("fit")
-    return datamodule, prepare_finetuning(foundation, datamodule, e0s, finetune)
+    potential = prepare_finetuning(foundation, datamodule, e0s, finetune)
+    # the statistics logged and written with the model name the E0s the model uses (the
+    # foundation's, estimated or given), not the zeros the data module was set up with
+    used = dict(zip(potential.elements.tolist(), potential.e0s.tolist()))
+    datamodule.statistics.e0s = [used[int(z)] for z in datamodule.statistics.elements]
+    return datamodule, potential
 
 
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:

@@ -93,6 +93,11 @@ def test_e0_modes_foundation_mapping_and_estimated(tmp_path, trained_run, cu_au_
     zero_lr = ("module.lr=0.0", "module.ema_decay=null")
     train(finetune_config(tmp_path / "f", cu_au_file, trained_run / "model.safetensors", *zero_lr))
     assert load_model(tmp_path / "f" / "model.safetensors").e0s.tolist() == [by_z[29], by_z[79]]
+    # and the statistics logged and written with the model name those E0s, not the data module's zeros
+    from mlip.export import read_metadata
+
+    written = read_metadata(tmp_path / "f" / "model.safetensors")["extra"]["statistics"]
+    assert written["e0s"] == [by_z[29], by_z[79]]
     train(finetune_config(tmp_path / "m", cu_au_file, trained_run / "model.safetensors", *zero_lr,
                           "data.e0s={Cu: -1.5, Au: -2.5}"))
     assert load_model(tmp_path / "m" / "model.safetensors").e0s.tolist() == [-1.5, -2.5]
