@@ -34,7 +34,7 @@ from mlip.data.structure import DataError
 from mlip.evaluation.equivariance import equivariance_audit
 from mlip.evaluation.plots import error_histogram, parity_plot
 from mlip.evaluation.predict import predict, predictions_extxyz
-from mlip.evaluation.scores import score
+from mlip.evaluation.scores import by_config_type, score
 from mlip.export import load_potential
 from mlip.models.potential import UnknownElementError
 from mlip.threads import set_threads
@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
         datasets[name] = structures
     report = {"models": {}, "data": dict(zip(datasets, files)), "output_dir": str(output_dir)}
     outputs: dict[str, bytes] = {}
-    rows, element_rows = [], []
+    rows, element_rows, type_rows = [], [], []
     for model_name, model_path in zip(unique_names(models), models):
         potential = load_potential(model_path, o["device"], o["dtype"]).requires_grad_(False)
         head = head_for(o.get("head"), len(report["models"]), potential)
@@ -123,6 +123,11 @@ def evaluate(cfg: DictConfig) -> dict:
                 result["equivariance"] = {"rotations": o["num_rotations"], **audit.summary()}
             per_element = metrics.pop("per_element", {})
             result["per_element"] = per_element
+            per_type = by_config_type(predictions, [st.info.get("config_type") for st in structures])
+            if per_type:
+                result["per_config_type"] = per_type
+                type_rows += [{"model": model_name, "data": data_name, "config_type": name, **v}
+                              for name, v in per_type.items()]
             flat = {f"equivariance_{k}": v for k, v in result.get("equivariance", {}).items()}
             rows.append({"model": model_name, "data": data_name, "forces": forces, **metrics, **flat})
             element_rows += [{"model": model_name, "data": data_name, "element": el, **v} for el, v in per_element.items()]
@@ -137,9 +142,11 @@ def evaluate(cfg: DictConfig) -> dict:
     outputs["report.json"] = json.dumps(report, indent=1).encode()
     outputs["metrics.csv"] = _csv(rows)
     outputs["per_element.csv"] = _csv(element_rows)
+    if type_rows:
+        outputs["per_config_type.csv"] = _csv(type_rows)
     for name, content in outputs.items():
         atomic_write_bytes(output_dir / name, content)
-    report["rows"], report["files"] = rows, sorted(outputs)
+    report["rows"], report["files"], report["config_type_rows"] = rows, sorted(outputs), type_rows
     return report
 
 
@@ -161,6 +168,9 @@ def run_command(cfg: DictConfig) -> None:
     except (DataError, UnknownElementError, FileNotFoundError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"mlip-eval: {exc}") from None
     print(format_table(report["rows"]))
+    if report["config_type_rows"]:
+        print("\nby config_type:")
+        print(format_table([{**r, "data": f"{r['data']} [{r['config_type']}]"} for r in report["config_type_rows"]]))
     for name, entry in report["models"].items():
         if entry["forces"] != "conservative":
             print(f"{name}: forces {entry['forces']}: predicted directly, not the gradient of its energy")

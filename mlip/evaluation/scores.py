@@ -51,6 +51,34 @@ class Predictions:
         return np.repeat(np.arange(len(self.natoms)), self.natoms)
 
 
+def subset(p: Predictions, structures: np.ndarray) -> Predictions:
+    """The predictions of the structures at ``structures`` (indices into ``p``'s), in that order."""
+    structures = np.asarray(structures, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(p.natoms)])
+    atoms = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in structures]) if len(structures) else \
+        np.zeros(0, dtype=np.int64)
+    return Predictions(
+        sources=[p.sources[k] for k in structures] if p.sources else [], natoms=p.natoms[structures],
+        numbers=p.numbers[atoms], energy=p.energy[structures], energy_ref=p.energy_ref[structures],
+        forces=p.forces[atoms], forces_ref=p.forces_ref[atoms], forces_mask=p.forces_mask[atoms],
+        stress=p.stress[structures], stress_ref=p.stress_ref[structures],
+        e0=None if p.e0 is None else p.e0[structures])
+
+
+def by_config_type(p: Predictions, config_types: list) -> dict[str, dict]:
+    """`score` of each ``config_type`` (the structures' ``info["config_type"]``; None: unnamed),
+    when the dataset names more than one or any; {} when none does."""
+    names = ["-" if c is None else str(c) for c in config_types]
+    if all(c is None for c in config_types):
+        return {}
+    out = {}
+    for name in dict.fromkeys(names):
+        metrics = score(subset(p, np.flatnonzero(np.array(names) == name)))
+        metrics.pop("per_element", None)
+        out[name] = metrics
+    return out
+
+
 def _mae_rmse(errors: np.ndarray) -> tuple[float, float]:
     if errors.size == 0:
         return float("nan"), float("nan")

@@ -244,3 +244,28 @@ def test_an_unknown_element_names_the_model_and_the_structure(tmp_path):
     with pytest.raises(UnknownElementError, match=r"model .*model.safetensors: .*si.xyz#0: element Si \(Z=14\) is not "
                                                   r"known to this model"):
         evaluate(_config(f"model={model}", f"data={tmp_path / 'si.xyz'}"))
+
+
+def test_errors_by_config_type_in_the_report_and_a_table(tmp_path, emt_file, capsys, monkeypatch):
+    from ase.io import read
+
+    from mlip.cli.evaluate import main
+
+    frames = read(emt_file, ":6")
+    for k, atoms in enumerate(frames):
+        atoms.info["config_type"] = "bulk" if k % 2 else "surface"
+    write(tmp_path / "typed.xyz", frames)
+    model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
+    args = [f"model={model}", f"data={tmp_path / 'typed.xyz'}", "plots=false"]
+    report = evaluate(_config(*args))
+    per_type = report["models"]["model"]["datasets"]["typed"]["per_config_type"]
+    assert list(per_type) == ["surface", "bulk"] and per_type["bulk"]["structures"] == 3
+    whole = report["rows"][0]
+    # the parts' squared errors add up to the whole's
+    atoms = {k: v["atoms"] for k, v in per_type.items()}
+    summed = sum(v["forces_rmse"] ** 2 * atoms[k] for k, v in per_type.items()) / sum(atoms.values())
+    assert summed == pytest.approx(whole["forces_rmse"] ** 2, rel=1e-9)
+    assert (tmp_path / "model_eval" / "per_config_type.csv").read_text().count("\n") == 3
+    monkeypatch.setattr(sys, "argv", ["mlip-eval", *args, "overwrite=true"])
+    main()
+    assert "typed [bulk]" in capsys.readouterr().out
