@@ -231,6 +231,10 @@ class GraphDataModule(L.LightningDataModule):
         """The edge budget, among the mean batch's edges plus 0-40%, whose packing of the first
         epoch pads the fewest edges in all (batches x budget: what a graphed epoch computes);
         ties go to the larger budget (fewer, fuller batches)."""
+        key = (len(sizes["edges"]), int(sizes["edges"].sum()), atoms, round(mean_edges, 6), structures, self.seed)
+        cache = self.__dict__.setdefault("_edge_budgets", {})  # six packings of the epoch: once per training set
+        if key in cache:
+            return cache[key]
         largest = int(sizes["edges"].max())
         best = None
         for room in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4):
@@ -241,6 +245,7 @@ class GraphDataModule(L.LightningDataModule):
             cost = len(sampler.batches()) * edges
             if best is None or cost <= best[0]:
                 best = (cost, edges)
+        cache[key] = best[1]
         return best[1]
 
     def _refuse_larger_than(self, atoms: int, edges: int) -> None:
