@@ -61,7 +61,9 @@ def test_the_shipped_gpu_default_packs_and_replays_one_shape_per_phase(tmp_path,
     assert "training steps replay from CUDA graphs (on CUDA (module.cuda_graphs=auto)): one padded shape" in caplog.text
     times = json.loads((tmp_path / "phase_times.json").read_text())
     assert [e["epoch"] for e in times["epochs"]] == [0, 1, 2]
-    assert [e["graph_captures"] for e in times["epochs"]] == [2, 0, 0]  # the training step and validation
+    captures = [e["graph_captures"] for e in times["epochs"]]
+    # the training step (and validation, unless the sanity check captured it before epoch 0), then none
+    assert captures[0] in (1, 2) and captures[1:] == [0, 0], captures
     assert times["peak_reserved_gb"] >= max(e["peak_reserved_gb"] for e in times["epochs"]) > 0
 
 
