@@ -123,6 +123,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 result["equivariance"] = {"rotations": o["num_rotations"], **audit.summary()}
             per_element = metrics.pop("per_element", {})
             result["per_element"] = per_element
+            types = ["-" if st.info.get("config_type") is None else str(st.info["config_type"]) for st in structures]
             per_type = by_config_type(predictions, [st.info.get("config_type") for st in structures])
             if per_type:
                 result["per_config_type"] = per_type
@@ -133,7 +134,8 @@ def evaluate(cfg: DictConfig) -> dict:
             element_rows += [{"model": model_name, "data": data_name, "element": el, **v} for el, v in per_element.items()]
             stem = f"{model_name}_{data_name}"
             if o["plots"]:
-                outputs[f"{stem}_parity.png"] = parity_plot(predictions, f"{model_name} on {data_name}")
+                outputs[f"{stem}_parity.png"] = parity_plot(predictions, f"{model_name} on {data_name}",
+                                                            types if per_type else None)  # coloured by config_type
                 outputs[f"{stem}_errors.png"] = error_histogram(predictions, f"{model_name} on {data_name}")
             if o["predictions"]:
                 outputs[f"{stem}_predictions.extxyz"] = predictions_extxyz(structures, predictions)

@@ -46,16 +46,20 @@ def _summary(pred: np.ndarray, ref: np.ndarray, unit: str) -> str:
     return (f"N {errors.size:,} · MAE {np.abs(errors).mean():.3g} · RMSE {np.sqrt(np.mean(errors ** 2)):.3g} {unit}")
 
 
-def parity_plot(p: Predictions, title: str) -> bytes:
-    """Predicted against reference, one panel per labelled quantity, each titled with N, MAE and RMSE."""
+def parity_plot(p: Predictions, title: str, groups: list | None = None) -> bytes:
+    """Predicted against reference, one panel per labelled quantity, each titled with N, MAE and
+    RMSE; ``groups`` (a label per structure, e.g. its config_type) colours the points by group."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from mlip.evaluation.scores import subset
+
     panels = _panels(p)
+    labels = list(dict.fromkeys(groups)) if groups is not None else [None]
     figure = Figure(figsize=(4.6 * max(len(panels), 1), 4.4), layout="constrained")
+    axes = {}
     for k, (name, unit, pred, ref) in enumerate(panels):
-        ax = figure.add_subplot(1, len(panels), k + 1)
-        ax.scatter(ref, pred, s=4, alpha=0.5, linewidths=0)
+        ax = axes[name] = figure.add_subplot(1, len(panels), k + 1)
         low, high = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
         ax.plot([low, high], [low, high], color="k", lw=0.8)
         ax.set_xlabel(f"reference {name} ({unit})")
@@ -64,6 +68,13 @@ def parity_plot(p: Predictions, title: str) -> bytes:
         ax.set_aspect("equal", adjustable="datalim")
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.yaxis.set_major_locator(MaxNLocator(5))
+    for label in labels:
+        part = p if label is None else subset(p, np.flatnonzero(np.array(groups, dtype=object) == label))
+        for name, _, pred, ref in _panels(part):
+            axes[name].scatter(ref, pred, s=4, alpha=0.5, linewidths=0, label=None if label is None else str(label))
+    if len(labels) > 1:
+        for ax in axes.values():
+            ax.legend(fontsize=7, markerscale=3, loc="upper left")
     figure.suptitle(title)
     return _png(figure)
 

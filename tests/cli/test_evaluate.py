@@ -256,8 +256,9 @@ def test_errors_by_config_type_in_the_report_and_a_table(tmp_path, emt_file, cap
         atoms.info["config_type"] = "bulk" if k % 2 else "surface"
     write(tmp_path / "typed.xyz", frames)
     model = save_model(make_tiny_potential(), tmp_path / "model.safetensors")
-    args = [f"model={model}", f"data={tmp_path / 'typed.xyz'}", "plots=false"]
+    args = [f"model={model}", f"data={tmp_path / 'typed.xyz'}"]
     report = evaluate(_config(*args))
+    assert (tmp_path / "model_eval" / "model_typed_parity.png").read_bytes()[:4] == b"\x89PNG"  # coloured by type
     per_type = report["models"]["model"]["datasets"]["typed"]["per_config_type"]
     assert list(per_type) == ["surface", "bulk"] and per_type["bulk"]["structures"] == 3
     whole = report["rows"][0]
