@@ -73,7 +73,7 @@ def save_model(potential: Potential, path: str | os.PathLike, extra: dict[str, A
         "format": FORMAT,
         "model_spec": json.dumps(potential.model_spec),
         "elements": json.dumps([int(z) for z in potential.elements]),
-        "dtype": str(potential.e0s.dtype).removeprefix("torch."),
+        "dtype": str(potential.dtype).removeprefix("torch."),
         "extra": json.dumps(extra or {}),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -136,7 +136,7 @@ def potential_from_state(model_spec: dict[str, Any], state: dict[str, torch.Tens
     The modules are built in the dtype of the stored weights, so loading loses no precision.
     """
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(state["e0s"].dtype)
+    torch.set_default_dtype(state["scale"].dtype)
     try:
         potential = Potential(
             build_model(model_spec),

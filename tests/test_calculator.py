@@ -47,7 +47,28 @@ def test_float32_and_float64_agree_and_per_atom_energies_sum(tmp_path, tiny_pote
     assert r32["energy"] == pytest.approx(r64["energy"], rel=1e-5)
     assert np.allclose(r32["forces"], r64["forces"], atol=1e-4)
     assert r64["energies"].sum() == pytest.approx(r64["energy"], rel=1e-12)
-    assert load_model(path, dtype="float32").e0s.dtype == torch.float32
+    assert load_model(path, dtype="float32").dtype == torch.float32
+
+
+def test_a_float32_model_file_keeps_its_e0s_exact(tmp_path, tiny_potential, rng):
+    """E0s of a DFT code (-1029.488321 eV) are float64 in the model, the file and every cast:
+    float32 would round them by 4e-5 eV, a shift of every energy no later cast undoes."""
+    exact = torch.tensor([-1029.488321, -0.3184057, -37.71143091], dtype=torch.float64)
+    with torch.no_grad():
+        tiny_potential.e0s.copy_(exact)
+    single = tiny_potential.to(torch.float32)
+    assert single.dtype == torch.float32 and single.e0s.dtype == torch.float64
+    path = save_model(single, tmp_path / "model32.safetensors")
+    loaded = load_model(path)
+    assert loaded.dtype == torch.float32 and torch.equal(loaded.e0s, exact)
+    assert torch.equal(load_model(path, dtype="float64").e0s, exact)
+    # the E0 part of an energy is the exact sum, in float64 as in float32
+    atoms = random_alloy(rng)
+    e0 = sum(float(exact[tiny_potential.elements.tolist().index(z)]) for z in atoms.numbers)
+    for dtype in ("float64", "float32"):
+        model = load_model(path, dtype=dtype)
+        out = model(structure_to_graph(structure_from_atoms(atoms, "t"), model.r_max), compute_forces=False)
+        assert float(out["e0_energy"]) == pytest.approx(e0, rel=0, abs=1e-9), dtype
 
 
 def _assert_unknown_elements_and_nan_are_refused(calc, rng) -> None:

@@ -459,20 +459,20 @@ class AtomicDataModule(GraphDataModule):
             self.skipped.add(str(exc))
             return None
 
-    def add_training_structures(self, structures: Sequence[Structure]) -> list:
-        """Append ``structures`` (fine-tuning's replay set) to the training split, after `setup`;
-        returns their graphs (those that pass the geometry checks)."""
+    def add_structures(self, structures: Sequence[Structure], split: str = "train") -> list:
+        """Append ``structures`` to ``split`` after `setup` (fine-tuning's replay structures: trained
+        on, and held out for validation); returns their graphs (those that pass the geometry checks)."""
         pairs = [(s, self._graph(s)) for s in structures]
         pairs = [(s, g) for s, g in pairs if g is not None]
         graphs = [g for _, g in pairs]
-        sizes = self.sizes["train"]
+        sizes = self.sizes[split]
         sizes["atoms"] = np.concatenate([sizes["atoms"], np.array([g.num_nodes for g in graphs], dtype=np.int64)])
         sizes["edges"] = np.concatenate([sizes["edges"], np.array([g.edge_index.shape[1] for g in graphs], dtype=np.int64)])
         if self.graph_cutoff is None:
             for graph in graphs:
                 graph.edge_index, graph.shifts = graph.edge_index[:, :0], graph.shifts[:0]
-        self.splits["train"] = list(self.splits["train"]) + [s for s, _ in pairs]
-        self.datasets["train"] = list(self.datasets["train"]) + graphs
+        self.splits[split] = list(self.splits[split]) + [s for s, _ in pairs]
+        self.datasets[split] = list(self.datasets[split]) + graphs
         return graphs
 
     def label_table(self, split: str) -> tuple[dict[str, np.ndarray], Any]:

@@ -120,8 +120,15 @@ def learning_curve(metrics_csv: str | Path) -> bytes:
     losses.set_xlabel("epoch")
     losses.set_ylabel("loss")
     losses.legend()
-    epochs, values = series("val_forces_rmse")
-    forces.plot(epochs, [1000 * v for v in values], marker="o", ms=3)
+    # one line per head of a multi-head fine-tuning (val_<head>_forces_rmse), else the whole set's
+    keys = sorted(k for k in (rows[0] if rows else {}) if k.startswith("val_") and k.endswith("_forces_rmse")
+                  and k != "val_forces_rmse")
+    for key in keys or ["val_forces_rmse"]:
+        epochs, values = series(key)
+        label = key.removeprefix("val_").removesuffix("_forces_rmse") + " head" if keys else None
+        forces.plot(epochs, [1000 * v for v in values], marker="o", ms=3, label=label)
+    if keys:
+        forces.legend()
     forces.set_xlabel("epoch")
     forces.set_ylabel("validation force RMSE (meV/Å)")
     for ax in (losses, forces):

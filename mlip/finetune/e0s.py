@@ -53,7 +53,7 @@ def estimated_e0s(potential: Potential, structures: Sequence) -> np.ndarray:
 def set_e0s(potential: Potential, e0s: Sequence[float], head: str | None = None) -> None:
     """Make ``e0s`` (eV, aligned with ``potential.elements``) those of ``head`` (of a multi-head
     potential; default the selected one), and the predicted ones if that head is selected."""
-    values = torch.as_tensor(np.asarray(e0s, dtype=np.float64), dtype=potential.e0s.dtype, device=potential.e0s.device)
+    values = torch.as_tensor(np.asarray(e0s, dtype=np.float64), dtype=torch.float64, device=potential.e0s.device)
     with torch.no_grad():
         if potential.heads:
             name = head or potential.head

@@ -62,12 +62,17 @@ def prepare_finetuning(potential: Potential, datamodule, e0s: Any, settings: Map
     head = str(settings.get("head") or "finetune")
     if replay and head == FOUNDATION_HEAD:
         raise ValueError(f"finetune.head={head!r} is the replay head's name; pick another")
-    structures = []
+    structures, validation = [], []
     if replay:  # chosen and labelled by the whole foundation: a cut one predicts the same on its elements
         structures = replay_structures(
             potential, list(replay.get("files") or []), replay.get("count"), replay.get("selection", "random"),
             replay.get("labels", "foundation"), int(replay.get("seed", 0)), replay.get("format", "auto"),
             replay.get("reader"))
+        held = float(replay.get("validation") or 0.0)  # a share of the pool scored, not trained on
+        if not 0.0 <= held < 1.0:
+            raise ValueError(f"finetune.replay.validation={held}: the share of the replay pool held out, in [0, 1)")
+        count = int(round(held * len(structures)))
+        structures, validation = (structures[:-count], structures[-count:]) if count else (structures, [])
         ratio = replay.get("ratio")
         if ratio is not None:
             structures = structures[: max(1, int(round(float(ratio) * len(datamodule.datasets["train"]))))]
@@ -96,11 +101,14 @@ def prepare_finetuning(potential: Potential, datamodule, e0s: Any, settings: Map
         potential.select_head(head)
         for split in ("train", "val", "test"):
             _mark(datamodule.datasets.get(split, []), 1, 1.0)
-        graphs = datamodule.add_training_structures(structures)
+        graphs = datamodule.add_structures(structures, "train")
         _mark(graphs, 0, float(replay.get("weight", 1.0)))
         replayed = len(graphs)
-        log.info("replay: %d structures (head %r, loss weight %s) beside %d of the new data (head %r)",
-                 replayed, FOUNDATION_HEAD, replay.get("weight", 1.0), n_train, head)
+        # held-out replay structures: the foundation head's validation curve (val_foundation_*)
+        _mark(datamodule.add_structures(validation, "val"), 0, float(replay.get("weight", 1.0)))
+        log.info("replay: %d structures (head %r, loss weight %s) beside %d of the new data (head %r); "
+                 "%d more held out for validation", replayed, FOUNDATION_HEAD, replay.get("weight", 1.0), n_train,
+                 head, len(validation))
 
     if isinstance(e0s, str) and e0s in E0_MODES:
         if e0s == "estimated":

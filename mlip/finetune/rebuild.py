@@ -100,7 +100,7 @@ def rebuild_potential(
     else:
         sources = None
 
-    dtype = potential.e0s.dtype
+    dtype = potential.dtype
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

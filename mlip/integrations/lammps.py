@@ -70,7 +70,7 @@ class MLIPUnified(MLIAPUnified):
         if options["head"] is not None:
             potential.select_head(options["head"])
         self.potential = potential.requires_grad_(False)
-        self.dtype, self.device = potential.e0s.dtype, potential.e0s.device
+        self.dtype, self.device = potential.dtype, potential.e0s.device
         self.known = [chemical_symbols[int(z)] for z in potential.elements]
         # every element name is accepted by pair_coeff, so that one the model lacks is refused
         # here by name (ML-IAP's own check says only "Incorrect args for pair coefficients");

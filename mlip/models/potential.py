@@ -77,7 +77,9 @@ class Potential(nn.Module):
         table = torch.full((119,), -1, dtype=torch.long)
         table[self.elements] = torch.arange(len(elements))
         self.register_buffer("species_of_z", table)
-        self.register_buffer("e0s", torch.tensor(list(e0s), dtype=dtype))
+        # E0s stay float64 whatever the model's dtype (`_apply`): a float32 file would round them
+        # (1e-4 eV at -1000 eV), a shift of every energy that no later cast undoes
+        self.register_buffer("e0s", torch.tensor(list(e0s), dtype=torch.float64))
         self.register_buffer("scale", torch.tensor(float(scale), dtype=dtype))
         self.register_buffer("shift", torch.tensor(float(shift), dtype=dtype))
         self.heads: list[str] = list((model_spec or {}).get("heads") or [])
@@ -86,6 +88,21 @@ class Potential(nn.Module):
             self.register_buffer("head_e0s", self.e0s.repeat(count, 1))
             self.register_buffer("head_scale", self.scale.repeat(count))
             self.register_buffer("head_shift", self.shift.repeat(count))
+
+    EXACT_BUFFERS = ("e0s", "head_e0s")
+
+    def _apply(self, fn, recurse: bool = True):
+        """`nn.Module.to` and friends, with the E0 buffers moved but kept in float64."""
+        exact = {name: self._buffers[name] for name in self.EXACT_BUFFERS if name in self._buffers}
+        super()._apply(fn, recurse)
+        for name, value in exact.items():
+            self._buffers[name] = value.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point dtype (its weights and predictions; E0s are float64)."""
+        return self.scale.dtype
 
     @property
     def head(self) -> str | None:
@@ -238,7 +255,7 @@ class Potential(nn.Module):
         edge_index [2, E] (sender, receiver), shifts [E, 3] (integer cell translations);
         ``heads`` [G]: each graph's head of a multi-head model (None: the selected head).
         """
-        dtype = self.e0s.dtype
+        dtype = self.dtype
         positions = positions.to(dtype)
         cell = cell.to(dtype)
         unstrained_cell = cell
@@ -269,7 +286,7 @@ class Potential(nn.Module):
         # Σ E0 apart and in float64: exact, and rounded once with the interaction energy (module docstring)
         e0_energy = scatter_sum(node_e0.to(torch.float64), batch, num_graphs)
         energy = (e0_energy + interaction).to(dtype)
-        node_energy = node_interaction + node_e0
+        node_energy = node_interaction + node_e0.to(dtype)
         out = {"energy": energy, "node_energy": node_energy, "interaction_energy": interaction, "e0_energy": e0_energy}
         if compute_forces and direct:  # the model's own forces (non-conservative)
             out["forces"] = direct_forces

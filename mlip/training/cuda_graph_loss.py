@@ -177,7 +177,7 @@ class GraphedLoss:
         self.steps_per_octave = steps_per_octave
         self.parameters = [p for p in potential.parameters() if p.requires_grad]
         self._outputs = None if into is None else (into.loss, [into.gradient_of(p) for p in self.parameters])
-        device, dtype = potential.e0s.device, potential.e0s.dtype
+        device, dtype = potential.e0s.device, potential.dtype
         self.dtype = dtype
         predicted = ["energy"] + [name for name in ("forces", "stress") if self.wants[f"compute_{name}"]]
         self.terms = loss.term_names(predicted)

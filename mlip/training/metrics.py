@@ -37,27 +37,48 @@ class ErrorMetric(Metric):
 
 
 class PotentialMetrics(torch.nn.Module):
-    """MAE/RMSE of energy per atom, forces and stress for one stage (val or test)."""
+    """MAE/RMSE of energy per atom, forces and stress for one stage (val or test).
+
+    With ``heads`` (a multi-head model's names) the errors are also kept per head, each structure
+    under the head its batch names (``head`` [G]): ``{head}_forces_rmse`` beside ``forces_rmse``.
+    """
 
     QUANTITIES = ("energy", "forces", "stress")
 
-    def __init__(self) -> None:
+    def __init__(self, heads: list[str] | None = None) -> None:
         super().__init__()
         self.errors = torch.nn.ModuleDict({q: ErrorMetric() for q in self.QUANTITIES})
+        self.heads = list(heads or []) if heads and len(heads) > 1 else []
+        self.head_errors = torch.nn.ModuleList(
+            torch.nn.ModuleDict({q: ErrorMetric() for q in self.QUANTITIES}) for _ in self.heads)
 
     def update(self, pred: dict[str, torch.Tensor], batch) -> None:
-        for name, (error, mask) in label_errors(pred, batch).items():
+        errors = label_errors(pred, batch)
+        for name, (error, mask) in errors.items():
             self.errors[name].update(error, mask)
+        heads = getattr(batch, "head", None) if self.heads else None
+        if heads is None:
+            return
+        heads = heads.view(-1)
+        for index, metrics in enumerate(self.head_errors):
+            of_head = heads == index  # [G]
+            for name, (error, mask) in errors.items():
+                selected = of_head.index_select(0, batch.batch) if name == "forces" else of_head
+                selected = selected.view(-1, *([1] * (mask.dim() - 1)))
+                metrics[name].update(error, mask & selected)
 
     def compute(self) -> dict[str, float]:
-        """``{"energy_mae": ..., "forces_rmse": ...}`` for the quantities that had labels."""
+        """``{"energy_mae": ..., "forces_rmse": ...}`` for the quantities that had labels (and per
+        head, ``{"foundation_forces_rmse": ...}``, for the heads that had structures)."""
         out = {}
-        for q, metric in self.errors.items():
-            if float(metric.count) > 0:
-                for name, value in metric.compute().items():
-                    out[f"{q}_{name}"] = float(value)
+        for prefix, errors in [("", self.errors), *((f"{h}_", m) for h, m in zip(self.heads, self.head_errors))]:
+            for q, metric in errors.items():
+                if float(metric.count) > 0:
+                    for name, value in metric.compute().items():
+                        out[f"{prefix}{q}_{name}"] = float(value)
         return out
 
     def reset(self) -> None:
-        for metric in self.errors.values():
-            metric.reset()
+        for errors in [self.errors, *self.head_errors]:
+            for metric in errors.values():
+                metric.reset()

@@ -134,8 +134,8 @@ class PotentialModule(L.LightningModule):
         self.potential = potential
         self.loss = loss
         self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
-        self.val_metrics = PotentialMetrics()
-        self.test_metrics = PotentialMetrics()
+        self.val_metrics = PotentialMetrics(potential.heads)
+        self.test_metrics = PotentialMetrics(potential.heads)
         self.graphed_loss: GraphedLoss | None = None  # built at the first CUDA step
         self.graphed_evaluation: GraphedPotential | None = None  # built at the first CUDA validation
         self.graphed_update: GraphedUpdate | None = None  # built at the first graphed optimiser step
@@ -415,7 +415,9 @@ class PotentialModule(L.LightningModule):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("forces need autograd during evaluation: build the Trainer with inference_mode=False")
         with torch.enable_grad():
-            if self._graphed():  # replayed, as the training step
+            # replayed, as the training step; a multi-head model's batches (fine-tuning's held-out
+            # replay structures) name each structure's head, which the replayed graph does not read
+            if self._graphed() and getattr(batch, "head", None) is None:
                 if self.graphed_evaluation is None:
                     self.graphed_evaluation = GraphedPotential(
                         self.evaluation_potential(), max_graphs=self.hparams.cuda_graph_buckets, check_elements=False,

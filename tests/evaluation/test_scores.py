@@ -94,3 +94,21 @@ def test_the_learning_curve_counts_epochs_from_one(tmp_path):
     finally:
         plots._png = original
     assert drawn["ticks"] == [1, 2]
+
+
+def test_the_learning_curve_draws_one_force_curve_per_head(tmp_path, monkeypatch):
+    from mlip.evaluation import plots
+
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,val_loss,val_forces_rmse,val_foundation_forces_rmse,val_finetune_forces_rmse\n"
+        "0,9,0.9,0.2,0.05,0.3\n1,19,0.4,0.1,0.06,0.12\n")
+    drawn = {}
+    original = plots._png
+
+    def capture(figure):
+        drawn["lines"] = {line.get_label(): line.get_ydata().tolist() for line in figure.axes[1].get_lines()}
+        return original(figure)
+
+    monkeypatch.setattr(plots, "_png", capture)
+    plots.learning_curve(tmp_path / "metrics.csv")
+    assert drawn["lines"] == {"finetune head": [300.0, 120.0], "foundation head": [50.0, 60.0]}

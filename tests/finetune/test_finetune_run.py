@@ -1,6 +1,8 @@
 """``mlip-train finetune=...`` from a trained model file: identity at lr 0, elements, E0s, freezing, replay."""
 
 
+import csv
+
 import ase.io
 import numpy as np
 import pytest
@@ -178,6 +180,9 @@ def test_pseudo_labels_are_the_foundations_and_heads_are_selectable_everywhere(t
 
     train(replay_config(tmp_path / "a", trained_run, cu_au_file, emt_file, "module.lr=0.01"))
     tuned = tmp_path / "a" / "model.safetensors"
+    # a share of the replay pool is held out: each head has its validation curve
+    columns = next(csv.reader(open(tmp_path / "a" / "logs" / "metrics.csv")))
+    assert {"val_foundation_forces_rmse", "val_finetune_forces_rmse"} <= set(columns), columns
     structures = ase.io.read(cu_au_file, index=":3")
     base = predictions(foundation, structures)
     old_head = predictions(load_model(tuned), structures)  # selected: the new head

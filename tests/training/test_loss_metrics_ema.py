@@ -60,6 +60,20 @@ def test_metrics_accumulate_over_batches_by_hand():
     assert out["stress_mae"] == pytest.approx(0.3 / 9)
 
 
+def test_metrics_of_a_multi_head_model_are_kept_per_head_too():
+    metrics = PotentialMetrics(["foundation", "finetune"])
+    batch = _batch()
+    batch.head = torch.tensor([1, 0])  # the first structure under the new head, the second the foundation's
+    metrics.update(_pred(), batch)
+    out = metrics.compute()
+    assert out["energy_mae"] == pytest.approx((0.5 + 3.0) / 2)
+    assert out["finetune_energy_mae"] == pytest.approx(0.5) and out["foundation_energy_mae"] == pytest.approx(3.0)
+    assert out["finetune_forces_mae"] == pytest.approx(1.5 / 6)
+    assert "foundation_forces_mae" not in out  # its one atom has no force label
+    assert out["finetune_stress_mae"] == pytest.approx(0.3 / 9) and "foundation_stress_mae" not in out
+    assert set(PotentialMetrics(["only"]).compute()) == set()  # one head: no per-head names
+
+
 def test_ema_follows_the_documented_recursion():
     model = nn.Linear(2, 1, bias=False)
     ema = ExponentialMovingAverage(model, decay=0.9)
