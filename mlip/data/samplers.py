@@ -62,7 +62,83 @@ class EpochShuffleSampler(Sampler[int]):
         return math.ceil(self.num_samples / self.num_replicas)
 
 
-class BudgetBatchSampler(Sampler[list[int]]):
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of a size budget, cut anew each epoch from that epoch's order: the part the
+    budget samplers share.
+
+    A shuffled (training) sampler yields the same number of batches every epoch, its first
+    epoch's: Lightning counts an epoch's batches once, before training, and validates when
+    that count is reached, so an epoch that packed into one batch fewer would end without
+    validation (and one more would validate before its end). A shorter epoch splits its
+    fullest batch in two until the count is reached; a longer one merges its smallest batch
+    into the emptiest that has room, and where none has, leaves that batch's structures out
+    of this epoch (`left_out`; the next epoch's order brings them back).
+
+    Subclasses give `_pack` (an epoch's order cut into batches) and `_fits` (whether indices
+    fit one batch).
+    """
+
+    def __init__(self, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside a world of {num_replicas}")
+        self.seed, self.shuffle = seed, shuffle
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.left_out = 0  # structures of the last packed epoch left out to keep the count
+        self._cache: tuple[int, list[list[int]]] | None = None
+        self._count: int | None = None  # batches every shuffled epoch yields
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self, epoch: int) -> np.ndarray:
+        n = self._size()
+        return epoch_permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
+
+    def batches(self) -> list[list[int]]:
+        """All batches of this epoch, before they are dealt to the ranks."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        batches = self._pack(self._order(self.epoch))
+        self.left_out = 0
+        if self.shuffle:
+            if self._count is None:
+                self._count = len(batches) if self.epoch == 0 else len(self._pack(self._order(0)))
+            batches = self._keep_count(batches, self._count)
+        self._cache = (self.epoch, batches)
+        return batches
+
+    def _keep_count(self, batches: list[list[int]], count: int) -> list[list[int]]:
+        batches = [list(b) for b in batches]
+        while len(batches) < count:
+            k = max(range(len(batches)), key=lambda i: len(batches[i]))
+            if len(batches[k]) < 2:
+                break
+            half = len(batches[k]) // 2
+            batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
+        while len(batches) > count:
+            small = batches.pop(min(range(len(batches)), key=lambda i: self._load(batches[i])))
+            for k in sorted(range(len(batches)), key=lambda i: self._load(batches[i])):
+                if self._fits(batches[k] + small):
+                    batches[k].extend(small)
+                    break
+            else:
+                self.left_out += len(small)
+        return batches
+
+    def _size(self) -> int:
+        raise NotImplementedError
+
+    def _pack(self, order: np.ndarray) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _load(self, indices: list[int]) -> int:
+        raise NotImplementedError
+
+    def _fits(self, indices: list[int]) -> bool:
+        raise NotImplementedError
+
+
+class BudgetBatchSampler(EpochBatchSampler):
     """Batches filled up to a budget of atoms (or edges) instead of a fixed structure count.
 
     The structures are taken in the epoch's order and cut greedily into batches whose
@@ -80,22 +156,15 @@ class BudgetBatchSampler(Sampler[list[int]]):
     ):
         if budget <= 0:
             raise ValueError(f"batch budget must be positive, got {budget}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} outside a world of {num_replicas}")
+        super().__init__(seed, shuffle, num_replicas, rank)
         self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.budget, self.seed, self.shuffle = int(budget), seed, shuffle
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self.budget = int(budget)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _size(self) -> int:
+        return len(self.sizes)
 
-    def batches(self) -> list[list[int]]:
-        """All batches of this epoch, before they are dealt to the ranks."""
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
-        n = len(self.sizes)
-        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else np.arange(n)
+    def _pack(self, order: np.ndarray) -> list[list[int]]:
+        n = len(order)
         ends = np.cumsum(self.sizes[order])
         batches, start, used = [], 0, 0
         while start < n:
@@ -104,8 +173,13 @@ class BudgetBatchSampler(Sampler[list[int]]):
             stop = max(stop, start + 1)
             batches.append(order[start:stop].tolist())
             used, start = int(ends[stop - 1]), stop
-        self._cache = (self.epoch, batches)
         return batches
+
+    def _load(self, indices: list[int]) -> int:
+        return int(self.sizes[indices].sum())
+
+    def _fits(self, indices: list[int]) -> bool:
+        return self._load(indices) <= self.budget
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(_share(self.batches(), self.num_replicas, self.rank))
@@ -146,7 +220,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return len(self.batch_sampler)
 
 
-class PackedBatchSampler(Sampler[list[int]]):
+class PackedBatchSampler(EpochBatchSampler):
     """Batches packed to one budget of atoms, edges and structures together, for one padded shape.
 
     Every batch holds at most ``max_atoms`` atoms, ``max_edges`` edges and ``max_structures``
@@ -169,8 +243,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         if min(max_atoms, max_edges, max_structures) <= 0:
             raise ValueError(f"batch budget must be positive, got {max_atoms} atoms, {max_edges} edges, "
                              f"{max_structures} structures")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} outside a world of {num_replicas}")
+        super().__init__(seed, shuffle, num_replicas, rank)
         self.atoms, self.edges = np.asarray(atoms, dtype=np.int64), np.asarray(edges, dtype=np.int64)
         too_large = (self.atoms > max_atoms) | (self.edges > max_edges)
         if too_large.any():
@@ -178,19 +251,12 @@ class PackedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"structure {k} ({self.atoms[k]} atoms, {self.edges[k]} edges) is larger than the batch "
                              f"budget ({max_atoms} atoms, {max_edges} edges)")
         self.budget = (int(max_atoms), int(max_edges), int(max_structures))
-        self.seed, self.shuffle, self.open_batches = seed, shuffle, max(int(open_batches), 1)
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self.open_batches = max(int(open_batches), 1)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _size(self) -> int:
+        return len(self.atoms)
 
-    def batches(self) -> list[list[int]]:
-        """All batches of this epoch, before they are dealt to the ranks."""
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
-        n = len(self.atoms)
-        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else np.arange(n)
+    def _pack(self, order: np.ndarray) -> list[list[int]]:
         max_atoms, max_edges, max_structures = self.budget
         done: list[list[int]] = []
         filling: list[list] = []  # [indices, atoms, edges], oldest first
@@ -211,8 +277,15 @@ class PackedBatchSampler(Sampler[list[int]]):
                 filling.remove(open_batch)
                 done.append(open_batch[0])
         done.extend(open_batch[0] for open_batch in filling)
-        self._cache = (self.epoch, done)
         return done
+
+    def _load(self, indices: list[int]) -> int:
+        return int(self.atoms[indices].sum())
+
+    def _fits(self, indices: list[int]) -> bool:
+        max_atoms, max_edges, max_structures = self.budget
+        return (len(indices) <= max_structures and int(self.atoms[indices].sum()) <= max_atoms
+                and int(self.edges[indices].sum()) <= max_edges)
 
     def padding(self) -> dict[str, float]:
         """Share of the padded atoms and edges of this epoch's batches that are padding."""
