@@ -385,7 +385,8 @@ def convert_mace_torch(path: str | Path, head: str | None = None) -> Potential:
         check_supported(model)
         return _convert(model, head)
     except (PickledModuleError, ConversionError) as exc:
-        raise ConversionError(f"{path}: {exc}") from None
+        message = str(exc)  # named once: the reader's own errors name the file already
+        raise ConversionError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
 
 
 def _convert(model: Record, head: str | None) -> Potential:

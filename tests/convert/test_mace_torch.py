@@ -166,8 +166,9 @@ def test_pickle_payload_in_a_model_file_never_runs(tmp_path):
 def test_files_that_are_not_model_archives_are_refused(tmp_path, content):
     path = tmp_path / "bad.model"
     path.write_bytes(content)
-    with pytest.raises(ConversionError, match="bad.model"):
+    with pytest.raises(ConversionError, match="bad.model") as refused:
         convert_mace_torch(path)
+    assert str(refused.value).count(str(path)) == 1  # named once
 
 
 def test_truncated_storage_is_refused(tmp_path):
