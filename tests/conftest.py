@@ -168,3 +168,15 @@ def trained_run(tmp_path_factory, emt_file):
     train(compose_train_config(out, emt_file, "trainer.max_epochs=6", "dtype=float64"))
     torch.set_default_dtype(previous)
     return out
+
+
+def assert_graphed_loss_matches(graphed, potential, batch, reference: torch.Tensor, expected) -> None:
+    """The loss ``graphed`` (a `GraphedLoss`) gives ``batch``, and its parameter gradients, equal
+    the eager ``reference`` loss and gradients ``expected``; no autograd graph outlives the call
+    (as in the training loop: none may live on into the next capture)."""
+    loss, _ = graphed(batch)
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    potential.zero_grad(set_to_none=True)
+    loss.backward()
+    for p, g in zip(potential.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-10)

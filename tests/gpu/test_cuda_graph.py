@@ -7,7 +7,7 @@ from torch_geometric.data import Batch
 from mlip.data.graph import structure_to_graph
 from mlip.data.readers.atoms import structure_from_atoms
 from mlip.models.cuda_graph import GraphedPotential
-from tests.conftest import make_tiny_potential, random_alloy, random_cluster
+from tests.conftest import assert_graphed_loss_matches, make_tiny_potential, random_alloy, random_cluster
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -160,13 +160,7 @@ def test_a_captured_two_head_loss_with_replay_weights_equals_the_eager_one(rng):
             graphs.append(graph)
         batch = Batch.from_data_list(graphs)
         reference, expected = _eager_loss_and_gradients(potential, loss_fn, batch)
-        loss, _ = graphed(batch)
-        torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
-        potential.zero_grad(set_to_none=True)
-        loss.backward()
-        for p, g in zip(potential.parameters(), expected):
-            torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-10)
-        del loss  # as the training loop does: no autograd graph lives on into the next capture
+        assert_graphed_loss_matches(graphed, potential, batch, reference, expected)
     assert all(entry[1] is not None for entry in graphed.graphs.buckets.values())
 
 
